@@ -1,1 +1,64 @@
-fn main() {}
+use clap::Parser;
+use cohortbridge::cli::{self, Cli, Command};
+use cohortbridge::server;
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(json: bool) {
+    let filter =
+        EnvFilter::try_from_env("COHORTBRIDGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Cli { client, command } = Cli::parse();
+    match command {
+        Command::Serve(mut config) => {
+            init_logging(config.log_format == "json");
+            config.admin_key = client.admin_key;
+            let running = server::start(config).await?;
+            if let Some(key) = &running.generated_admin_key {
+                println!("admin key (shown once; store it, for example as COHORTBRIDGE_ADMIN_KEY): {key}");
+            }
+            println!("listening on http://{}", running.addr);
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            running.shutdown().await;
+            Ok(())
+        }
+        command => {
+            if std::env::var_os("COHORTBRIDGE_LOG").is_some() {
+                init_logging(false);
+            }
+            cli::run_client(client, command).await
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

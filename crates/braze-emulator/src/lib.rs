@@ -1,0 +1,388 @@
+//! A local emulator of Braze's partner cohort import API.
+//!
+//! It serves the two partner endpoints, `POST /partners/{partner_name}/cohorts`
+//! and `POST /partners/{partner_name}/cohorts/users`, with the validation and
+//! messages of Braze's "Partner cohort import integration" page, and keeps all
+//! state in memory. Endpoints under `/_emulator/` let tests read the state,
+//! inject faults and reset everything.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use braze_emulator::{Config, Emulator};
+//!
+//! let emulator = Emulator::new(Config {
+//!     partner_name: "cohortbridge".into(),
+//!     partner_api_keys: vec!["partner-key".into()],
+//!     data_import_keys: vec!["workspace-0-key".into()],
+//! });
+//! let addr = emulator.clone().spawn("127.0.0.1:0".parse().unwrap()).await?;
+//! println!("emulator at http://{addr}, cohorts: {:?}", emulator.cohorts());
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod faults;
+mod inspect;
+mod rate_limit;
+mod state;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::json;
+use tracing::{error, info, warn};
+
+pub use error::ApiError;
+pub use state::{CohortSummary, MemberKind, Members, RecordedRequest};
+pub use validate::{UserAlias, MAX_IDS_PER_REQUEST};
+
+use faults::FaultQueue;
+use rate_limit::RateLimiter;
+use state::{Cohort, Store};
+use validate::JsonObject;
+
+/// Credentials the emulator accepts.
+#[derive(Clone)]
+pub struct Config {
+    /// The `{partner_name}` path segment of both partner endpoints.
+    pub partner_name: String,
+    /// Accepted values of the `partner_api_key` body field.
+    pub partner_api_keys: Vec<String>,
+    /// Accepted values of the `client_secret` body field. Each key is a separate
+    /// workspace, numbered by its position in this list.
+    pub data_import_keys: Vec<String>,
+}
+
+impl Config {
+    /// Returns the workspace index of a data import key.
+    fn workspace_of(&self, client_secret: &str) -> Option<usize> {
+        self.data_import_keys
+            .iter()
+            .position(|key| key == client_secret)
+    }
+}
+
+/// Shows the key counts but never the keys, so a `{:?}` in a log leaks nothing.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("partner_name", &self.partner_name)
+            .field("partner_api_keys", &self.partner_api_keys.len())
+            .field("data_import_keys", &self.data_import_keys.len())
+            .finish()
+    }
+}
+
+/// The emulator: configuration plus shared in-memory state.
+///
+/// Clones share the same state, so a test can keep a clone to read the state
+/// after passing another to [`Emulator::spawn`].
+#[derive(Clone, Debug)]
+pub struct Emulator {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    shared: Mutex<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    store: Store,
+    faults: FaultQueue,
+    rate_limiter: Option<RateLimiter>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    CohortName,
+    CohortUsers,
+}
+
+impl Emulator {
+    pub fn new(config: Config) -> Self {
+        Emulator {
+            inner: Arc::new(Inner {
+                config,
+                shared: Mutex::new(Shared::default()),
+            }),
+        }
+    }
+
+    /// Enables the rate limit: at most `limit` partner requests per UTC minute,
+    /// across all workspaces. Further requests receive 429.
+    pub fn with_rate_limit_per_minute(self, limit: u32) -> Self {
+        self.lock().rate_limiter = Some(RateLimiter::new(limit));
+        self
+    }
+
+    /// Builds the router with the partner and `/_emulator/` endpoints.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/partners/{partner_name}/cohorts", post(post_cohort_name))
+            .route(
+                "/partners/{partner_name}/cohorts/users",
+                post(post_cohort_users),
+            )
+            .merge(inspect::routes())
+            .with_state(self.clone())
+    }
+
+    /// Binds, spawns the server on the current tokio runtime, returns the bound address.
+    ///
+    /// The server runs until the runtime shuts down.
+    pub async fn spawn(self, listen: SocketAddr) -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let router = self.router();
+        tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, router).await {
+                error!(%addr, error = %err, "braze emulator server failed");
+            }
+        });
+        info!(%addr, "braze emulator listening");
+        Ok(addr)
+    }
+
+    /// Returns all cohorts, sorted by workspace, then by cohort id.
+    pub fn cohorts(&self) -> Vec<CohortSummary> {
+        self.lock().store.cohort_summaries()
+    }
+
+    /// Returns a cohort's members of one kind, or `None` if the cohort does not exist.
+    pub fn members(&self, workspace: usize, cohort_id: &str, kind: MemberKind) -> Option<Members> {
+        self.lock().store.members(workspace, cohort_id, kind)
+    }
+
+    /// Returns every partner request received since start or the last reset.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.lock().store.requests().to_vec()
+    }
+
+    /// Clears cohorts, recorded requests, queued faults and the rate-limit window.
+    pub fn reset(&self) {
+        let mut shared = self.lock();
+        shared.store.clear();
+        shared.faults.clear();
+        if let Some(limiter) = shared.rate_limiter.as_mut() {
+            limiter.reset();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A panic in another handler must not take the emulator down with it.
+        self.inner
+            .shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Handles one partner request: an injected fault first, then the rate limit,
+    /// then normal processing. Every request is recorded.
+    async fn handle_partner_request(
+        &self,
+        endpoint: Endpoint,
+        partner_name: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Response {
+        let config = &self.inner.config;
+        let parsed = validate::parse_body(body);
+
+        let fault = self.lock().faults.take_next();
+        if let Some(action) = fault {
+            if !action.delay.is_zero() {
+                tokio::time::sleep(action.delay).await;
+            }
+            if let Some(response) = action.response {
+                let mut entry = describe_request(config, path, response.status, &parsed);
+                entry.injected = true;
+                info!(
+                    path,
+                    status = entry.status,
+                    "partner request answered by injected fault"
+                );
+                self.lock().store.record(entry);
+                return response.into_response();
+            }
+        }
+
+        let mut shared = self.lock();
+        let rate = shared
+            .rate_limiter
+            .as_mut()
+            .map(|limiter| limiter.check(chrono::Utc::now().timestamp()));
+
+        let outcome = match rate {
+            Some(status) if !status.allowed => None,
+            _ => Some(shared.process(config, endpoint, partner_name, &parsed)),
+        };
+        let status = match &outcome {
+            None => StatusCode::TOO_MANY_REQUESTS,
+            // NOTE: Braze's cohort import page gives no success status. 201 is our
+            // choice, and Segment's braze-cohorts destination tests expect it too.
+            Some(Ok(())) => StatusCode::CREATED,
+            Some(Err(err)) => err.status(),
+        };
+
+        let mut entry = describe_request(config, path, status, &parsed);
+        entry.applied = matches!(outcome, Some(Ok(())));
+        log_partner_request(&entry, &outcome);
+        shared.store.record(entry);
+        drop(shared);
+
+        let mut response = match outcome {
+            // NOTE: Braze documents no body for its 429, so the message is our choice.
+            None => (
+                status,
+                Json(json!({ "message": "Rate limit exceeded; retry after x-ratelimit-reset" })),
+            )
+                .into_response(),
+            Some(Ok(())) => (status, Json(json!({ "message": "success" }))).into_response(),
+            Some(Err(err)) => err.into_response(),
+        };
+        if let Some(rate) = rate {
+            rate.write_headers(response.headers_mut());
+        }
+        response
+    }
+}
+
+impl Shared {
+    /// Validates a partner request and applies it. Checks run in this order:
+    /// partner name and `partner_api_key`, `client_secret`, then the fields.
+    fn process(
+        &mut self,
+        config: &Config,
+        endpoint: Endpoint,
+        partner_name: &str,
+        parsed: &Result<JsonObject, ApiError>,
+    ) -> Result<(), ApiError> {
+        if partner_name != config.partner_name {
+            return Err(ApiError::InvalidPartnerApiKey);
+        }
+        let body = parsed.as_ref().map_err(Clone::clone)?;
+        let partner_key = validate::string_field(body, "partner_api_key");
+        if !partner_key.is_some_and(|key| config.partner_api_keys.iter().any(|k| k == key)) {
+            return Err(ApiError::InvalidPartnerApiKey);
+        }
+        let workspace = validate::string_field(body, "client_secret")
+            .and_then(|secret| config.workspace_of(secret))
+            .ok_or(ApiError::InvalidClientSecret)?;
+        let cohort_id = validate::cohort_id(body)?;
+
+        match endpoint {
+            Endpoint::CohortName => {
+                let name = validate::cohort_name(body)?;
+                let created_at = validate::created_at(body)?;
+                // NOTE: a repeated call renames the cohort but keeps the first
+                // created_at, because Braze's docs only say the call sets the name.
+                self.store
+                    .cohorts
+                    .entry((workspace, cohort_id))
+                    .and_modify(|cohort| cohort.name.clone_from(&name))
+                    .or_insert_with(|| Cohort {
+                        name,
+                        created_at,
+                        ..Cohort::default()
+                    });
+            }
+            Endpoint::CohortUsers => {
+                let changes = validate::cohort_changes(body)?;
+                validate::check_id_count(&changes)?;
+                // NOTE: an empty change list succeeds even for an unknown cohort,
+                // because a partner may send it to test credentials before any cohort exists.
+                if changes.is_empty() {
+                    return Ok(());
+                }
+                let cohort = self
+                    .store
+                    .cohorts
+                    .get_mut(&(workspace, cohort_id.clone()))
+                    .ok_or(ApiError::UnknownCohort(cohort_id))?;
+                for change in &changes {
+                    cohort.apply(change);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds the log entry from whatever the body carried, valid or not.
+fn describe_request(
+    config: &Config,
+    path: &str,
+    status: StatusCode,
+    parsed: &Result<JsonObject, ApiError>,
+) -> RecordedRequest {
+    let mut entry = RecordedRequest::new(path.to_owned(), status.as_u16());
+    let Ok(body) = parsed else {
+        return entry;
+    };
+    entry.workspace = validate::string_field(body, "client_secret")
+        .and_then(|secret| config.workspace_of(secret));
+    entry.cohort_id = validate::string_field(body, "cohort_id").map(str::to_owned);
+    entry.name = validate::string_field(body, "name").map(str::to_owned);
+    if let Ok(changes) = validate::cohort_changes(body) {
+        entry.record_changes(&changes);
+    }
+    entry
+}
+
+fn log_partner_request(entry: &RecordedRequest, outcome: &Option<Result<(), ApiError>>) {
+    let cohort_id = entry.cohort_id.as_deref().unwrap_or("");
+    match outcome {
+        Some(Ok(())) => info!(
+            path = %entry.path,
+            status = entry.status,
+            workspace = ?entry.workspace,
+            cohort_id,
+            added = entry.added,
+            removed = entry.removed,
+            "partner request applied"
+        ),
+        Some(Err(err)) => warn!(
+            path = %entry.path,
+            status = entry.status,
+            workspace = ?entry.workspace,
+            cohort_id,
+            error = %err,
+            "partner request rejected"
+        ),
+        None => warn!(path = %entry.path, "partner request rejected by the rate limit"),
+    }
+}
+
+async fn post_cohort_name(
+    State(emulator): State<Emulator>,
+    Path(partner_name): Path<String>,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    emulator
+        .handle_partner_request(Endpoint::CohortName, &partner_name, uri.path(), &body)
+        .await
+}
+
+async fn post_cohort_users(
+    State(emulator): State<Emulator>,
+    Path(partner_name): Path<String>,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    emulator
+        .handle_partner_request(Endpoint::CohortUsers, &partner_name, uri.path(), &body)
+        .await
+}

@@ -1,0 +1,520 @@
+//! The admin API under `/api/v1`, authenticated with `Authorization: Bearer <admin key>`.
+//! The CLI's admin commands are clients of these routes. No route returns a Data Import Key.
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+use crate::braze::client::BrazeError;
+use crate::braze::instances;
+use crate::cohorts;
+use crate::secrets;
+use crate::store::{Connection, NewConnection, Project, SyncMode};
+use crate::sync::SyncError;
+
+/// The user-id property a connection uses when none is given.
+pub const DEFAULT_USER_ID_PROPERTY: &str = "$braze_external_id";
+/// The cadence of a dynamic sync when none is given: 15 minutes.
+pub const DEFAULT_SYNC_INTERVAL_SECS: i64 = 15 * 60;
+const MAX_NAME_LEN: usize = 255;
+
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/projects", get(list_projects))
+        .route("/projects/{project}", get(show_project))
+        .route("/projects/{project}/stats", get(project_stats))
+        .route(
+            "/projects/{project}/profiles/{distinct_id}",
+            get(show_profile),
+        )
+        .route(
+            "/projects/{project}/cohorts",
+            get(list_cohorts).post(create_cohort),
+        )
+        .route("/projects/{project}/cohorts/{cohort}", get(show_cohort))
+        .route(
+            "/projects/{project}/cohorts/{cohort}/members",
+            get(cohort_members),
+        )
+        .route(
+            "/projects/{project}/connections",
+            get(list_connections).post(create_connection),
+        )
+        .route("/projects/{project}/exports", post(create_export))
+        .route("/projects/{project}/syncs", get(list_syncs))
+        .route("/projects/{project}/syncs/{sync}", get(show_sync))
+        .route("/projects/{project}/syncs/{sync}/run", post(run_sync))
+        .route("/projects/{project}/mtu", get(mtu))
+        .route_layer(middleware::from_fn_with_state(state, require_admin))
+}
+
+async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| secrets::hash(key.trim()));
+    match presented {
+        Some(hash) if constant_time_eq(hash.as_bytes(), state.admin_key_hash.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => ApiError::Unauthorized.into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn project_or_404(state: &AppState, id: i64) -> Result<Project, ApiError> {
+    state
+        .store
+        .project(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("project {id} not found")))
+}
+
+async fn list_projects(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let projects = state.store.list_projects().await?;
+    let list: Vec<Value> = projects
+        .iter()
+        .map(|p| json!({"id": p.id, "name": p.name, "token": p.token}))
+        .collect();
+    Ok(Json(json!(list)))
+}
+
+/// The project with its token, API secret and Currents token: the owner needs them to point
+/// SDKs and Braze here.
+async fn show_project(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    let project = project_or_404(&state, id).await?;
+    let decrypt = |stored: &str| {
+        state
+            .secrets
+            .decrypt(stored)
+            .map_err(|e| ApiError::Conflict(format!("project {id}: {e}")))
+    };
+    Ok(Json(json!({
+        "id": project.id,
+        "name": project.name,
+        "token": project.token,
+        "api_secret": decrypt(&project.api_secret_enc)?,
+        "currents_token": decrypt(&project.currents_token_enc)?,
+        "created_at": iso(project.created_at_ms),
+    })))
+}
+
+async fn project_stats(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    project_or_404(&state, id).await?;
+    Ok(Json(json!({
+        "events": state.store.count_events(id).await?,
+        "currents_quarantined": state.store.count_quarantined(id).await?,
+    })))
+}
+
+async fn show_profile(
+    State(state): State<AppState>,
+    Path((id, distinct_id)): Path<(i64, String)>,
+) -> Result<Json<Value>, ApiError> {
+    project_or_404(&state, id).await?;
+    let profile = state
+        .store
+        .profile(id, &distinct_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no profile for distinct id {distinct_id:?}")))?;
+    Ok(Json(
+        json!({"distinct_id": distinct_id, "properties": profile}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct NewCohortBody {
+    name: Option<String>,
+    definition: Option<Value>,
+}
+
+async fn create_cohort(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Json(body): Json<NewCohortBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    project_or_404(&state, id).await?;
+    let name = required_name(body.name, "name")?;
+    let definition = body
+        .definition
+        .ok_or_else(|| ApiError::BadRequest("field `definition` is missing".into()))?;
+    cohorts::parse(&definition)
+        .map_err(|e| ApiError::BadRequest(format!("invalid cohort definition: {e}")))?;
+    let cohort = state
+        .store
+        .create_cohort(id, &name, &definition, now_ms())
+        .await?;
+    tracing::info!(project_id = id, cohort_id = cohort.id, "cohort created");
+    Ok((StatusCode::CREATED, Json(json!(cohort))))
+}
+
+fn required_name(value: Option<String>, field: &str) -> Result<String, ApiError> {
+    let name = value.ok_or_else(|| ApiError::BadRequest(format!("field `{field}` is missing")))?;
+    if name.trim().is_empty() {
+        return Err(ApiError::BadRequest(format!("field `{field}` is empty")));
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "field `{field}` is longer than {MAX_NAME_LEN} characters"
+        )));
+    }
+    Ok(name)
+}
+
+async fn list_cohorts(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    project_or_404(&state, id).await?;
+    Ok(Json(json!(state.store.list_cohorts(id).await?)))
+}
+
+async fn show_cohort(
+    State(state): State<AppState>,
+    Path((id, cohort)): Path<(i64, i64)>,
+) -> Result<Json<Value>, ApiError> {
+    let cohort =
+        state.store.cohort(id, cohort).await?.ok_or_else(|| {
+            ApiError::NotFound(format!("cohort {cohort} not found in project {id}"))
+        })?;
+    Ok(Json(json!(cohort)))
+}
+
+/// The cohort's members as of now: canonical distinct ids, sorted.
+async fn cohort_members(
+    State(state): State<AppState>,
+    Path((id, cohort_id)): Path<(i64, i64)>,
+) -> Result<Json<Value>, ApiError> {
+    let cohort = state.store.cohort(id, cohort_id).await?.ok_or_else(|| {
+        ApiError::NotFound(format!("cohort {cohort_id} not found in project {id}"))
+    })?;
+    let definition = cohorts::parse(&cohort.definition)
+        .map_err(|e| ApiError::Conflict(format!("stored definition is invalid: {e}")))?;
+    let evaluated = cohorts::evaluate(state.store.as_ref(), id, &definition, now_ms())
+        .await
+        .map_err(|cohorts::EvalError::Store(e)| ApiError::Storage(e))?;
+    Ok(Json(
+        json!({"cohort_id": cohort_id, "count": evaluated.members.len(), "members": evaluated.members}),
+    ))
+}
+
+fn connection_json(connection: &Connection) -> Value {
+    json!({
+        "id": connection.id,
+        "name": connection.name,
+        "instance": connection.instance,
+        "base_url": connection.base_url,
+        "user_id_property": connection.user_id_property,
+        "created_at": iso(connection.created_at_ms),
+    })
+}
+
+#[derive(Deserialize)]
+struct NewConnectionBody {
+    name: Option<String>,
+    instance: Option<String>,
+    base_url: Option<String>,
+    data_import_key: Option<String>,
+    user_id_property: Option<String>,
+}
+
+/// Adds a connection after Braze accepts its credentials.
+async fn create_connection(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Json(body): Json<NewConnectionBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    project_or_404(&state, id).await?;
+    let name = required_name(body.name, "name")?;
+    if state.store.connection_by_name(id, &name).await?.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "a connection named {name:?} already exists"
+        )));
+    }
+    let (instance, base_url) = resolve_instance(&state, body.instance, body.base_url)?;
+    let data_import_key = body
+        .data_import_key
+        .filter(|k| !k.trim().is_empty())
+        .ok_or_else(|| {
+            ApiError::BadRequest("field `data_import_key` is missing or empty".into())
+        })?;
+    let user_id_property = match body.user_id_property {
+        None => DEFAULT_USER_ID_PROPERTY.to_owned(),
+        Some(p) if p.trim().is_empty() => {
+            return Err(ApiError::BadRequest(
+                "field `user_id_property` is empty".into(),
+            ))
+        }
+        Some(p) => p,
+    };
+
+    let probe_connection = Connection {
+        id: 0,
+        project_id: id,
+        name: name.clone(),
+        instance: instance.clone(),
+        base_url: base_url.clone(),
+        data_import_key_enc: state.secrets.encrypt(&data_import_key),
+        user_id_property: user_id_property.clone(),
+        created_at_ms: 0,
+    };
+    let credentials = state
+        .engine
+        .credentials(&probe_connection)
+        .map_err(ApiError::Conflict)?;
+    match state.braze.probe(&base_url, &credentials).await {
+        Ok(()) => {}
+        Err(BrazeError::Rejected { status, message }) => {
+            return Err(ApiError::BadRequest(format!(
+                "Braze rejected the credentials (HTTP {status}: {message}); check the Data Import Key and the instance"
+            )))
+        }
+        Err(e @ BrazeError::GaveUp { .. }) => {
+            return Err(ApiError::Upstream(format!("could not check the credentials with Braze at {base_url}: {e}")))
+        }
+    }
+
+    let connection = state
+        .store
+        .create_connection(
+            id,
+            NewConnection {
+                name,
+                instance,
+                base_url,
+                data_import_key_enc: probe_connection.data_import_key_enc,
+                user_id_property,
+            },
+            now_ms(),
+        )
+        .await?;
+    tracing::info!(project_id = id, connection_id = connection.id, instance = %connection.instance, "Braze connection added");
+    Ok((StatusCode::CREATED, Json(connection_json(&connection))))
+}
+
+/// The instance name and base URL of a new connection. A base URL outside Braze's instance
+/// table is accepted only when the operator allowed it at start.
+fn resolve_instance(
+    state: &AppState,
+    instance: Option<String>,
+    base_url: Option<String>,
+) -> Result<(String, String), ApiError> {
+    match (instance, base_url) {
+        (_, Some(url)) => {
+            if !state.allow_custom_braze_url {
+                return Err(ApiError::BadRequest(
+                    "a custom Braze base URL is not allowed; the operator must start the server with --allow-custom-braze-url".into(),
+                ));
+            }
+            let parsed = reqwest::Url::parse(&url).map_err(|e| {
+                ApiError::BadRequest(format!("field `base_url` {url:?} is not a URL: {e}"))
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                return Err(ApiError::BadRequest(format!(
+                    "field `base_url` {url:?} must be an http or https URL with a host"
+                )));
+            }
+            Ok((
+                instances::CUSTOM_INSTANCE.to_owned(),
+                url.trim_end_matches('/').to_owned(),
+            ))
+        }
+        (Some(instance), None) => {
+            let url = instances::base_url(&instance).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "field `instance` {instance:?} is not a Braze instance; expected one of {}",
+                    instances::instance_ids().join(", ")
+                ))
+            })?;
+            Ok((instance.to_ascii_uppercase(), url.to_owned()))
+        }
+        (None, None) => Err(ApiError::BadRequest(format!(
+            "field `instance` is missing; expected one of {}",
+            instances::instance_ids().join(", ")
+        ))),
+    }
+}
+
+async fn list_connections(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    project_or_404(&state, id).await?;
+    let connections = state.store.list_connections(id).await?;
+    Ok(Json(json!(connections
+        .iter()
+        .map(connection_json)
+        .collect::<Vec<_>>())))
+}
+
+#[derive(Deserialize)]
+struct NewExportBody {
+    cohort_id: Option<i64>,
+    connection: Option<String>,
+    mode: Option<String>,
+    every_secs: Option<i64>,
+}
+
+/// Creates a one-time export or a dynamic sync, runs it once now and returns the run.
+async fn create_export(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Json(body): Json<NewExportBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    project_or_404(&state, id).await?;
+    let cohort_id = body
+        .cohort_id
+        .ok_or_else(|| ApiError::BadRequest("field `cohort_id` is missing".into()))?;
+    let cohort = state.store.cohort(id, cohort_id).await?.ok_or_else(|| {
+        ApiError::NotFound(format!("cohort {cohort_id} not found in project {id}"))
+    })?;
+    let connection_name = body
+        .connection
+        .ok_or_else(|| ApiError::BadRequest("field `connection` is missing".into()))?;
+    let connection = state
+        .store
+        .connection_by_name(id, &connection_name)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "connection {connection_name:?} not found in project {id}"
+            ))
+        })?;
+    let (mode, interval) = match body.mode.as_deref() {
+        Some("once") => (SyncMode::Once, None),
+        Some("dynamic") => {
+            let every = body.every_secs.unwrap_or(DEFAULT_SYNC_INTERVAL_SECS);
+            let min = state.min_sync_interval.as_secs() as i64;
+            if every < min {
+                return Err(ApiError::BadRequest(format!(
+                    "field `every_secs` {every} is shorter than the minimum of {min} seconds"
+                )));
+            }
+            (SyncMode::Dynamic, Some(every))
+        }
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "field `mode` {other:?} is invalid; expected \"once\" or \"dynamic\""
+            )))
+        }
+    };
+    let sync = state
+        .store
+        .create_sync(id, cohort.id, connection.id, mode, interval, now_ms())
+        .await?;
+    tracing::info!(
+        project_id = id,
+        cohort_id,
+        sync_id = sync.id,
+        mode = mode.as_str(),
+        "export created"
+    );
+    let run = state.engine.run(sync.id).await.map_err(sync_error)?;
+    let sync = state.store.sync(sync.id).await?.unwrap_or(sync);
+    Ok((StatusCode::CREATED, Json(json!({"sync": sync, "run": run}))))
+}
+
+fn sync_error(error: SyncError) -> ApiError {
+    match error {
+        SyncError::Store(e) => ApiError::Storage(e),
+        SyncError::NotFound(id) => ApiError::NotFound(format!("sync {id} not found")),
+        e @ (SyncError::AlreadyRunning(_) | SyncError::NotActive { .. }) => {
+            ApiError::Conflict(e.to_string())
+        }
+    }
+}
+
+async fn list_syncs(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    project_or_404(&state, id).await?;
+    let mut list = Vec::new();
+    for sync in state.store.list_syncs(id).await? {
+        let last_run = state.store.list_runs(sync.id).await?.pop();
+        list.push(json!({"sync": sync, "last_run": last_run}));
+    }
+    Ok(Json(json!(list)))
+}
+
+async fn sync_in_project(
+    state: &AppState,
+    id: i64,
+    sync_id: i64,
+) -> Result<crate::store::Sync, ApiError> {
+    state
+        .store
+        .sync(sync_id)
+        .await?
+        .filter(|s| s.project_id == id)
+        .ok_or_else(|| ApiError::NotFound(format!("sync {sync_id} not found in project {id}")))
+}
+
+async fn show_sync(
+    State(state): State<AppState>,
+    Path((id, sync_id)): Path<(i64, i64)>,
+) -> Result<Json<Value>, ApiError> {
+    let sync = sync_in_project(&state, id, sync_id).await?;
+    let runs = state.store.list_runs(sync_id).await?;
+    Ok(Json(json!({"sync": sync, "runs": runs})))
+}
+
+async fn run_sync(
+    State(state): State<AppState>,
+    Path((id, sync_id)): Path<(i64, i64)>,
+) -> Result<Json<Value>, ApiError> {
+    sync_in_project(&state, id, sync_id).await?;
+    let run = state.engine.run(sync_id).await.map_err(sync_error)?;
+    Ok(Json(json!(run)))
+}
+
+#[derive(Deserialize)]
+struct MtuQuery {
+    month: Option<String>,
+}
+
+async fn mtu(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(query): Query<MtuQuery>,
+) -> Result<Json<Value>, ApiError> {
+    project_or_404(&state, id).await?;
+    let month = query.month.ok_or_else(|| {
+        ApiError::BadRequest("query parameter `month` (YYYY-MM) is missing".into())
+    })?;
+    let report = crate::mtu::monthly_tracked_users(state.store.as_ref(), id, &month)
+        .await
+        .map_err(|e| match e {
+            crate::mtu::MtuError::InvalidMonth(_) => ApiError::BadRequest(e.to_string()),
+            crate::mtu::MtuError::Store(e) => ApiError::Storage(e),
+        })?;
+    Ok(Json(json!(report)))
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}

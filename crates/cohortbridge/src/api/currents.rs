@@ -1,0 +1,149 @@
+//! `POST /currents`: Braze Currents HTTP connector batches.
+//!
+//! Our status codes drive Braze's retries, so a 2xx is sent only after the batch is durably
+//! stored. An event that cannot be mapped is quarantined (kept whole with the reason) while
+//! the batch still gets a 2xx, because a 400 would make Braze split the batch and then drop
+//! events.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::AppState;
+use crate::braze::currents;
+use crate::ingest::decode::{self, DecodeError};
+use crate::secrets;
+use crate::store::NewEvent;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/currents", post(receive))
+        .route("/currents/", post(receive))
+}
+
+fn reply(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+fn unavailable(error: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %error, "Currents batch not stored; Braze will retry");
+    let mut response = reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({"error": "storage is unavailable; retry later"}),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("30"));
+    response
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(token) = bearer(&headers) else {
+        return reply(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "missing `Authorization: Bearer <Currents token>`"}),
+        );
+    };
+    let project = match state
+        .store
+        .project_by_currents_token_hash(&secrets::hash(token))
+        .await
+    {
+        Ok(Some(project)) => project,
+        Ok(None) => {
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "the bearer token is not the Currents token of any project"}),
+            )
+        }
+        Err(e) => return unavailable(e),
+    };
+
+    let content_encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let records = match decode::decode(None, Some("application/json"), content_encoding, &body) {
+        Ok(decoded) => decoded.records,
+        Err(DecodeError::TooLarge { limit }) => {
+            return reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": format!("batch is larger than {limit} bytes uncompressed")}),
+            )
+        }
+        Err(DecodeError::Empty) => Vec::new(),
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("batch is not valid JSON: {e}")}),
+            )
+        }
+    };
+    let events = match records.as_slice() {
+        [] => Vec::new(),
+        [batch] => match batch.get("events") {
+            Some(Value::Array(events)) => events.clone(),
+            _ => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "batch must be an object with an `events` array"}),
+                )
+            }
+        },
+        _ => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "batch must be one object with an `events` array"}),
+            )
+        }
+    };
+
+    let mut stored = Vec::new();
+    let mut quarantined = Vec::new();
+    for raw in &events {
+        match currents::map_event(raw) {
+            Ok(mapped) => stored.push(NewEvent {
+                event: mapped.name,
+                distinct_id: mapped.distinct_id,
+                time_ms: mapped.time_ms,
+                insert_id: mapped.insert_id,
+                properties: mapped.properties,
+            }),
+            Err(e) => quarantined.push((raw.to_string(), e.to_string())),
+        }
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let (accepted, rejected) = (stored.len(), quarantined.len());
+    if !stored.is_empty() {
+        if let Err(e) = state
+            .store
+            .write_events(project.id, stored, Vec::new(), now)
+            .await
+        {
+            return unavailable(e);
+        }
+    }
+    if !quarantined.is_empty() {
+        tracing::warn!(project_id = project.id, quarantined = rejected, first_error = %quarantined[0].1, "Currents events quarantined");
+        if let Err(e) = state
+            .store
+            .quarantine_currents(project.id, quarantined, now)
+            .await
+        {
+            return unavailable(e);
+        }
+    }
+    reply(
+        StatusCode::OK,
+        json!({"accepted": accepted, "quarantined": rejected}),
+    )
+}

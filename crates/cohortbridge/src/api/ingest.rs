@@ -1,0 +1,410 @@
+//! `/track`, `/import` and `/engage`, answering as Mixpanel does.
+//!
+//! - `/track` and `/engage` find the project by the token in each record and answer `1` or
+//!   `0`, or `{"status": 1, "error": null}` with `verbose=1`.
+//! - `/import` authenticates with HTTP Basic (API secret as user, or project token as user with
+//!   an empty password) and answers `{"code": 200, "num_records_imported": N, "status": 1}`.
+//!   With `strict=1`, invalid records make a 400 that lists `failed_records`; the valid ones
+//!   are stored all the same. Without it, invalid records are dropped and counted.
+//!
+//! Every success is sent after the store has committed the records to disk.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::{json, Value};
+
+use super::AppState;
+use crate::identity::FieldError;
+use crate::ingest::decode::{self, DecodeError, Decoded};
+use crate::ingest::event::{self, Endpoint};
+use crate::ingest::{engage, RecordFailure};
+use crate::secrets;
+use crate::store::{Project, StoreError};
+
+/// Mixpanel's limit of records per request on all three endpoints.
+pub const MAX_RECORDS_PER_REQUEST: usize = 2000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/track", get(track).post(track))
+        .route("/track/", get(track).post(track))
+        .route("/engage", get(engage_handler).post(engage_handler))
+        .route("/engage/", get(engage_handler).post(engage_handler))
+        .route("/import", get(import).post(import))
+        .route("/import/", get(import).post(import))
+}
+
+/// The request decoded, or the response that rejects it.
+fn decode_request(
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Decoded, (StatusCode, String)> {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let decoded = decode::decode(
+        query.as_deref(),
+        header(header::CONTENT_TYPE),
+        header(header::CONTENT_ENCODING),
+        body,
+    )
+    .map_err(|e| {
+        let status = match e {
+            DecodeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        (status, e.to_string())
+    })?;
+    if decoded.records.len() > MAX_RECORDS_PER_REQUEST {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("request has {} records; at most {MAX_RECORDS_PER_REQUEST} are accepted per request", decoded.records.len()),
+        ));
+    }
+    Ok(decoded)
+}
+
+/// A `/track`-style reply: `1`/`0`, or JSON with `verbose=1`.
+fn status_reply(status: StatusCode, verbose: bool, error: Option<String>) -> Response {
+    let ok = error.is_none();
+    if verbose {
+        (
+            status,
+            Json(json!({"status": u8::from(ok), "error": error})),
+        )
+            .into_response()
+    } else {
+        (status, if ok { "1" } else { "0" }).into_response()
+    }
+}
+
+fn storage_unavailable(error: StoreError, verbose: bool) -> Response {
+    tracing::error!(error = %error, "ingestion failed to store records; the client should retry");
+    let mut response = status_reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        verbose,
+        Some("storage is unavailable; retry later".into()),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    response
+}
+
+/// Looks up the projects of the given tokens.
+async fn projects_by_token(
+    state: &AppState,
+    tokens: impl Iterator<Item = String>,
+) -> Result<HashMap<String, Project>, StoreError> {
+    let mut projects = HashMap::new();
+    for token in tokens {
+        if projects.contains_key(&token) {
+            continue;
+        }
+        if let Some(project) = state.store.project_by_token(&token).await? {
+            projects.insert(token, project);
+        }
+    }
+    Ok(projects)
+}
+
+/// Summarises failures for the `error` field of a `/track`-style reply.
+fn failure_summary(failures: &[RecordFailure], total: usize) -> String {
+    let first = &failures[0];
+    format!(
+        "{} of {total} records rejected; record {}: {}",
+        failures.len(),
+        first.index,
+        first.message
+    )
+}
+
+async fn track(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let decoded = match decode_request(query, &headers, &body) {
+        Ok(decoded) => decoded,
+        Err((status, message)) => {
+            return status_reply(status, wants_verbose(&headers, &body), Some(message))
+        }
+    };
+    let verbose = decoded.flag("verbose");
+    let now = chrono::Utc::now().timestamp_millis();
+    let token_of = |record: &Value| {
+        record
+            .pointer("/properties/token")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let projects =
+        match projects_by_token(&state, decoded.records.iter().filter_map(token_of)).await {
+            Ok(projects) => projects,
+            Err(e) => return storage_unavailable(e, verbose),
+        };
+
+    let mut failures = Vec::new();
+    let mut bad_token = false;
+    let mut by_project: HashMap<i64, (Vec<_>, Vec<_>)> = HashMap::new();
+    for (index, record) in decoded.records.iter().enumerate() {
+        let Some(project) = token_of(record).and_then(|t| projects.get(&t)) else {
+            bad_token = true;
+            let error = FieldError::new(
+                "properties.token",
+                "properties.token is missing or is not the token of any project",
+            );
+            failures.push(RecordFailure::new(index, record, error));
+            continue;
+        };
+        match event::validate(record, Endpoint::Track, now) {
+            Ok(valid) => {
+                let entry = by_project.entry(project.id).or_default();
+                entry.0.push(valid.event);
+                entry.1.extend(valid.link);
+            }
+            Err(error) => failures.push(RecordFailure::new(index, record, error)),
+        }
+    }
+    for (project_id, (events, links)) in by_project {
+        if let Err(e) = state
+            .store
+            .write_events(project_id, events, links, now)
+            .await
+        {
+            return storage_unavailable(e, verbose);
+        }
+    }
+    if failures.is_empty() {
+        return status_reply(StatusCode::OK, verbose, None);
+    }
+    tracing::debug!(
+        rejected = failures.len(),
+        total = decoded.records.len(),
+        "track request had invalid records"
+    );
+    let status = if bad_token {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    status_reply(
+        status,
+        verbose,
+        Some(failure_summary(&failures, decoded.records.len())),
+    )
+}
+
+async fn engage_handler(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let decoded = match decode_request(query, &headers, &body) {
+        Ok(decoded) => decoded,
+        Err((status, message)) => {
+            return status_reply(status, wants_verbose(&headers, &body), Some(message))
+        }
+    };
+    let verbose = decoded.flag("verbose");
+    let now = chrono::Utc::now().timestamp_millis();
+    let token_of = |record: &Value| engage::token_of(record).map(str::to_owned);
+    let projects =
+        match projects_by_token(&state, decoded.records.iter().filter_map(token_of)).await {
+            Ok(projects) => projects,
+            Err(e) => return storage_unavailable(e, verbose),
+        };
+
+    let mut failures = Vec::new();
+    let mut bad_token = false;
+    let mut by_project: HashMap<i64, Vec<_>> = HashMap::new();
+    for (index, record) in decoded.records.iter().enumerate() {
+        let Some(project) = token_of(record).and_then(|t| projects.get(&t)) else {
+            bad_token = true;
+            let error = FieldError::new(
+                "$token",
+                "$token is missing or is not the token of any project",
+            );
+            failures.push(RecordFailure::new(index, record, error));
+            continue;
+        };
+        match engage::parse_update(record, now) {
+            Ok(update) => by_project.entry(project.id).or_default().push(update),
+            Err(error) => failures.push(RecordFailure::new(index, record, error)),
+        }
+    }
+    for (project_id, updates) in by_project {
+        if let Err(e) = state
+            .store
+            .apply_profile_updates(project_id, updates, now)
+            .await
+        {
+            return storage_unavailable(e, verbose);
+        }
+    }
+    if failures.is_empty() {
+        return status_reply(StatusCode::OK, verbose, None);
+    }
+    let status = if bad_token {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    status_reply(
+        status,
+        verbose,
+        Some(failure_summary(&failures, decoded.records.len())),
+    )
+}
+
+/// Whether a request that failed to decode asked for a verbose reply in its query or form.
+fn wants_verbose(headers: &HeaderMap, body: &[u8]) -> bool {
+    let _ = headers;
+    let text = String::from_utf8_lossy(&body[..body.len().min(4096)]);
+    text.split('&').any(|pair| pair == "verbose=1")
+}
+
+/// An `/import` reply in Mixpanel's JSON shape.
+fn import_reply(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+fn import_error(status: StatusCode, message: impl Into<String>) -> Response {
+    let message = message.into();
+    import_reply(
+        status,
+        json!({"code": status.as_u16(), "error": message, "status": 0}),
+    )
+}
+
+/// Finds the project of an `/import` request from its HTTP Basic credentials.
+async fn import_project(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Project>, StoreError> {
+    let Some((user, password)) = basic_credentials(headers) else {
+        return Ok(None);
+    };
+    if let Some(project) = state
+        .store
+        .project_by_api_secret_hash(&secrets::hash(&user))
+        .await?
+    {
+        return Ok(Some(project));
+    }
+    if password.is_empty() {
+        return state.store.project_by_token(&user).await;
+    }
+    Ok(None)
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':').unwrap_or((&text, ""));
+    Some((user.to_owned(), password.to_owned()))
+}
+
+async fn import(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let project = match import_project(&state, &headers).await {
+        Ok(Some(project)) => project,
+        Ok(None) => {
+            return import_error(
+                StatusCode::UNAUTHORIZED,
+                "authenticate with HTTP Basic: the project's API secret as user, or its token as user with an empty password",
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "import could not look up credentials");
+            let mut response = import_error(StatusCode::SERVICE_UNAVAILABLE, "storage is unavailable; retry later");
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            return response;
+        }
+    };
+    let decoded = match decode_request(query, &headers, &body) {
+        Ok(decoded) => decoded,
+        Err((status, message)) => return import_error(status, message),
+    };
+    let strict = decoded.flag("strict");
+    let now = chrono::Utc::now().timestamp_millis();
+
+    let mut events = Vec::new();
+    let mut links = Vec::new();
+    let mut failures = Vec::new();
+    for (index, record) in decoded.records.iter().enumerate() {
+        match event::validate(record, Endpoint::Import, now) {
+            Ok(valid) => {
+                events.push(valid.event);
+                links.extend(valid.link);
+            }
+            Err(error) => failures.push(RecordFailure::new(index, record, error)),
+        }
+    }
+    let imported = events.len();
+    if !events.is_empty() {
+        if let Err(e) = state
+            .store
+            .write_events(project.id, events, links, now)
+            .await
+        {
+            tracing::error!(project_id = project.id, error = %e, "import failed to store records; the client should retry");
+            let mut response = import_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage is unavailable; retry later",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            return response;
+        }
+    }
+    if !failures.is_empty() {
+        tracing::debug!(
+            project_id = project.id,
+            rejected = failures.len(),
+            imported,
+            "import request had invalid records"
+        );
+    }
+    if strict && !failures.is_empty() {
+        return import_reply(
+            StatusCode::BAD_REQUEST,
+            json!({
+                "code": 400,
+                "error": "some data points in the request failed validation",
+                "failed_records": failures,
+                "num_records_imported": imported,
+                "status": 0,
+            }),
+        );
+    }
+    import_reply(
+        StatusCode::OK,
+        json!({
+            "code": 200,
+            "num_records_imported": imported,
+            "num_records_dropped": failures.len(),
+            "status": 1,
+        }),
+    )
+}

@@ -1,0 +1,50 @@
+//! HTTP routers: Mixpanel-compatible ingestion, the Braze Currents receiver, and the admin API.
+
+mod admin;
+mod currents;
+mod error;
+mod ingest;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::braze::client::BrazeClient;
+use crate::ingest::decode::MAX_UNCOMPRESSED_BYTES;
+use crate::secrets::SecretBox;
+use crate::store::Store;
+use crate::sync::SyncEngine;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub secrets: SecretBox,
+    pub engine: Arc<SyncEngine>,
+    pub braze: BrazeClient,
+    /// SHA-256 hex of the admin key.
+    pub admin_key_hash: Arc<str>,
+    /// Whether connections may name a base URL outside Braze's instance table.
+    pub allow_custom_braze_url: bool,
+    /// The shortest cadence a dynamic sync may have.
+    pub min_sync_interval: std::time::Duration,
+}
+
+pub fn router(state: AppState) -> Router {
+    // Compressed bodies are smaller than the uncompressed limit, which the decoder enforces
+    // while decompressing; this bound only stops bodies that could never be valid.
+    let body_limit = DefaultBodyLimit::max(MAX_UNCOMPRESSED_BYTES + 64 * 1024);
+    Router::new()
+        .merge(ingest::routes())
+        .merge(currents::routes())
+        .nest("/api/v1", admin::routes(state.clone()))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(body_limit)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,404 @@
+//! Client of Braze's partner cohort import API, with the retry rules of a good Braze citizen.
+//!
+//! - 2xx (including 202 `queued`): success.
+//! - 429: wait until `x-ratelimit-reset` (UTC epoch seconds) or `Retry-After` (seconds or an
+//!   HTTP date), never less than the rate-limit floor, plus jitter; then resend the same body.
+//! - 5xx, 423, timeouts and connection errors: exponential backoff with full jitter.
+//! - Any other status (400, 401, 403, 404, ...): no retry; the caller pauses the sync.
+//!
+//! Both retry kinds stop after `RetryPolicy::max_attempts`. Secrets never reach a log or an
+//! error message: Braze echoes the client secret in some 401 messages, so messages are redacted.
+
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// Braze accepts at most this many ids in one `cohorts/users` request.
+pub const MAX_IDS_PER_REQUEST: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// The least a 429 makes the client wait, whatever the headers say.
+    pub rate_limit_floor: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(60),
+            rate_limit_floor: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The secrets of one request: the operator's partner credentials and the connection's key.
+#[derive(Clone)]
+pub struct Credentials {
+    pub partner_name: String,
+    pub partner_api_key: String,
+    pub data_import_key: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("partner_name", &self.partner_name)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum BrazeError {
+    /// Braze refused the request; resending it unchanged cannot succeed.
+    #[error("Braze rejected the request with HTTP {status}: {message}")]
+    Rejected { status: u16, message: String },
+    /// Every attempt failed with a retryable error.
+    #[error("Braze did not accept the request after {attempts} attempts; last error: {last}")]
+    GaveUp { attempts: u32, last: String },
+}
+
+#[derive(Clone)]
+pub struct BrazeClient {
+    http: reqwest::Client,
+    policy: RetryPolicy,
+}
+
+enum Attempt {
+    Done,
+    Fatal(BrazeError),
+    Retry { delay: Duration, reason: String },
+}
+
+impl BrazeClient {
+    pub fn new(policy: RetryPolicy) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(policy.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("cohortbridge/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a client with a timeout and no redirects builds");
+        Self { http, policy }
+    }
+
+    /// Creates the cohort, or renames it when it exists.
+    pub async fn create_cohort(
+        &self,
+        base_url: &str,
+        credentials: &Credentials,
+        cohort_id: &str,
+        name: &str,
+        created_at: &str,
+    ) -> Result<(), BrazeError> {
+        let body = json!({
+            "partner_api_key": credentials.partner_api_key,
+            "client_secret": credentials.data_import_key,
+            "cohort_id": cohort_id,
+            "name": name,
+            "created_at": created_at,
+        });
+        self.post(
+            &endpoint(base_url, credentials, "cohorts"),
+            body,
+            credentials,
+        )
+        .await
+    }
+
+    /// Sends one batch of membership changes: adds and removes as separate `cohort_changes`
+    /// objects, at most `MAX_IDS_PER_REQUEST` ids in total.
+    pub async fn update_members(
+        &self,
+        base_url: &str,
+        credentials: &Credentials,
+        cohort_id: &str,
+        added: &[String],
+        removed: &[String],
+    ) -> Result<(), BrazeError> {
+        assert!(
+            added.len() + removed.len() <= MAX_IDS_PER_REQUEST,
+            "callers split changes into requests of at most {MAX_IDS_PER_REQUEST} ids"
+        );
+        let mut changes = Vec::new();
+        if !added.is_empty() {
+            changes.push(json!({"user_ids": added}));
+        }
+        if !removed.is_empty() {
+            changes.push(json!({"user_ids": removed, "should_remove": true}));
+        }
+        let body = json!({
+            "partner_api_key": credentials.partner_api_key,
+            "client_secret": credentials.data_import_key,
+            "cohort_id": cohort_id,
+            "cohort_changes": changes,
+        });
+        self.post(
+            &endpoint(base_url, credentials, "cohorts/users"),
+            body,
+            credentials,
+        )
+        .await
+    }
+
+    /// Checks credentials with an empty `cohort_changes`, which Braze accepts without effect.
+    pub async fn probe(&self, base_url: &str, credentials: &Credentials) -> Result<(), BrazeError> {
+        self.update_members(
+            base_url,
+            credentials,
+            "cohortbridge-credentials-check",
+            &[],
+            &[],
+        )
+        .await
+    }
+
+    async fn post(
+        &self,
+        url: &str,
+        body: Value,
+        credentials: &Credentials,
+    ) -> Result<(), BrazeError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.attempt(url, &body, credentials, attempt).await {
+                Attempt::Done => return Ok(()),
+                Attempt::Fatal(error) => return Err(error),
+                Attempt::Retry { reason, .. } if attempt >= self.policy.max_attempts => {
+                    return Err(BrazeError::GaveUp {
+                        attempts: attempt,
+                        last: reason,
+                    });
+                }
+                Attempt::Retry { delay, reason } => {
+                    tracing::warn!(
+                        url,
+                        attempt,
+                        delay_ms = delay.as_millis() as u64,
+                        reason,
+                        "Braze request failed; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        url: &str,
+        body: &Value,
+        credentials: &Credentials,
+        attempt: u32,
+    ) -> Attempt {
+        let response = match self.http.post(url).json(body).send().await {
+            Ok(response) => response,
+            Err(e) => {
+                let kind = if e.is_timeout() {
+                    "timed out"
+                } else {
+                    "connection failed"
+                };
+                return Attempt::Retry {
+                    delay: self.backoff(attempt),
+                    reason: format!("request {kind}: {}", redact(&e.to_string(), credentials)),
+                };
+            }
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            return Attempt::Done;
+        }
+        let message = redact(&braze_message(&text), credentials);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let wait = rate_limit_wait(&headers, chrono::Utc::now().timestamp_millis())
+                .unwrap_or_else(|| self.backoff(attempt));
+            let jitter =
+                rand::thread_rng().gen_range(0..=self.policy.base_delay.as_millis() as u64);
+            return Attempt::Retry {
+                delay: wait.max(self.policy.rate_limit_floor) + Duration::from_millis(jitter),
+                reason: format!("HTTP 429: {message}"),
+            };
+        }
+        if status.is_server_error() || status == StatusCode::LOCKED {
+            return Attempt::Retry {
+                delay: self.backoff(attempt),
+                reason: format!("HTTP {}: {message}", status.as_u16()),
+            };
+        }
+        Attempt::Fatal(BrazeError::Rejected {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    /// Exponential backoff with full jitter: a random delay up to `base * 2^(attempt-1)`.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self
+            .policy
+            .base_delay
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(self.policy.max_delay);
+        Duration::from_millis(rand::thread_rng().gen_range(0..=cap.as_millis() as u64))
+    }
+}
+
+fn endpoint(base_url: &str, credentials: &Credentials, path: &str) -> String {
+    format!(
+        "{}/partners/{}/{path}",
+        base_url.trim_end_matches('/'),
+        credentials.partner_name
+    )
+}
+
+/// The `message` of a JSON error body, or a short excerpt of any other body (Braze's 5xx
+/// replies may be HTML).
+fn braze_message(text: &str) -> String {
+    if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) {
+        if let Some(Value::String(message)) = map.get("message") {
+            return message.clone();
+        }
+    }
+    let excerpt: String = text.chars().take(200).collect();
+    if excerpt.trim().is_empty() {
+        "no message in the response".into()
+    } else {
+        excerpt
+    }
+}
+
+fn redact(text: &str, credentials: &Credentials) -> String {
+    let mut out = text.to_owned();
+    for secret in [&credentials.data_import_key, &credentials.partner_api_key] {
+        if !secret.is_empty() {
+            out = out.replace(secret.as_str(), "<redacted>");
+        }
+    }
+    out
+}
+
+/// How long a 429 asks the client to wait: `x-ratelimit-reset` (epoch seconds) first, then
+/// `Retry-After` (seconds or an HTTP date). Header names match in any case.
+pub fn rate_limit_wait(headers: &HeaderMap, now_ms: i64) -> Option<Duration> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(reset) = header("x-ratelimit-reset").and_then(|v| v.parse::<f64>().ok()) {
+        let wait_ms = (reset * 1000.0) as i64 - now_ms;
+        return Some(Duration::from_millis(wait_ms.max(0) as u64));
+    }
+    let retry_after = header("retry-after")?;
+    if let Ok(seconds) = retry_after.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(retry_after).ok()?;
+    let when_ms = when.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64;
+    Some(Duration::from_millis((when_ms - now_ms).max(0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::{HeaderName, HeaderValue};
+
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    const NOW_MS: i64 = 1_700_000_000_000;
+
+    #[test]
+    fn ratelimit_reset_is_epoch_seconds() {
+        let wait = rate_limit_wait(&headers(&[("X-RateLimit-Reset", "1700003600")]), NOW_MS);
+        assert_eq!(wait, Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn reset_in_the_past_waits_zero() {
+        let wait = rate_limit_wait(&headers(&[("x-ratelimit-reset", "1699999000")]), NOW_MS);
+        assert_eq!(wait, Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn retry_after_seconds_and_date() {
+        assert_eq!(
+            rate_limit_wait(&headers(&[("retry-after", "7")]), NOW_MS),
+            Some(Duration::from_secs(7))
+        );
+        // 2023-11-14T22:13:30Z is ten seconds after NOW_MS.
+        let date = headers(&[("Retry-After", "Tue, 14 Nov 2023 22:13:30 GMT")]);
+        assert_eq!(
+            rate_limit_wait(&date, NOW_MS),
+            Some(Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn no_headers_means_no_hint() {
+        assert_eq!(rate_limit_wait(&headers(&[]), NOW_MS), None);
+        assert_eq!(
+            rate_limit_wait(&headers(&[("retry-after", "soon")]), NOW_MS),
+            None
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted_from_messages() {
+        let credentials = Credentials {
+            partner_name: "p".into(),
+            partner_api_key: "pk-1".into(),
+            data_import_key: "dik-SECRET".into(),
+        };
+        let message = braze_message(
+            r#"{"message":"Partner not enabled for client with client secret: dik-SECRET"}"#,
+        );
+        assert_eq!(
+            redact(&message, &credentials),
+            "Partner not enabled for client with client secret: <redacted>"
+        );
+        assert!(!format!("{credentials:?}").contains("dik-SECRET"));
+    }
+
+    #[test]
+    fn html_bodies_become_excerpts() {
+        assert_eq!(
+            braze_message("<html>upstream unavailable</html>"),
+            "<html>upstream unavailable</html>"
+        );
+        assert_eq!(braze_message(""), "no message in the response");
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let client = BrazeClient::new(RetryPolicy {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(300),
+            ..RetryPolicy::default()
+        });
+        for attempt in 1..20 {
+            assert!(client.backoff(attempt) <= Duration::from_millis(300));
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Everything Braze: its instance table, the partner cohort import client, and the mapping of
+//! Currents events back into stored events.
+
+pub mod client;
+pub mod currents;
+pub mod instances;

@@ -1,0 +1,64 @@
+//! HTTP client of the admin API, for the CLI.
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+pub struct AdminClient {
+    http: reqwest::Client,
+    server: String,
+    admin_key: String,
+    project: i64,
+}
+
+impl AdminClient {
+    pub fn new(server: &str, admin_key: &str, project: i64) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Self {
+            http,
+            server: server.trim_end_matches('/').to_owned(),
+            admin_key: admin_key.to_owned(),
+            project,
+        })
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// GET a path under the project, such as `/cohorts`; `""` is the project itself.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let url = self.url(path);
+        let request = self.http.get(&url).bearer_auth(&self.admin_key);
+        Self::send(request, &url).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let url = self.url(path);
+        let request = self.http.post(&url).bearer_auth(&self.admin_key).json(body);
+        Self::send(request, &url).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1/projects/{}{path}", self.server, self.project)
+    }
+
+    async fn send(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<Value> {
+        let response = request.send().await.with_context(|| {
+            format!("cannot reach the server at {url}; is `cohortbridge serve` running?")
+        })?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            let message = body
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| body.to_string());
+            bail!("server answered HTTP {}: {message}", status.as_u16());
+        }
+        Ok(body)
+    }
+}

@@ -1,0 +1,117 @@
+//! Settings of `cohortbridge serve`. Every flag is also an environment variable, and the
+//! defaults run with no configuration at all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on for ingestion, Currents and the admin API.
+    #[arg(long, env = "COHORTBRIDGE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Folder for the SQLite database and the encryption key; created if missing.
+    #[arg(long, env = "COHORTBRIDGE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Admin key for the admin API and CLI. Without it, a key is generated on first start and
+    /// printed once.
+    #[arg(long, env = "COHORTBRIDGE_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+
+    /// Key that encrypts stored secrets, as 64 hex digits. Without it, a key file in the data
+    /// folder is used, created on first start.
+    #[arg(long, env = "COHORTBRIDGE_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+
+    /// Partner name in Braze's partner API paths (`/partners/<name>/...`).
+    #[arg(
+        long,
+        env = "COHORTBRIDGE_BRAZE_PARTNER_NAME",
+        default_value = "cohortbridge"
+    )]
+    pub braze_partner_name: String,
+
+    /// Partner API key for Braze instances outside the EU.
+    #[arg(
+        long,
+        env = "COHORTBRIDGE_BRAZE_PARTNER_API_KEY",
+        hide_env_values = true
+    )]
+    pub braze_partner_api_key: Option<String>,
+
+    /// Partner API key for Braze's EU instances (`.braze.eu` hosts).
+    #[arg(
+        long,
+        env = "COHORTBRIDGE_BRAZE_PARTNER_API_KEY_EU",
+        hide_env_values = true
+    )]
+    pub braze_partner_api_key_eu: Option<String>,
+
+    /// Allow connections whose base URL is outside Braze's instance table, such as the bundled
+    /// Braze emulator.
+    #[arg(long, env = "COHORTBRIDGE_ALLOW_CUSTOM_BRAZE_URL")]
+    pub allow_custom_braze_url: bool,
+
+    /// Shortest cadence of a dynamic sync, in seconds.
+    #[arg(
+        long,
+        env = "COHORTBRIDGE_MIN_SYNC_INTERVAL_SECS",
+        default_value_t = 60
+    )]
+    pub min_sync_interval_secs: u64,
+
+    /// How often the scheduler looks for due syncs, in milliseconds.
+    #[arg(long, env = "COHORTBRIDGE_SCHEDULER_TICK_MS", default_value_t = 1000)]
+    pub scheduler_tick_ms: u64,
+
+    /// Attempts per Braze request before a run gives up (429, 5xx, timeouts).
+    #[arg(long, env = "COHORTBRIDGE_BRAZE_MAX_ATTEMPTS", default_value_t = 6)]
+    pub braze_max_attempts: u32,
+
+    /// First backoff delay of a Braze retry, in milliseconds; it doubles with each attempt.
+    #[arg(long, env = "COHORTBRIDGE_BRAZE_RETRY_BASE_MS", default_value_t = 500)]
+    pub braze_retry_base_ms: u64,
+
+    /// Least wait after a Braze 429, in milliseconds.
+    #[arg(
+        long,
+        env = "COHORTBRIDGE_BRAZE_RATE_LIMIT_FLOOR_MS",
+        default_value_t = 1000
+    )]
+    pub braze_rate_limit_floor_ms: u64,
+
+    /// Timeout of one Braze request, in seconds.
+    #[arg(long, env = "COHORTBRIDGE_BRAZE_TIMEOUT_SECS", default_value_t = 30)]
+    pub braze_timeout_secs: u64,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "COHORTBRIDGE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl ServeConfig {
+    /// Settings for tests and embedding: the defaults, with the given data folder and listen
+    /// address.
+    pub fn for_data_dir(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            data_dir,
+            admin_key: None,
+            secret_key: None,
+            braze_partner_name: "cohortbridge".into(),
+            braze_partner_api_key: None,
+            braze_partner_api_key_eu: None,
+            allow_custom_braze_url: false,
+            min_sync_interval_secs: 60,
+            scheduler_tick_ms: 1000,
+            braze_max_attempts: 6,
+            braze_retry_base_ms: 500,
+            braze_rate_limit_floor_ms: 1000,
+            braze_timeout_secs: 30,
+            log_format: "text".into(),
+        }
+    }
+}

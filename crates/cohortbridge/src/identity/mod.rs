@@ -1,0 +1,270 @@
+//! Identity under Simplified ID Merge: which distinct id an event belongs to, which `$device:`
+//! ids merge into which `$user_id`, and how a stored distinct id resolves to its user.
+//!
+//! An event with both `$user_id` and `$device_id` links `$device:<device_id>` to the user. The
+//! first link of a device wins, so two `$user_id`s are never merged: a later login of another
+//! user on the same device keeps its events on that user and changes no link.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use crate::store::IdentityLink;
+
+/// Prefix Mixpanel's SDKs put before a device id to form an anonymous distinct id.
+pub const DEVICE_PREFIX: &str = "$device:";
+
+/// Values that Mixpanel treats as a missing id, compared without regard to ASCII case.
+const PLACEHOLDER_IDS: &[&str] = &[
+    "anon",
+    "anonymous",
+    "nil",
+    "none",
+    "null",
+    "n/a",
+    "na",
+    "undefined",
+    "unknown",
+    "<nil>",
+    "0",
+    "-1",
+    "true",
+    "false",
+    "[]",
+    "{}",
+    "00000000-0000-0000-0000-000000000000",
+];
+
+/// A problem with one field of a record, named as the record's JSON path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+pub fn is_placeholder(id: &str) -> bool {
+    PLACEHOLDER_IDS.iter().any(|p| p.eq_ignore_ascii_case(id))
+}
+
+/// Reads an id field. Strings are kept byte-exact (no trimming, no case folding); whole numbers
+/// become their decimal string; `null` counts as absent (`Ok(None)`). Placeholders, fractions,
+/// objects, arrays and booleans are errors.
+pub fn read_id(value: Option<&Value>, field: &str) -> Result<Option<String>, FieldError> {
+    let id = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                i.to_string()
+            } else if let Some(u) = n.as_u64() {
+                u.to_string()
+            } else {
+                match n.as_f64() {
+                    Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => format!("{}", f as i64),
+                    _ => {
+                        return Err(FieldError::new(
+                            field,
+                            format!("{field} {n} is not a whole number or a string"),
+                        ))
+                    }
+                }
+            }
+        }
+        Some(other) => {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "{field} must be a string or a whole number, found {}",
+                    crate::ingest::decode::json_type(other)
+                ),
+            ))
+        }
+    };
+    if is_placeholder(&id) {
+        return Err(FieldError::new(
+            field,
+            format!("{field} {id:?} is a placeholder value that Mixpanel rejects as an id"),
+        ));
+    }
+    Ok(Some(id))
+}
+
+/// The identity of one event: its distinct id and the merge link it creates, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventIdentity {
+    /// The empty string when the event belongs to no user.
+    pub distinct_id: String,
+    pub link: Option<IdentityLink>,
+}
+
+/// Works out an event's identity from its properties. Without `distinct_id`, the id is
+/// `$user_id`, else `$device:<$device_id>`; when none is present the event belongs to no user
+/// if `require_distinct_id` is false and is rejected otherwise.
+pub fn event_identity(
+    properties: &Map<String, Value>,
+    require_distinct_id: bool,
+) -> Result<EventIdentity, FieldError> {
+    let user_id = read_id(properties.get("$user_id"), "properties.$user_id")?;
+    let device_id = read_id(properties.get("$device_id"), "properties.$device_id")?;
+    let explicit = read_id(properties.get("distinct_id"), "properties.distinct_id")?;
+
+    let distinct_id =
+        match (explicit, &user_id, &device_id) {
+            (Some(id), _, _) => id,
+            (None, Some(user), _) => user.clone(),
+            (None, None, Some(device)) => format!("{DEVICE_PREFIX}{device}"),
+            (None, None, None) if require_distinct_id => return Err(FieldError::new(
+                "properties.distinct_id",
+                "properties.distinct_id is missing; send \"\" for an event that belongs to no user",
+            )),
+            (None, None, None) => String::new(),
+        };
+
+    let link = match (user_id, device_id) {
+        (Some(user), Some(device)) if !user.is_empty() && !device.is_empty() => {
+            Some(IdentityLink {
+                distinct_id: format!("{DEVICE_PREFIX}{device}"),
+                canonical_id: user,
+            })
+        }
+        _ => None,
+    };
+    Ok(EventIdentity { distinct_id, link })
+}
+
+/// Resolves a stored distinct id to the user it belongs to.
+pub fn canonical<'a>(links: &'a HashMap<String, String>, distinct_id: &'a str) -> &'a str {
+    links
+        .get(distinct_id)
+        .map(String::as_str)
+        .unwrap_or(distinct_id)
+}
+
+/// Whether a canonical id is an anonymous device that no user has claimed.
+pub fn is_anonymous_device(canonical_id: &str) -> bool {
+    canonical_id.starts_with(DEVICE_PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn props(value: Value) -> Map<String, Value> {
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn placeholders_are_rejected_in_any_case() {
+        for id in [
+            "null",
+            "NULL",
+            "None",
+            "undefined",
+            "0",
+            "-1",
+            "[]",
+            "<nil>",
+        ] {
+            let err = read_id(Some(&json!(id)), "properties.distinct_id").unwrap_err();
+            assert_eq!(err.field, "properties.distinct_id");
+            assert!(err.message.contains(id), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn ids_are_kept_byte_exact() {
+        assert_eq!(
+            read_id(Some(&json!("  u-pad  ")), "f").unwrap().unwrap(),
+            "  u-pad  "
+        );
+        assert_eq!(
+            read_id(Some(&json!("U-CASE")), "f").unwrap().unwrap(),
+            "U-CASE"
+        );
+        assert_eq!(read_id(Some(&json!("NaN")), "f").unwrap().unwrap(), "NaN");
+    }
+
+    #[test]
+    fn whole_numbers_become_strings() {
+        assert_eq!(read_id(Some(&json!(12345)), "f").unwrap().unwrap(), "12345");
+        assert_eq!(
+            read_id(Some(&json!(12345.0)), "f").unwrap().unwrap(),
+            "12345"
+        );
+        assert!(read_id(Some(&json!(1.5)), "f").is_err());
+    }
+
+    #[test]
+    fn objects_and_arrays_are_rejected() {
+        assert!(read_id(Some(&json!({"id": 7})), "f")
+            .unwrap_err()
+            .message
+            .contains("an object"));
+        assert!(read_id(Some(&json!(["x"])), "f")
+            .unwrap_err()
+            .message
+            .contains("an array"));
+    }
+
+    #[test]
+    fn null_is_absent() {
+        assert_eq!(read_id(Some(&Value::Null), "f").unwrap(), None);
+    }
+
+    #[test]
+    fn user_and_device_create_link() {
+        let identity = event_identity(
+            &props(json!({"$user_id": "u-alice", "$device_id": "D1"})),
+            true,
+        )
+        .unwrap();
+        assert_eq!(identity.distinct_id, "u-alice");
+        assert_eq!(
+            identity.link,
+            Some(IdentityLink {
+                distinct_id: "$device:D1".into(),
+                canonical_id: "u-alice".into()
+            })
+        );
+    }
+
+    #[test]
+    fn device_alone_is_anonymous() {
+        let identity = event_identity(&props(json!({"$device_id": "D1"})), true).unwrap();
+        assert_eq!(identity.distinct_id, "$device:D1");
+        assert_eq!(identity.link, None);
+    }
+
+    #[test]
+    fn missing_id_depends_on_endpoint() {
+        assert_eq!(
+            event_identity(&props(json!({})), false)
+                .unwrap()
+                .distinct_id,
+            ""
+        );
+        let err = event_identity(&props(json!({"distinct_id": null})), true).unwrap_err();
+        assert_eq!(err.field, "properties.distinct_id");
+    }
+
+    #[test]
+    fn placeholder_user_id_never_links() {
+        let err = event_identity(
+            &props(json!({"$user_id": "null", "$device_id": "D1"})),
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "properties.$user_id");
+    }
+}

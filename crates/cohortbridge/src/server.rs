@@ -1,0 +1,169 @@
+//! Starting the server: open the store, create the default project and the admin key on first
+//! start, start the sync scheduler and serve HTTP until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState};
+use crate::braze::client::{BrazeClient, RetryPolicy};
+use crate::config::ServeConfig;
+use crate::secrets::{self, SecretBox};
+use crate::store::{NewProject, SqliteStore, Store};
+use crate::sync::{self, PartnerSettings, SyncEngine};
+
+const ADMIN_KEY_HASH_SETTING: &str = "admin_key_hash";
+const DATABASE_FILE: &str = "cohortbridge.db";
+
+/// A server started in this process.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    /// The admin key generated on this start, when none existed; `None` on later starts.
+    pub generated_admin_key: Option<String>,
+    shutdown: watch::Sender<bool>,
+    http: JoinHandle<()>,
+    scheduler: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting requests, lets requests in flight finish and stops the scheduler.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.http.await;
+        let _ = self.scheduler.await;
+    }
+}
+
+/// Opens the store in `config.data_dir`, bootstraps it and starts serving on `config.listen`.
+pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data folder {}",
+            config.data_dir.display()
+        )
+    })?;
+    let secret_box = SecretBox::load_or_create(&config.data_dir, config.secret_key.as_deref())?;
+    let db_path = config.data_dir.join(DATABASE_FILE);
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&db_path)
+            .with_context(|| format!("cannot open the database {}", db_path.display()))?,
+    );
+
+    let (admin_key_hash, generated_admin_key) =
+        admin_key(store.as_ref(), config.admin_key.as_deref()).await?;
+    ensure_default_project(store.as_ref(), &secret_box).await?;
+    let interrupted = store
+        .fail_interrupted_runs(chrono::Utc::now().timestamp_millis())
+        .await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            runs = interrupted,
+            "marked sync runs interrupted by the previous stop as failed"
+        );
+    }
+
+    let braze = BrazeClient::new(RetryPolicy {
+        max_attempts: config.braze_max_attempts.max(1),
+        base_delay: Duration::from_millis(config.braze_retry_base_ms),
+        max_delay: Duration::from_secs(60),
+        rate_limit_floor: Duration::from_millis(config.braze_rate_limit_floor_ms),
+        request_timeout: Duration::from_secs(config.braze_timeout_secs.max(1)),
+    });
+    let partner = PartnerSettings {
+        name: config.braze_partner_name.clone(),
+        api_key: config.braze_partner_api_key.clone(),
+        api_key_eu: config.braze_partner_api_key_eu.clone(),
+    };
+    let engine = Arc::new(SyncEngine::new(
+        store.clone(),
+        braze.clone(),
+        secret_box.clone(),
+        partner,
+    ));
+    let state = AppState {
+        store,
+        secrets: secret_box,
+        engine: engine.clone(),
+        braze,
+        admin_key_hash: admin_key_hash.into(),
+        allow_custom_braze_url: config.allow_custom_braze_url,
+        min_sync_interval: Duration::from_secs(config.min_sync_interval_secs),
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let scheduler = sync::spawn_scheduler(
+        engine,
+        Duration::from_millis(config.scheduler_tick_ms.max(10)),
+        shutdown_rx.clone(),
+    );
+    let app = api::router(state);
+    let http = tokio::spawn(async move {
+        let mut shutdown_rx = shutdown_rx;
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown_rx.changed().await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "HTTP server stopped with an error");
+        }
+    });
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "cohortbridge started");
+    Ok(RunningServer {
+        addr,
+        generated_admin_key,
+        shutdown,
+        http,
+        scheduler,
+    })
+}
+
+/// The admin key's hash: from the configured key, from the store, or from a key generated now
+/// (returned so the caller can print it once).
+async fn admin_key(
+    store: &dyn Store,
+    configured: Option<&str>,
+) -> anyhow::Result<(String, Option<String>)> {
+    if let Some(key) = configured {
+        anyhow::ensure!(
+            key.len() >= 16,
+            "the admin key must be at least 16 characters long"
+        );
+        return Ok((secrets::hash(key), None));
+    }
+    if let Some(hash) = store.get_setting(ADMIN_KEY_HASH_SETTING).await? {
+        return Ok((hash, None));
+    }
+    let key = secrets::random_token(24);
+    let hash = secrets::hash(&key);
+    store.put_setting(ADMIN_KEY_HASH_SETTING, &hash).await?;
+    Ok((hash, Some(key)))
+}
+
+async fn ensure_default_project(store: &dyn Store, secret_box: &SecretBox) -> anyhow::Result<()> {
+    if !store.list_projects().await?.is_empty() {
+        return Ok(());
+    }
+    let api_secret = secrets::random_token(16);
+    let currents_token = secrets::random_token(32);
+    let project = store
+        .create_project(NewProject {
+            name: "Default project".into(),
+            token: secrets::random_token(16),
+            api_secret_enc: secret_box.encrypt(&api_secret),
+            api_secret_hash: secrets::hash(&api_secret),
+            currents_token_enc: secret_box.encrypt(&currents_token),
+            currents_token_hash: secrets::hash(&currents_token),
+        })
+        .await?;
+    tracing::info!(project_id = project.id, "created the default project");
+    Ok(())
+}

@@ -1,0 +1,369 @@
+//! Durable state behind one interface: projects, events, identity links, profiles, cohorts,
+//! Braze connections, syncs and what Braze has acknowledged.
+//!
+//! Every write method returns only after its transaction is committed to disk, so the API layer
+//! may acknowledge a request as soon as the call returns.
+
+mod sqlite;
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored JSON is invalid: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{what} {value:?} already exists")]
+    Conflict { what: &'static str, value: String },
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A project with its secrets still encrypted.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub id: i64,
+    pub name: String,
+    pub token: String,
+    pub api_secret_enc: String,
+    pub currents_token_enc: String,
+    pub created_at_ms: i64,
+}
+
+/// Fields of a project to create; secrets arrive encrypted and hashed.
+#[derive(Debug, Clone)]
+pub struct NewProject {
+    pub name: String,
+    pub token: String,
+    pub api_secret_enc: String,
+    pub api_secret_hash: String,
+    pub currents_token_enc: String,
+    pub currents_token_hash: String,
+}
+
+/// A validated event ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event: String,
+    pub distinct_id: String,
+    pub time_ms: i64,
+    pub insert_id: String,
+    pub properties: Map<String, Value>,
+}
+
+impl NewEvent {
+    /// The `$partner_id` property, which marks events that a partner such as Braze sent.
+    pub fn partner_id(&self) -> Option<&str> {
+        self.properties.get("$partner_id").and_then(Value::as_str)
+    }
+}
+
+/// A Simplified ID Merge link from a `$device:` id to a `$user_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityLink {
+    pub distinct_id: String,
+    pub canonical_id: String,
+}
+
+/// One `/engage` update, already validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileUpdate {
+    pub distinct_id: String,
+    pub operation: ProfileOperation,
+    /// Milliseconds for `$last_seen`, or `None` when `$ignore_time` was set.
+    pub last_seen_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProfileOperation {
+    Set(Map<String, Value>),
+    SetOnce(Map<String, Value>),
+    Add(Map<String, Value>),
+    Append(Map<String, Value>),
+    Union(Map<String, Value>),
+    Remove(Map<String, Value>),
+    Unset(Vec<String>),
+    Delete,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cohort {
+    pub id: i64,
+    pub project_id: i64,
+    pub name: String,
+    pub definition: Value,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// A Braze connection with its Data Import Key still encrypted.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub id: i64,
+    pub project_id: i64,
+    pub name: String,
+    pub instance: String,
+    pub base_url: String,
+    pub data_import_key_enc: String,
+    pub user_id_property: String,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewConnection {
+    pub name: String,
+    pub instance: String,
+    pub base_url: String,
+    pub data_import_key_enc: String,
+    pub user_id_property: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    Once,
+    Dynamic,
+}
+
+impl SyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Once => "once",
+            SyncMode::Dynamic => "dynamic",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sync {
+    pub id: i64,
+    pub project_id: i64,
+    pub cohort_id: i64,
+    pub connection_id: i64,
+    pub mode: SyncMode,
+    pub interval_secs: Option<i64>,
+    /// `active`, `paused` or `completed`.
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub next_run_at_ms: Option<i64>,
+    pub created_at_ms: i64,
+}
+
+/// The counters of one sync run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RunCounts {
+    pub members: i64,
+    pub added: i64,
+    pub removed: i64,
+    pub skipped: i64,
+    pub requests: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncRun {
+    pub id: i64,
+    pub sync_id: i64,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    /// `running`, `succeeded` or `failed`.
+    pub status: String,
+    #[serde(flatten)]
+    pub counts: RunCounts,
+    pub error: Option<String>,
+}
+
+/// What Braze acknowledged creating for one cohort in one connection's workspace.
+#[derive(Debug, Clone)]
+pub struct BrazeCohort {
+    pub braze_cohort_id: String,
+    pub name_sent: String,
+}
+
+/// Everything the cohort evaluator reads, loaded once per evaluation.
+#[derive(Debug, Default)]
+pub struct CohortInputs {
+    /// `$device:` id to the `$user_id` it was merged into.
+    pub links: HashMap<String, String>,
+    /// Profile properties by the distinct id they were stored under.
+    pub profiles: HashMap<String, Map<String, Value>>,
+    /// Every distinct id that has an event, except the empty id.
+    pub event_distinct_ids: HashSet<String>,
+}
+
+/// Counts of one import or track request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteSummary {
+    /// Rows written, including duplicates that replaced an earlier row.
+    pub written: usize,
+}
+
+/// The storage interface. SQLite implements it now; PostgreSQL will implement the same calls.
+#[async_trait]
+pub trait Store: Send + std::marker::Sync + 'static {
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
+    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()>;
+
+    async fn create_project(&self, project: NewProject) -> StoreResult<Project>;
+    async fn list_projects(&self) -> StoreResult<Vec<Project>>;
+    async fn project(&self, id: i64) -> StoreResult<Option<Project>>;
+    async fn project_by_token(&self, token: &str) -> StoreResult<Option<Project>>;
+    async fn project_by_api_secret_hash(&self, hash: &str) -> StoreResult<Option<Project>>;
+    async fn project_by_currents_token_hash(&self, hash: &str) -> StoreResult<Option<Project>>;
+
+    /// Stores events and identity links in one transaction. A duplicate on Mixpanel's key
+    /// (event, distinct id, time, insert id) replaces the earlier row, so the last one wins.
+    async fn write_events(
+        &self,
+        project_id: i64,
+        events: Vec<NewEvent>,
+        links: Vec<IdentityLink>,
+        now_ms: i64,
+    ) -> StoreResult<WriteSummary>;
+    async fn count_events(&self, project_id: i64) -> StoreResult<i64>;
+    /// Events of one distinct id, oldest first, at most `limit`.
+    async fn events_of(
+        &self,
+        project_id: i64,
+        distinct_id: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<NewEvent>>;
+
+    /// Applies profile updates in order, in one transaction. Each update's distinct id is
+    /// resolved through the identity links first.
+    async fn apply_profile_updates(
+        &self,
+        project_id: i64,
+        updates: Vec<ProfileUpdate>,
+        now_ms: i64,
+    ) -> StoreResult<WriteSummary>;
+    async fn profile(
+        &self,
+        project_id: i64,
+        distinct_id: &str,
+    ) -> StoreResult<Option<Map<String, Value>>>;
+
+    async fn quarantine_currents(
+        &self,
+        project_id: i64,
+        items: Vec<(String, String)>,
+        now_ms: i64,
+    ) -> StoreResult<()>;
+    async fn count_quarantined(&self, project_id: i64) -> StoreResult<i64>;
+
+    async fn cohort_inputs(&self, project_id: i64) -> StoreResult<CohortInputs>;
+    /// Per distinct id, how many events named `event` happened in `[since_ms, until_ms]`.
+    async fn event_counts(
+        &self,
+        project_id: i64,
+        event: &str,
+        since_ms: Option<i64>,
+        until_ms: i64,
+    ) -> StoreResult<HashMap<String, i64>>;
+    /// Distinct ids with at least one event in `[start_ms, end_ms)` that counts towards MTU.
+    /// `exempt_partner_events` lists names (compared without regard to case) that do not count
+    /// when a `$partner_id` is set, and `exempt_events` names that never count.
+    async fn mtu_distinct_ids(
+        &self,
+        project_id: i64,
+        start_ms: i64,
+        end_ms: i64,
+        exempt_partner_events: &[&str],
+        exempt_events: &[&str],
+    ) -> StoreResult<Vec<String>>;
+
+    async fn create_cohort(
+        &self,
+        project_id: i64,
+        name: &str,
+        definition: &Value,
+        now_ms: i64,
+    ) -> StoreResult<Cohort>;
+    async fn list_cohorts(&self, project_id: i64) -> StoreResult<Vec<Cohort>>;
+    async fn cohort(&self, project_id: i64, id: i64) -> StoreResult<Option<Cohort>>;
+
+    async fn create_connection(
+        &self,
+        project_id: i64,
+        connection: NewConnection,
+        now_ms: i64,
+    ) -> StoreResult<Connection>;
+    async fn list_connections(&self, project_id: i64) -> StoreResult<Vec<Connection>>;
+    async fn connection(&self, id: i64) -> StoreResult<Option<Connection>>;
+    async fn connection_by_name(
+        &self,
+        project_id: i64,
+        name: &str,
+    ) -> StoreResult<Option<Connection>>;
+
+    async fn create_sync(
+        &self,
+        project_id: i64,
+        cohort_id: i64,
+        connection_id: i64,
+        mode: SyncMode,
+        interval_secs: Option<i64>,
+        now_ms: i64,
+    ) -> StoreResult<Sync>;
+    async fn list_syncs(&self, project_id: i64) -> StoreResult<Vec<Sync>>;
+    async fn sync(&self, id: i64) -> StoreResult<Option<Sync>>;
+    async fn set_sync_state(
+        &self,
+        id: i64,
+        status: &str,
+        reason: Option<&str>,
+        next_run_at_ms: Option<i64>,
+    ) -> StoreResult<()>;
+    /// Active dynamic syncs whose next run is due at `now_ms`.
+    async fn due_syncs(&self, now_ms: i64) -> StoreResult<Vec<Sync>>;
+
+    async fn start_run(&self, sync_id: i64, now_ms: i64) -> StoreResult<SyncRun>;
+    async fn update_run_counts(&self, run_id: i64, counts: &RunCounts) -> StoreResult<()>;
+    async fn finish_run(
+        &self,
+        run_id: i64,
+        status: &str,
+        counts: &RunCounts,
+        error: Option<&str>,
+        now_ms: i64,
+    ) -> StoreResult<SyncRun>;
+    /// Marks runs left `running` by a previous process as failed; returns how many.
+    async fn fail_interrupted_runs(&self, now_ms: i64) -> StoreResult<usize>;
+    async fn list_runs(&self, sync_id: i64) -> StoreResult<Vec<SyncRun>>;
+
+    async fn braze_cohort(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+    ) -> StoreResult<Option<BrazeCohort>>;
+    async fn record_braze_cohort(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+        cohort: &BrazeCohort,
+        now_ms: i64,
+    ) -> StoreResult<()>;
+    async fn braze_members(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+    ) -> StoreResult<HashSet<String>>;
+    /// Records one request's worth of changes that Braze acknowledged, in one transaction.
+    async fn record_braze_changes(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+        added: &[String],
+        removed: &[String],
+    ) -> StoreResult<()>;
+}

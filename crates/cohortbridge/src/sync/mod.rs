@@ -1,0 +1,546 @@
+//! Cohort syncs to Braze: one run computes the cohort, maps members to Braze external ids,
+//! diffs them against what Braze last acknowledged, and sends only the adds and removes.
+//!
+//! Braze's acknowledgement of each request is recorded before the next request is sent, so a
+//! run that stops half-way (a crash, a give-up after retries) leaves a state that the next run
+//! continues from: nothing acknowledged is sent twice and nothing unsent is assumed sent.
+//! Runs of one connection execute one at a time, and a sync never runs twice at once.
+
+mod scheduler;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use chrono::{TimeZone, Utc};
+use serde_json::Value;
+
+pub use scheduler::spawn_scheduler;
+
+use crate::braze::client::{BrazeClient, BrazeError, Credentials, MAX_IDS_PER_REQUEST};
+use crate::braze::instances;
+use crate::cohorts;
+use crate::identity;
+use crate::secrets::SecretBox;
+use crate::store::{
+    BrazeCohort, Connection, RunCounts, Store, StoreError, Sync, SyncMode, SyncRun,
+};
+
+/// The operator's partner credentials for Braze's partner API.
+#[derive(Clone, Default)]
+pub struct PartnerSettings {
+    pub name: String,
+    /// Key for every host outside `.braze.eu`.
+    pub api_key: Option<String>,
+    /// Key for `.braze.eu` hosts.
+    pub api_key_eu: Option<String>,
+}
+
+impl PartnerSettings {
+    /// The partner API key for a base URL, or an error that says which setting is missing.
+    pub fn api_key_for(&self, base_url: &str) -> Result<&str, String> {
+        if instances::is_eu(base_url) {
+            self.api_key_eu.as_deref().ok_or_else(|| {
+                "no partner API key for Braze's EU instances is configured; start the server with --braze-partner-api-key-eu".to_owned()
+            })
+        } else {
+            self.api_key.as_deref().ok_or_else(|| {
+                "no partner API key is configured; start the server with --braze-partner-api-key".to_owned()
+            })
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("sync {0} not found")]
+    NotFound(i64),
+    #[error("sync {0} is already running")]
+    AlreadyRunning(i64),
+    #[error("sync {id} is {status}: {reason}")]
+    NotActive {
+        id: i64,
+        status: String,
+        reason: String,
+    },
+}
+
+pub struct SyncEngine {
+    store: Arc<dyn Store>,
+    client: BrazeClient,
+    secrets: SecretBox,
+    partner: PartnerSettings,
+    running: Mutex<HashSet<i64>>,
+    connection_queues: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Removes a sync from the running set when its run ends, however it ends.
+struct RunningGuard<'a> {
+    engine: &'a SyncEngine,
+    sync_id: i64,
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.engine
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.sync_id);
+    }
+}
+
+/// How a run ended before it is recorded.
+struct RunFailure {
+    message: String,
+    /// Set when resending cannot help; the sync is paused with this reason.
+    pause: bool,
+}
+
+impl RunFailure {
+    fn retry_later(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            pause: false,
+        }
+    }
+
+    fn pause(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            pause: true,
+        }
+    }
+}
+
+impl SyncEngine {
+    pub fn new(
+        store: Arc<dyn Store>,
+        client: BrazeClient,
+        secrets: SecretBox,
+        partner: PartnerSettings,
+    ) -> Self {
+        Self {
+            store,
+            client,
+            secrets,
+            partner,
+            running: Mutex::new(HashSet::new()),
+            connection_queues: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn client(&self) -> &BrazeClient {
+        &self.client
+    }
+
+    pub fn partner(&self) -> &PartnerSettings {
+        &self.partner
+    }
+
+    pub fn is_running(&self, sync_id: i64) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&sync_id)
+    }
+
+    /// Credentials for requests through `connection`.
+    pub fn credentials(&self, connection: &Connection) -> Result<Credentials, String> {
+        let partner_api_key = self.partner.api_key_for(&connection.base_url)?.to_owned();
+        let data_import_key = self
+            .secrets
+            .decrypt(&connection.data_import_key_enc)
+            .map_err(|e| {
+                format!(
+                    "the Data Import Key of connection {:?} cannot be read: {e}",
+                    connection.name
+                )
+            })?;
+        Ok(Credentials {
+            partner_name: self.partner.name.clone(),
+            partner_api_key,
+            data_import_key,
+        })
+    }
+
+    /// Runs a sync now and returns the recorded run. Fails without a run when the sync is
+    /// already running or is not active.
+    pub async fn run(&self, sync_id: i64) -> Result<SyncRun, SyncError> {
+        let sync = self
+            .store
+            .sync(sync_id)
+            .await?
+            .ok_or(SyncError::NotFound(sync_id))?;
+        if sync.status != "active" {
+            return Err(SyncError::NotActive {
+                id: sync_id,
+                status: sync.status.clone(),
+                reason: sync
+                    .status_reason
+                    .clone()
+                    .unwrap_or_else(|| "no reason recorded".into()),
+            });
+        }
+        if !self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sync_id)
+        {
+            return Err(SyncError::AlreadyRunning(sync_id));
+        }
+        let _guard = RunningGuard {
+            engine: self,
+            sync_id,
+        };
+
+        let queue = self
+            .connection_queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(sync.connection_id)
+            .or_default()
+            .clone();
+        let _turn = queue.lock().await;
+
+        let run = self.store.start_run(sync_id, now_ms()).await?;
+        let span = tracing::info_span!(
+            "sync_run",
+            project_id = sync.project_id,
+            cohort_id = sync.cohort_id,
+            sync_id,
+            run_id = run.id
+        );
+        let _entered = span.enter();
+        tracing::info!("sync run started");
+        drop(_entered);
+
+        let mut counts = RunCounts::default();
+        let outcome = self.execute(&sync, run.id, &mut counts).await;
+        let finished_at = now_ms();
+        let next_run = match sync.mode {
+            SyncMode::Dynamic => sync.interval_secs.map(|secs| finished_at + secs * 1000),
+            SyncMode::Once => None,
+        };
+        let run = match outcome {
+            Ok(()) => {
+                let status = if sync.mode == SyncMode::Once {
+                    "completed"
+                } else {
+                    "active"
+                };
+                self.store
+                    .set_sync_state(sync_id, status, None, next_run)
+                    .await?;
+                let run = self
+                    .store
+                    .finish_run(run.id, "succeeded", &counts, None, finished_at)
+                    .await?;
+                tracing::info!(
+                    sync_id,
+                    run_id = run.id,
+                    added = counts.added,
+                    removed = counts.removed,
+                    skipped = counts.skipped,
+                    requests = counts.requests,
+                    "sync run succeeded"
+                );
+                run
+            }
+            Err(failure) => {
+                if failure.pause {
+                    self.store
+                        .set_sync_state(sync_id, "paused", Some(&failure.message), None)
+                        .await?;
+                    tracing::error!(sync_id, run_id = run.id, error = %failure.message, "sync run failed; sync paused until its connection is fixed");
+                } else {
+                    let status = if sync.mode == SyncMode::Once {
+                        "failed"
+                    } else {
+                        "active"
+                    };
+                    self.store
+                        .set_sync_state(sync_id, status, Some(&failure.message), next_run)
+                        .await?;
+                    tracing::error!(sync_id, run_id = run.id, error = %failure.message, "sync run failed; the next run retries");
+                }
+                self.store
+                    .finish_run(
+                        run.id,
+                        "failed",
+                        &counts,
+                        Some(&failure.message),
+                        finished_at,
+                    )
+                    .await?
+            }
+        };
+        Ok(run)
+    }
+
+    async fn execute(
+        &self,
+        sync: &Sync,
+        run_id: i64,
+        counts: &mut RunCounts,
+    ) -> Result<(), RunFailure> {
+        let store_failure = |e: StoreError| RunFailure::retry_later(format!("storage error: {e}"));
+        let cohort = self
+            .store
+            .cohort(sync.project_id, sync.cohort_id)
+            .await
+            .map_err(store_failure)?
+            .ok_or_else(|| {
+                RunFailure::pause(format!("cohort {} no longer exists", sync.cohort_id))
+            })?;
+        let connection = self
+            .store
+            .connection(sync.connection_id)
+            .await
+            .map_err(store_failure)?
+            .ok_or_else(|| {
+                RunFailure::pause(format!(
+                    "connection {} no longer exists",
+                    sync.connection_id
+                ))
+            })?;
+
+        // A failed evaluation sends nothing: it must never look like an empty cohort.
+        let definition = cohorts::parse(&cohort.definition).map_err(|e| {
+            RunFailure::retry_later(format!("cohort evaluation failed: invalid definition: {e}"))
+        })?;
+        let evaluated =
+            cohorts::evaluate(self.store.as_ref(), sync.project_id, &definition, now_ms())
+                .await
+                .map_err(|e| RunFailure::retry_later(format!("cohort evaluation failed: {e}")))?;
+
+        let desired = external_ids(&evaluated, &connection.user_id_property, counts);
+        let credentials = self.credentials(&connection).map_err(RunFailure::pause)?;
+        let braze_cohort_id = braze_cohort_id(sync.project_id, cohort.id);
+
+        let known = self
+            .store
+            .braze_cohort(connection.id, cohort.id)
+            .await
+            .map_err(store_failure)?;
+        if known.as_ref().is_none_or(|k| k.name_sent != cohort.name) {
+            let created_at = Utc
+                .timestamp_millis_opt(cohort.created_at_ms)
+                .single()
+                .unwrap_or_else(Utc::now)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            self.client
+                .create_cohort(
+                    &connection.base_url,
+                    &credentials,
+                    &braze_cohort_id,
+                    &cohort.name,
+                    &created_at,
+                )
+                .await
+                .map_err(braze_failure)?;
+            counts.requests += 1;
+            let record = BrazeCohort {
+                braze_cohort_id: braze_cohort_id.clone(),
+                name_sent: cohort.name.clone(),
+            };
+            self.store
+                .record_braze_cohort(connection.id, cohort.id, &record, now_ms())
+                .await
+                .map_err(store_failure)?;
+        }
+
+        let acknowledged = self
+            .store
+            .braze_members(connection.id, cohort.id)
+            .await
+            .map_err(store_failure)?;
+        let adds: Vec<String> = desired
+            .difference(&acknowledged)
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let removes: Vec<String> = acknowledged
+            .difference(&desired)
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+
+        for (added, removed) in batches(&adds, &removes, MAX_IDS_PER_REQUEST) {
+            self.client
+                .update_members(
+                    &connection.base_url,
+                    &credentials,
+                    &braze_cohort_id,
+                    added,
+                    removed,
+                )
+                .await
+                .map_err(braze_failure)?;
+            counts.requests += 1;
+            self.store
+                .record_braze_changes(connection.id, cohort.id, added, removed)
+                .await
+                .map_err(store_failure)?;
+            counts.added += added.len() as i64;
+            counts.removed += removed.len() as i64;
+            self.store
+                .update_run_counts(run_id, counts)
+                .await
+                .map_err(store_failure)?;
+        }
+        Ok(())
+    }
+}
+
+/// The id a cohort has in Braze. It carries the project id so two projects exporting to one
+/// workspace never share a Braze cohort.
+pub fn braze_cohort_id(project_id: i64, cohort_id: i64) -> String {
+    format!("cohortbridge-{project_id}-{cohort_id}")
+}
+
+/// Maps members to the external ids to send, counting members and skipped members. A member is
+/// skipped when it is an anonymous device, or its profile lacks a non-empty string value of the
+/// user-id property. Ids are sent byte-exact; two members sharing an id send it once.
+pub fn external_ids(
+    evaluated: &cohorts::CohortMembers,
+    user_id_property: &str,
+    counts: &mut RunCounts,
+) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    counts.members = evaluated.members.len() as i64;
+    for member in &evaluated.members {
+        let id = evaluated
+            .profiles
+            .get(member)
+            .and_then(|profile| profile.get(user_id_property))
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty());
+        match id {
+            Some(id) if !identity::is_anonymous_device(member) => {
+                ids.insert(id.to_owned());
+            }
+            _ => counts.skipped += 1,
+        }
+    }
+    ids
+}
+
+/// Splits adds and removes into requests of at most `max` ids in total: adds first, then
+/// removes, each request filled before the next begins.
+pub fn batches<'a>(
+    adds: &'a [String],
+    removes: &'a [String],
+    max: usize,
+) -> Vec<(&'a [String], &'a [String])> {
+    let mut out = Vec::new();
+    let (mut a, mut r) = (0, 0);
+    while a < adds.len() || r < removes.len() {
+        let take_adds = (adds.len() - a).min(max);
+        let take_removes = (removes.len() - r).min(max - take_adds);
+        out.push((&adds[a..a + take_adds], &removes[r..r + take_removes]));
+        a += take_adds;
+        r += take_removes;
+    }
+    out
+}
+
+fn braze_failure(error: BrazeError) -> RunFailure {
+    match error {
+        BrazeError::Rejected {
+            status,
+            ref message,
+        } => {
+            let advice = match status {
+                401 | 403 => "check the connection's Data Import Key and the partner API key",
+                404 => "check the connection's Braze instance and the partner name",
+                _ => "the request was invalid; this is a bug worth reporting",
+            };
+            RunFailure::pause(format!(
+                "Braze rejected the request (HTTP {status}: {message}); {advice}"
+            ))
+        }
+        BrazeError::GaveUp { .. } => RunFailure::retry_later(error.to_string()),
+    }
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn ids(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i}")).collect()
+    }
+
+    #[test]
+    fn batches_respect_the_limit() {
+        let adds = ids("a", 1500);
+        let removes = ids("r", 700);
+        let batches = batches(&adds, &removes, 1000);
+        assert_eq!(batches.len(), 3);
+        assert!(batches.iter().all(|(a, r)| a.len() + r.len() <= 1000));
+        assert_eq!(batches[0].0.len(), 1000);
+        assert_eq!((batches[1].0.len(), batches[1].1.len()), (500, 500));
+        assert_eq!(batches[2].1.len(), 200);
+        let total: usize = batches.iter().map(|(a, r)| a.len() + r.len()).sum();
+        assert_eq!(total, 2200);
+    }
+
+    #[test]
+    fn no_changes_means_no_requests() {
+        assert!(batches(&[], &[], 1000).is_empty());
+    }
+
+    #[test]
+    fn external_ids_skip_and_dedupe() {
+        let mut evaluated = cohorts::CohortMembers::default();
+        for (member, profile) in [
+            ("a", json!({"$braze_external_id": "X"})),
+            ("b", json!({"$braze_external_id": "X"})),
+            ("c", json!({"$braze_external_id": " Y "})),
+            ("d", json!({"$braze_external_id": ""})),
+            ("e", json!({"$braze_external_id": 7})),
+            ("$device:f", json!({"$braze_external_id": "Z"})),
+        ] {
+            evaluated.members.insert(member.into());
+            evaluated
+                .profiles
+                .insert(member.into(), profile.as_object().unwrap().clone());
+        }
+        evaluated.members.insert("no-profile".into());
+        let mut counts = RunCounts::default();
+        let ids = external_ids(&evaluated, "$braze_external_id", &mut counts);
+        assert_eq!(ids, HashSet::from(["X".to_owned(), " Y ".to_owned()]));
+        assert_eq!(counts.members, 7);
+        assert_eq!(counts.skipped, 4);
+    }
+
+    #[test]
+    fn partner_key_is_chosen_by_region() {
+        let partner = PartnerSettings {
+            name: "p".into(),
+            api_key: Some("us".into()),
+            api_key_eu: None,
+        };
+        assert_eq!(
+            partner
+                .api_key_for("https://rest.iad-01.braze.com")
+                .unwrap(),
+            "us"
+        );
+        assert!(partner
+            .api_key_for("https://rest.fra-01.braze.eu")
+            .unwrap_err()
+            .contains("--braze-partner-api-key-eu"));
+    }
+}
