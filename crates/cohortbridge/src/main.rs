@@ -1,3 +1,5 @@
+use std::process::ExitCode;
+
 use clap::Parser;
 use cohortbridge::cli::{self, Cli, Command};
 use cohortbridge::server;
@@ -17,7 +19,17 @@ fn init_logging(json: bool) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let Cli { client, command } = Cli::parse();
     match command {
         Command::Serve(mut config) => {

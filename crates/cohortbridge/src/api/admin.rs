@@ -33,6 +33,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/projects/{project}/profiles/{distinct_id}",
             get(show_profile),
         )
+        .route("/projects/{project}/events", get(list_events))
         .route(
             "/projects/{project}/cohorts",
             get(list_cohorts).post(create_cohort),
@@ -138,6 +139,39 @@ async fn show_profile(
     Ok(Json(
         json!({"distinct_id": distinct_id, "properties": profile}),
     ))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    distinct_id: Option<String>,
+    limit: Option<i64>,
+}
+
+/// Events stored under one distinct id, oldest first (at most `limit`, default 1000).
+async fn list_events(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    project_or_404(&state, id).await?;
+    let distinct_id = query
+        .distinct_id
+        .ok_or_else(|| ApiError::BadRequest("query parameter `distinct_id` is missing".into()))?;
+    let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
+    let events = state.store.events_of(id, &distinct_id, limit).await?;
+    let list: Vec<Value> = events
+        .into_iter()
+        .map(|e| {
+            json!({
+                "event": e.event,
+                "distinct_id": e.distinct_id,
+                "time_ms": e.time_ms,
+                "insert_id": e.insert_id,
+                "properties": e.properties,
+            })
+        })
+        .collect();
+    Ok(Json(json!(list)))
 }
 
 #[derive(Deserialize)]

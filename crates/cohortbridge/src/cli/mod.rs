@@ -247,7 +247,7 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
                 for c in list.as_array().into_iter().flatten() {
                     println!(
                         "{:<6} {:<24} {:<8} {:<36} {}",
-                        c["id"],
+                        text(&c["id"]),
                         text(&c["name"]),
                         text(&c["instance"]),
                         text(&c["base_url"]),
@@ -326,7 +326,7 @@ async fn cohorts(
                 for c in list.as_array().into_iter().flatten() {
                     println!(
                         "{:<6} {:<32} {}",
-                        c["id"],
+                        text(&c["id"]),
                         text(&c["name"]),
                         iso(&c["created_at_ms"])
                     );
@@ -398,8 +398,8 @@ async fn syncs(
                 };
                 println!(
                     "{:<6} {:<8} {:<10} {:<8} {:<22} {}",
-                    sync["id"],
-                    sync["cohort_id"],
+                    text(&sync["id"]),
+                    text(&sync["cohort_id"]),
                     text(&sync["mode"]),
                     text(&sync["status"]),
                     iso(&sync["next_run_at_ms"]),

@@ -1,0 +1,275 @@
+//! Test harness: the real server and the Braze emulator, each started in-process on port 0.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use base64::Engine;
+use braze_emulator::{Config as EmulatorConfig, Emulator};
+use cohortbridge::config::ServeConfig;
+use cohortbridge::server::{self, RunningServer};
+use serde_json::{json, Value};
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
+pub const PARTNER_NAME: &str = "cohortbridge";
+pub const PARTNER_API_KEY: &str = "pk-test";
+pub const DATA_IMPORT_KEY: &str = "dik-test-secret";
+
+pub struct TestServer {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub token: String,
+    pub api_secret: String,
+    pub currents_token: String,
+    pub data_dir: tempfile::TempDir,
+    running: Option<RunningServer>,
+}
+
+/// The config the tests use: quick retries, a short scheduler tick, custom Braze URLs allowed.
+pub fn test_config(data_dir: PathBuf) -> ServeConfig {
+    let mut config = ServeConfig::for_data_dir(data_dir, "127.0.0.1:0".parse().unwrap());
+    config.admin_key = Some(ADMIN_KEY.into());
+    config.braze_partner_name = PARTNER_NAME.into();
+    config.braze_partner_api_key = Some(PARTNER_API_KEY.into());
+    config.allow_custom_braze_url = true;
+    config.min_sync_interval_secs = 1;
+    config.scheduler_tick_ms = 100;
+    config.braze_max_attempts = 3;
+    config.braze_retry_base_ms = 10;
+    config.braze_rate_limit_floor_ms = 10;
+    config.braze_timeout_secs = 2;
+    config
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut ServeConfig)) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(data_dir.path().to_path_buf());
+        adjust(&mut config);
+        let running = server::start(config).await.expect("server starts");
+        let base = format!("http://{}", running.addr);
+        let http = reqwest::Client::new();
+        let mut server = Self {
+            base,
+            http,
+            token: String::new(),
+            api_secret: String::new(),
+            currents_token: String::new(),
+            data_dir,
+            running: Some(running),
+        };
+        let project = server.admin_get("").await;
+        server.token = project["token"].as_str().unwrap().to_owned();
+        server.api_secret = project["api_secret"].as_str().unwrap().to_owned();
+        server.currents_token = project["currents_token"].as_str().unwrap().to_owned();
+        server
+    }
+
+    pub async fn stop(self) {
+        drop(self.stop_keeping_data().await);
+    }
+
+    /// Stops the server and hands back its data folder, which is deleted when dropped.
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+        self.data_dir
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("{}/api/v1/projects/1{path}", self.base)
+    }
+
+    /// GET an admin path under project 1 and return the JSON, asserting a 2xx.
+    pub async fn admin_get(&self, path: &str) -> Value {
+        let (status, body) = self.admin_get_status(path).await;
+        assert!(status.is_success(), "GET {path}: HTTP {status}: {body}");
+        body
+    }
+
+    pub async fn admin_get_status(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .http
+            .get(self.admin_url(path))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn admin_post(&self, path: &str, body: &Value) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .http
+            .post(self.admin_url(path))
+            .bearer_auth(ADMIN_KEY)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POST a raw body to `/import` with the API secret, returning status and JSON.
+    pub async fn import_raw(
+        &self,
+        query: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .http
+            .post(self.url(&format!("/import{query}")))
+            .basic_auth(&self.api_secret, Some(""))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn import_records(&self, records: &[Value]) -> (reqwest::StatusCode, Value) {
+        let body: String = records.iter().map(|r| format!("{r}\n")).collect();
+        self.import_raw("?strict=1", body).await
+    }
+
+    /// POST `/track` as a form with base64 `data`, the way mixpanel-browser sends it.
+    pub async fn track(&self, events: &[Value]) -> (reqwest::StatusCode, String) {
+        let data = base64::engine::general_purpose::STANDARD
+            .encode(Value::Array(events.to_vec()).to_string());
+        let response = self
+            .http
+            .post(self.url("/track?verbose=1"))
+            .form(&[("data", data)])
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
+    pub async fn engage(&self, updates: &[Value]) -> (reqwest::StatusCode, String) {
+        let data = Value::Array(updates.to_vec()).to_string();
+        let response = self
+            .http
+            .post(self.url("/engage?verbose=1"))
+            .form(&[("data", data)])
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        self.admin_get("/stats").await["events"].as_i64().unwrap()
+    }
+
+    pub async fn create_cohort(&self, name: &str, definition: Value) -> i64 {
+        let (status, body) = self
+            .admin_post("/cohorts", &json!({"name": name, "definition": definition}))
+            .await;
+        assert_eq!(status, 201, "create cohort: {body}");
+        body["id"].as_i64().unwrap()
+    }
+
+    pub async fn members(&self, cohort_id: i64) -> Vec<String> {
+        let body = self
+            .admin_get(&format!("/cohorts/{cohort_id}/members"))
+            .await;
+        body["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Reads an edge-case fixture as JSON lines.
+    pub fn fixture_lines(name: &str) -> Vec<Value> {
+        let path = fixture_path(&format!("edge-cases/{name}"));
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .split('\n')
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+pub fn fixture_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A running Braze emulator and a handle to read its state.
+pub struct TestEmulator {
+    pub base: String,
+    pub emulator: Emulator,
+}
+
+impl TestEmulator {
+    pub async fn start() -> Self {
+        let emulator = Emulator::new(EmulatorConfig {
+            partner_name: PARTNER_NAME.into(),
+            partner_api_keys: vec![PARTNER_API_KEY.into()],
+            data_import_keys: vec![DATA_IMPORT_KEY.into()],
+        });
+        let addr = emulator
+            .clone()
+            .spawn("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        Self {
+            base: format!("http://{addr}"),
+            emulator,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        reqwest::get(format!("{}{path}", self.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn members(&self, braze_cohort_id: &str) -> Vec<String> {
+        let value = self
+            .get(&format!("/_emulator/cohorts/{braze_cohort_id}/members"))
+            .await;
+        value
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    pub async fn inject(&self, fault: Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/_emulator/faults", self.base))
+            .json(&fault)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "fault rejected: {}",
+            response.text().await.unwrap()
+        );
+    }
+}
+
+pub fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}

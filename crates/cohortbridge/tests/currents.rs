@@ -1,0 +1,155 @@
+//! Braze Currents batches through `POST /currents`, and the MTU figure they feed.
+
+mod common;
+
+use common::TestServer;
+use serde_json::{json, Value};
+
+/// A Currents event for `user` at `time` (epoch seconds).
+fn currents_event(event_type: &str, id: &str, user: &str, time: i64) -> Value {
+    json!({
+        "event_type": event_type,
+        "id": id,
+        "time": time,
+        "user": {"user_id": format!("braze-{user}"), "external_user_id": user, "timezone": "Europe/Berlin"},
+        "properties": {"campaign_name": "Winback", "dispatch_id": "d-1", "email_address": "someone@example.com"}
+    })
+}
+
+async fn post_currents(
+    server: &TestServer,
+    token: &str,
+    batch: &Value,
+) -> (reqwest::StatusCode, Value) {
+    let response = server
+        .http
+        .post(server.url("/currents"))
+        .bearer_auth(token)
+        .header("Braze-Currents-Version", "1")
+        .json(batch)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// 2026-11-10T00:00:00Z, inside the month the MTU checks look at.
+const NOVEMBER_10: i64 = 1_794_268_800;
+
+#[tokio::test]
+async fn email_open_counts_but_email_send_does_not() {
+    let server = TestServer::start().await;
+    let token = server.currents_token.clone();
+
+    let send_only = json!({"events": [currents_event("users.messages.email.Send", "send-1", "u-mail", NOVEMBER_10)]});
+    let (status, reply) = post_currents(&server, &token, &send_only).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["accepted"], 1);
+    assert_eq!(
+        server.admin_get("/mtu?month=2026-11").await["users"],
+        0,
+        "an Email Send alone is exempt"
+    );
+
+    let with_open = json!({"events": [
+        currents_event("users.messages.email.Send", "send-1", "u-mail", NOVEMBER_10),
+        currents_event("users.messages.email.Open", "open-1", "u-mail", NOVEMBER_10 + 60)
+    ]});
+    let (status, _) = post_currents(&server, &token, &with_open).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        server.admin_get("/mtu?month=2026-11").await["users"],
+        1,
+        "the Email Open counts"
+    );
+    assert_eq!(
+        server.event_count().await,
+        2,
+        "the resent Email Send was deduplicated"
+    );
+
+    let events = server.admin_get("/events?distinct_id=u-mail").await;
+    let names: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["Email Send", "Email Open"]);
+    for event in events.as_array().unwrap() {
+        assert_eq!(event["properties"]["$partner_id"], "braze", "{event}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn identity_events_never_count() {
+    let server = TestServer::start().await;
+    let records = [
+        json!({"event": "$identify", "properties": {"time": NOVEMBER_10, "distinct_id": "u-id", "$insert_id": "a"}}),
+        json!({"event": "$create_alias", "properties": {"time": NOVEMBER_10, "distinct_id": "u-id", "$insert_id": "b"}}),
+        json!({"event": "Canvas Entry", "properties": {"time": NOVEMBER_10, "distinct_id": "u-id", "$insert_id": "c", "$partner_id": "braze"}}),
+        json!({"event": "Canvas Entry", "properties": {"time": NOVEMBER_10, "distinct_id": "u-own", "$insert_id": "d"}}),
+    ];
+    let (status, body) = server.import_records(&records).await;
+    assert_eq!(status, 200, "{body}");
+    // u-own's Canvas Entry carries no $partner_id, so it is the customer's own event and counts.
+    assert_eq!(server.admin_get("/mtu?month=2026-11").await["users"], 1);
+    assert_eq!(server.admin_get("/mtu?month=2026-10").await["users"], 0);
+    let (status, reply) = server.admin_get_status("/mtu?month=2026-13").await;
+    assert_eq!(status, 400);
+    assert!(
+        reply["error"].as_str().unwrap().contains("2026-13"),
+        "{reply}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_events_are_quarantined_with_2xx() {
+    let server = TestServer::start().await;
+    let batch = json!({"events": [
+        currents_event("users.messages.email.Click", "click-1", "u-a", NOVEMBER_10),
+        currents_event("users.messages.pigeon.Send", "pigeon-1", "u-a", NOVEMBER_10),
+        {"event_type": "users.messages.email.Open", "id": "no-user", "time": NOVEMBER_10, "user": {"user_id": "b"}, "properties": {}}
+    ]});
+    let (status, reply) = post_currents(&server, &server.currents_token, &batch).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["accepted"], 1);
+    assert_eq!(reply["quarantined"], 2);
+    let stats = server.admin_get("/stats").await;
+    assert_eq!(stats["events"], 1);
+    assert_eq!(stats["currents_quarantined"], 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn currents_authentication_and_shape() {
+    let server = TestServer::start().await;
+    let batch = json!({"events": []});
+    let (status, _) = post_currents(&server, "wrong-token", &batch).await;
+    assert_eq!(status, 401);
+    let (status, _) = post_currents(&server, &server.token, &batch).await;
+    assert_eq!(status, 401, "the project token is not the Currents token");
+    let (status, reply) = post_currents(&server, &server.currents_token, &batch).await;
+    assert_eq!(status, 200, "an empty batch with a good token is accepted");
+    assert_eq!(reply["accepted"], 0);
+    let (status, reply) =
+        post_currents(&server, &server.currents_token, &json!({"data": []})).await;
+    assert_eq!(status, 400);
+    assert!(
+        reply["error"].as_str().unwrap().contains("events"),
+        "{reply}"
+    );
+
+    let response = server
+        .http
+        .post(server.url("/currents"))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401, "no Authorization header");
+    server.stop().await;
+}

@@ -1,0 +1,505 @@
+//! Braze connections and cohort syncs against the Braze emulator: one-time and dynamic exports,
+//! diffs, batching, retries and pauses.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{now_secs, TestEmulator, TestServer, DATA_IMPORT_KEY};
+use serde_json::{json, Value};
+
+async fn connect(server: &TestServer, emulator: &TestEmulator) {
+    let (status, body) = server
+        .admin_post(
+            "/connections",
+            &json!({"name": "emu", "base_url": emulator.base, "data_import_key": DATA_IMPORT_KEY}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// Gives `user` a profile with `plan` and an optional Braze id, and `purchases` recent Purchases.
+async fn seed_user(
+    server: &TestServer,
+    user: &str,
+    plan: &str,
+    braze_id: Option<&str>,
+    purchases: usize,
+) {
+    let mut set = json!({"plan": plan});
+    if let Some(id) = braze_id {
+        set["$braze_external_id"] = json!(id);
+    }
+    let (status, text) = server
+        .engage(&[json!({"$token": server.token, "$distinct_id": user, "$set": set})])
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let events: Vec<Value> = (0..purchases)
+        .map(|i| {
+            json!({"event": "Purchase", "properties": {"token": server.token, "distinct_id": user,
+            "time": now_secs() - 60 * (i as i64 + 1), "$insert_id": format!("{user}-p{i}")}})
+        })
+        .collect();
+    if !events.is_empty() {
+        let (status, text) = server.track(&events).await;
+        assert_eq!(status, 200, "{text}");
+    }
+}
+
+fn issue_definition() -> Value {
+    json!({"all": [
+        {"event": "Purchase", "count": {"gte": 2}, "within": {"last_days": 30}},
+        {"profile": "plan", "op": "eq", "value": "pro"},
+        {"not": {"event": "Churned"}}
+    ]})
+}
+
+async fn export(server: &TestServer, cohort: i64, mode: &str) -> Value {
+    let (status, body) = server
+        .admin_post(
+            "/exports",
+            &json!({"cohort_id": cohort, "connection": "emu", "mode": mode, "every_secs": 3600}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+async fn run_sync(server: &TestServer, sync_id: i64) -> Value {
+    let (status, body) = server
+        .admin_post(&format!("/syncs/{sync_id}/run"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The `cohorts/users` requests the emulator applied after request number `after`.
+async fn applied_changes(emulator: &TestEmulator, after: u64) -> (Vec<String>, Vec<String>) {
+    let requests = emulator.get("/_emulator/requests").await;
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    for request in requests.as_array().unwrap() {
+        if request["seq"].as_u64().unwrap() <= after || request["applied"] != true {
+            continue;
+        }
+        if !request["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("/cohorts/users")
+        {
+            continue;
+        }
+        for id in request["ids_added"].as_array().unwrap() {
+            added.push(id.as_str().unwrap().to_owned());
+        }
+        for id in request["ids_removed"].as_array().unwrap() {
+            removed.push(id.as_str().unwrap().to_owned());
+        }
+    }
+    (added, removed)
+}
+
+async fn last_seq(emulator: &TestEmulator) -> u64 {
+    let requests = emulator.get("/_emulator/requests").await;
+    requests
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn once_then_dynamic_sends_only_changes() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    connect(&server, &emulator).await;
+    seed_user(&server, "ann", "pro", Some("ext-ann"), 2).await;
+    seed_user(&server, "bob", "pro", Some("ext-bob"), 3).await;
+    seed_user(&server, "cid", "free", Some("ext-cid"), 2).await;
+    seed_user(&server, "dee", "pro", None, 2).await;
+    seed_user(&server, "eve", "pro", Some("ext-eve"), 1).await;
+
+    let cohort = server.create_cohort("Pro buyers", issue_definition()).await;
+    assert_eq!(server.members(cohort).await, vec!["ann", "bob", "dee"]);
+
+    let once = export(&server, cohort, "once").await;
+    let run = &once["run"];
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["members"], 3);
+    assert_eq!(run["added"], 2);
+    assert_eq!(run["skipped"], 1, "dee has no Braze id");
+    assert_eq!(once["sync"]["status"], "completed");
+    let braze_id = "cohortbridge-1-1";
+    assert_eq!(emulator.members(braze_id).await, vec!["ext-ann", "ext-bob"]);
+    let cohorts = emulator.get("/_emulator/cohorts").await;
+    assert_eq!(cohorts[0]["name"], "Pro buyers");
+
+    let dynamic = export(&server, cohort, "dynamic").await;
+    assert_eq!(dynamic["run"]["added"], 0);
+    assert_eq!(dynamic["run"]["removed"], 0);
+    assert_eq!(
+        dynamic["run"]["requests"], 0,
+        "nothing changed, so nothing is sent"
+    );
+    let sync_id = dynamic["sync"]["id"].as_i64().unwrap();
+    assert_eq!(dynamic["sync"]["status"], "active");
+    assert!(dynamic["sync"]["next_run_at_ms"].is_i64());
+
+    // ann churns and leaves; eve buys again and joins.
+    server.track(&[json!({"event": "Churned", "properties": {"token": server.token, "distinct_id": "ann", "time": now_secs()}})]).await;
+    seed_user(&server, "eve", "pro", Some("ext-eve"), 2).await;
+    let before = last_seq(&emulator).await;
+    let run = run_sync(&server, sync_id).await;
+    assert_eq!(run["added"], 1, "{run}");
+    assert_eq!(run["removed"], 1, "{run}");
+    assert_eq!(run["requests"], 1, "one request carries both changes");
+    assert_eq!(
+        applied_changes(&emulator, before).await,
+        (vec!["ext-eve".to_owned()], vec!["ext-ann".to_owned()])
+    );
+    assert_eq!(emulator.members(braze_id).await, vec!["ext-bob", "ext-eve"]);
+
+    let run = run_sync(&server, sync_id).await;
+    assert_eq!(
+        (
+            run["added"].as_i64(),
+            run["removed"].as_i64(),
+            run["requests"].as_i64()
+        ),
+        (Some(0), Some(0), Some(0))
+    );
+
+    let shown = server.admin_get(&format!("/syncs/{sync_id}")).await;
+    assert_eq!(shown["runs"].as_array().unwrap().len(), 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn changed_braze_id_is_one_remove_and_one_add() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    connect(&server, &emulator).await;
+    seed_user(&server, "ann", "pro", Some("old-id"), 2).await;
+    seed_user(&server, "twin", "pro", Some("shared"), 2).await;
+    seed_user(&server, "twin2", "pro", Some("shared"), 2).await;
+    let cohort = server.create_cohort("c", issue_definition()).await;
+    let dynamic = export(&server, cohort, "dynamic").await;
+    assert_eq!(
+        dynamic["run"]["added"], 2,
+        "two profiles sharing an id send it once"
+    );
+    let sync_id = dynamic["sync"]["id"].as_i64().unwrap();
+
+    seed_user(&server, "ann", "pro", Some("new-id"), 0).await;
+    // One of the twins leaves; the other still qualifies, so the shared id stays.
+    seed_user(&server, "twin", "free", Some("shared"), 0).await;
+    let before = last_seq(&emulator).await;
+    let run = run_sync(&server, sync_id).await;
+    assert_eq!(
+        applied_changes(&emulator, before).await,
+        (vec!["new-id".to_owned()], vec!["old-id".to_owned()]),
+        "{run}"
+    );
+    assert_eq!(
+        emulator.members("cohortbridge-1-1").await,
+        vec!["new-id", "shared"]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn large_cohort_is_sent_in_batches_of_1000() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    connect(&server, &emulator).await;
+    let updates: Vec<Value> = (0..2500)
+        .map(|i| json!({"$token": server.token, "$distinct_id": format!("user-{i:04}"), "$set": {"$braze_external_id": format!("ext-{i:04}")}}))
+        .collect();
+    for chunk in updates.chunks(2000) {
+        let (status, text) = server.engage(chunk).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let cohort = server
+        .create_cohort("all", json!({"profile": "$braze_external_id", "op": "set"}))
+        .await;
+    let once = export(&server, cohort, "once").await;
+    assert_eq!(once["run"]["added"], 2500);
+    assert_eq!(
+        once["run"]["requests"], 4,
+        "one create and three member requests"
+    );
+    let requests = emulator.get("/_emulator/requests").await;
+    for request in requests.as_array().unwrap() {
+        assert!(
+            request["added"].as_u64().unwrap() + request["removed"].as_u64().unwrap() <= 1000,
+            "{request}"
+        );
+    }
+    let cohorts = emulator.get("/_emulator/cohorts").await;
+    assert_eq!(cohorts[0]["member_count"], 2500);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_waits_then_resends() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    connect(&server, &emulator).await;
+    seed_user(&server, "ann", "pro", Some("ext-ann"), 2).await;
+    let cohort = server.create_cohort("c", issue_definition()).await;
+
+    let reset = now_secs() + 2;
+    emulator
+        .inject(json!({"status": 429, "headers": {"x-ratelimit-reset": reset.to_string(), "x-ratelimit-remaining": "0"},
+            "body": "{\"message\":\"Rate limit exceeded\"}", "times": 1}))
+        .await;
+    let started = std::time::Instant::now();
+    let once = export(&server, cohort, "once").await;
+    assert_eq!(once["run"]["status"], "succeeded", "{once}");
+    let waited_until = chrono::Utc::now().timestamp();
+    assert!(
+        waited_until >= reset,
+        "resent at {waited_until}, before the reset at {reset}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(emulator.members("cohortbridge-1-1").await, vec!["ext-ann"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn server_errors_exhaust_retries_then_next_run_resumes() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    connect(&server, &emulator).await;
+    seed_user(&server, "ann", "pro", Some("ext-ann"), 2).await;
+    let cohort = server.create_cohort("c", issue_definition()).await;
+
+    emulator
+        .inject(json!({"status": 503, "body": "<html>upstream unavailable</html>", "times": 3}))
+        .await;
+    let dynamic = export(&server, cohort, "dynamic").await;
+    let run = &dynamic["run"];
+    assert_eq!(run["status"], "failed");
+    assert!(
+        run["error"].as_str().unwrap().contains("after 3 attempts"),
+        "{run}"
+    );
+    assert_eq!(
+        dynamic["sync"]["status"], "active",
+        "a transient failure does not pause the sync"
+    );
+    assert!(emulator.members("cohortbridge-1-1").await.is_empty());
+
+    let sync_id = dynamic["sync"]["id"].as_i64().unwrap();
+    let run = run_sync(&server, sync_id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["added"], 1);
+    assert_eq!(emulator.members("cohortbridge-1-1").await, vec!["ext-ann"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unauthorized_pauses_the_sync_with_reason() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    connect(&server, &emulator).await;
+    seed_user(&server, "ann", "pro", Some("ext-ann"), 2).await;
+    let cohort = server.create_cohort("c", issue_definition()).await;
+
+    emulator
+        .inject(json!({"status": 401, "body": format!("{{\"message\":\"Partner not enabled for client with client secret: {DATA_IMPORT_KEY}\"}}"), "times": 1}))
+        .await;
+    let dynamic = export(&server, cohort, "dynamic").await;
+    assert_eq!(dynamic["run"]["status"], "failed");
+    assert_eq!(dynamic["sync"]["status"], "paused");
+    let reason = dynamic["sync"]["status_reason"].as_str().unwrap();
+    assert!(reason.contains("HTTP 401"), "{reason}");
+    assert!(
+        !reason.contains(DATA_IMPORT_KEY),
+        "the secret leaked into the reason: {reason}"
+    );
+    let requests = emulator.get("/_emulator/requests").await;
+    assert_eq!(
+        requests.as_array().unwrap().len(),
+        2,
+        "the probe and one request: no retry loop"
+    );
+
+    let sync_id = dynamic["sync"]["id"].as_i64().unwrap();
+    let (status, body) = server
+        .admin_post(&format!("/syncs/{sync_id}/run"), &json!({}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("paused"), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn failed_evaluation_sends_nothing() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    connect(&server, &emulator).await;
+    seed_user(&server, "ann", "pro", Some("ext-ann"), 2).await;
+    let cohort = server.create_cohort("c", issue_definition()).await;
+    let dynamic = export(&server, cohort, "dynamic").await;
+    assert_eq!(dynamic["run"]["added"], 1);
+    let sync_id = dynamic["sync"]["id"].as_i64().unwrap();
+
+    // Corrupt the stored definition behind the API's back, as a bad migration might.
+    let db = rusqlite::Connection::open(server.data_dir.path().join("cohortbridge.db")).unwrap();
+    db.execute("UPDATE cohorts SET definition = '{\"bogus\": 1}'", [])
+        .unwrap();
+    drop(db);
+
+    let before = last_seq(&emulator).await;
+    let run = run_sync(&server, sync_id).await;
+    assert_eq!(run["status"], "failed");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("cohort evaluation failed"),
+        "{run}"
+    );
+    assert_eq!(last_seq(&emulator).await, before, "nothing was sent");
+    assert_eq!(
+        emulator.members("cohortbridge-1-1").await,
+        vec!["ext-ann"],
+        "members were not removed"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn scheduler_runs_due_dynamic_syncs() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    connect(&server, &emulator).await;
+    seed_user(&server, "ann", "pro", Some("ext-ann"), 2).await;
+    let cohort = server.create_cohort("c", issue_definition()).await;
+    let (status, body) = server
+        .admin_post(
+            "/exports",
+            &json!({"cohort_id": cohort, "connection": "emu", "mode": "dynamic", "every_secs": 1}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let sync_id = body["sync"]["id"].as_i64().unwrap();
+
+    seed_user(&server, "bob", "pro", Some("ext-bob"), 2).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while emulator.members("cohortbridge-1-1").await.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduler did not run the sync within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shown = server.admin_get(&format!("/syncs/{sync_id}")).await;
+    assert!(shown["runs"].as_array().unwrap().len() >= 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connection_add_validates_input_and_credentials() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    let cases = [
+        (
+            json!({"name": "x", "base_url": emulator.base, "data_import_key": "wrong"}),
+            400,
+            "Invalid client secret",
+        ),
+        (
+            json!({"name": "x", "instance": "US-99", "data_import_key": "k"}),
+            400,
+            "US-99",
+        ),
+        (
+            json!({"name": "x", "data_import_key": "k"}),
+            400,
+            "instance",
+        ),
+        (
+            json!({"name": "", "instance": "US-01", "data_import_key": "k"}),
+            400,
+            "name",
+        ),
+        (
+            json!({"name": "x", "base_url": "ftp://h", "data_import_key": "k"}),
+            400,
+            "http",
+        ),
+        (
+            json!({"name": "x", "base_url": emulator.base, "data_import_key": ""}),
+            400,
+            "data_import_key",
+        ),
+    ];
+    for (body, status, needle) in cases {
+        let (got, reply) = server.admin_post("/connections", &body).await;
+        assert_eq!(got, status, "{body}: {reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains(needle),
+            "{body}: {reply}"
+        );
+    }
+    connect(&server, &emulator).await;
+    let (status, reply) = server
+        .admin_post(
+            "/connections",
+            &json!({"name": "emu", "base_url": emulator.base, "data_import_key": DATA_IMPORT_KEY}),
+        )
+        .await;
+    assert_eq!(status, 409, "{reply}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn custom_base_url_needs_operator_consent() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start_with(|config| config.allow_custom_braze_url = false).await;
+    let (status, reply) = server
+        .admin_post(
+            "/connections",
+            &json!({"name": "emu", "base_url": emulator.base, "data_import_key": DATA_IMPORT_KEY}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-custom-braze-url"),
+        "{reply}"
+    );
+    assert!(
+        emulator
+            .get("/_emulator/requests")
+            .await
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "no request left the server"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn data_import_key_never_leaves_the_server() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    connect(&server, &emulator).await;
+    let listed = server.admin_get("/connections").await;
+    assert_eq!(listed[0]["name"], "emu");
+    assert!(!listed.to_string().contains(DATA_IMPORT_KEY), "{listed}");
+    let data_dir = server.stop_keeping_data().await;
+    for entry in std::fs::read_dir(data_dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let found = bytes
+            .windows(DATA_IMPORT_KEY.len())
+            .any(|w| w == DATA_IMPORT_KEY.as_bytes());
+        assert!(!found, "the Data Import Key is stored in plain text");
+    }
+}
