@@ -503,3 +503,26 @@ async fn data_import_key_never_leaves_the_server() {
         assert!(!found, "the Data Import Key is stored in plain text");
     }
 }
+
+#[tokio::test]
+async fn rejected_one_time_export_ends_failed_not_paused() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    connect(&server, &emulator).await;
+    seed_user(&server, "ann", "pro", Some("ext-ann"), 2).await;
+    let cohort = server.create_cohort("c", issue_definition()).await;
+    emulator
+        .inject(json!({"status": 400, "body": "{\"message\":\"bad\"}", "times": 1}))
+        .await;
+    let once = export(&server, cohort, "once").await;
+    assert_eq!(once["run"]["status"], "failed");
+    assert_eq!(once["sync"]["status"], "failed");
+    assert!(
+        once["sync"]["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 400: bad"),
+        "{once}"
+    );
+    server.stop().await;
+}

@@ -131,10 +131,11 @@ async fn track(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let decoded = match decode_request(query, &headers, &body) {
+    let decoded = match decode_request(query.clone(), &headers, &body) {
         Ok(decoded) => decoded,
         Err((status, message)) => {
-            return status_reply(status, wants_verbose(&headers, &body), Some(message))
+            let verbose = wants_verbose(query.as_deref(), &body);
+            return status_reply(status, verbose, Some(message));
         }
     };
     let verbose = decoded.flag("verbose");
@@ -208,10 +209,11 @@ async fn engage_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let decoded = match decode_request(query, &headers, &body) {
+    let decoded = match decode_request(query.clone(), &headers, &body) {
         Ok(decoded) => decoded,
         Err((status, message)) => {
-            return status_reply(status, wants_verbose(&headers, &body), Some(message))
+            let verbose = wants_verbose(query.as_deref(), &body);
+            return status_reply(status, verbose, Some(message));
         }
     };
     let verbose = decoded.flag("verbose");
@@ -266,10 +268,13 @@ async fn engage_handler(
 }
 
 /// Whether a request that failed to decode asked for a verbose reply in its query or form.
-fn wants_verbose(headers: &HeaderMap, body: &[u8]) -> bool {
-    let _ = headers;
-    let text = String::from_utf8_lossy(&body[..body.len().min(4096)]);
-    text.split('&').any(|pair| pair == "verbose=1")
+fn wants_verbose(query: Option<&str>, body: &[u8]) -> bool {
+    let head = String::from_utf8_lossy(&body[..body.len().min(4096)]);
+    query
+        .into_iter()
+        .chain(std::iter::once(head.as_ref()))
+        .flat_map(|text| text.split('&'))
+        .any(|pair| pair == "verbose=1")
 }
 
 /// An `/import` reply in Mixpanel's JSON shape.

@@ -106,6 +106,7 @@ pub enum ImportCommand {
 pub enum CohortsCommand {
     /// Create a cohort from a definition file and print its id.
     Create {
+        /// Cohort name, as Braze will show it.
         #[arg(long)]
         name: String,
         /// JSON file with the definition (see docs/cohorts.md).
@@ -126,6 +127,7 @@ pub enum CohortsCommand {
 pub enum ConnectionsCommand {
     /// Connect a Braze workspace; the server checks the credentials with Braze first.
     Add {
+        /// Connection name, unique in the project.
         #[arg(long)]
         name: String,
         /// Braze instance, such as US-01 or EU-02.
@@ -268,12 +270,11 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
             if json_output {
                 print_json(&reply);
             } else {
-                let sync = &reply["sync"];
-                println!("sync {} created ({mode}); first run:", sync["id"]);
+                println!("sync {} created ({mode}); first run:", reply["sync"]["id"]);
                 print_run(&reply["run"]);
-                if reply["run"]["status"] == "failed" {
-                    bail!("the first run of sync {} failed", sync["id"]);
-                }
+            }
+            if reply["run"]["status"] == "failed" {
+                bail!("the first run of sync {} failed", reply["sync"]["id"]);
             }
         }
         Command::Syncs(command) => syncs(&client, command, json_output).await?,

@@ -250,19 +250,19 @@ impl SyncEngine {
                 run
             }
             Err(failure) => {
-                if failure.pause {
+                if sync.mode == SyncMode::Once {
+                    self.store
+                        .set_sync_state(sync_id, "failed", Some(&failure.message), None)
+                        .await?;
+                    tracing::error!(sync_id, run_id = run.id, error = %failure.message, "one-time export failed");
+                } else if failure.pause {
                     self.store
                         .set_sync_state(sync_id, "paused", Some(&failure.message), None)
                         .await?;
                     tracing::error!(sync_id, run_id = run.id, error = %failure.message, "sync run failed; sync paused until its connection is fixed");
                 } else {
-                    let status = if sync.mode == SyncMode::Once {
-                        "failed"
-                    } else {
-                        "active"
-                    };
                     self.store
-                        .set_sync_state(sync_id, status, Some(&failure.message), next_run)
+                        .set_sync_state(sync_id, "active", Some(&failure.message), next_run)
                         .await?;
                     tracing::error!(sync_id, run_id = run.id, error = %failure.message, "sync run failed; the next run retries");
                 }
