@@ -112,7 +112,7 @@ impl SecretBox {
     }
 }
 
-/// A random token of `bytes` bytes as lowercase hex.
+/// Generates a random token of `bytes` bytes, as lowercase hex.
 pub fn random_token(bytes: usize) -> String {
     let mut buffer = vec![0u8; bytes];
     rand::rngs::OsRng.fill_bytes(&mut buffer);

@@ -126,7 +126,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     })
 }
 
-/// The admin key's hash: from the configured key, from the store, or from a key generated now
+/// Resolves the admin key's hash: from the configured key, from the store, or from a key generated now
 /// (returned so the caller can print it once).
 async fn admin_key(
     store: &dyn Store,

@@ -92,8 +92,8 @@ async fn list_projects(State(state): State<AppState>) -> Result<Json<Value>, Api
     Ok(Json(json!(list)))
 }
 
-/// The project with its token, API secret and Currents token: the owner needs them to point
-/// SDKs and Braze here.
+/// Returns the project with its token, API secret and Currents token, which the owner needs to
+/// point SDKs and Braze here.
 async fn show_project(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -232,7 +232,7 @@ async fn show_cohort(
     Ok(Json(json!(cohort)))
 }
 
-/// The cohort's members as of now: canonical distinct ids, sorted.
+/// Evaluates the cohort now and returns its members as sorted canonical distinct ids.
 async fn cohort_members(
     State(state): State<AppState>,
     Path((id, cohort_id)): Path<(i64, i64)>,
@@ -344,7 +344,7 @@ async fn create_connection(
     Ok((StatusCode::CREATED, Json(connection_json(&connection))))
 }
 
-/// The instance name and base URL of a new connection. A base URL outside Braze's instance
+/// Resolves the instance name and base URL of a new connection. A base URL outside Braze's instance
 /// table is accepted only when the operator allowed it at start.
 fn resolve_instance(
     state: &AppState,

@@ -1,4 +1,4 @@
-//! `/track`, `/import` and `/engage`, answering as Mixpanel does.
+//! `/track`, `/import` and `/engage`, replying as Mixpanel does.
 //!
 //! - `/track` and `/engage` find the project by the token in each record and answer `1` or
 //!   `0`, or `{"status": 1, "error": null}` with `verbose=1`.
@@ -41,7 +41,7 @@ pub fn routes() -> Router<AppState> {
         .route("/import/", get(import).post(import))
 }
 
-/// The request decoded, or the response that rejects it.
+/// Decodes a request, or builds the response that rejects it.
 fn decode_request(
     query: Option<String>,
     headers: &HeaderMap,
@@ -70,7 +70,7 @@ fn decode_request(
     Ok(decoded)
 }
 
-/// A `/track`-style reply: `1`/`0`, or JSON with `verbose=1`.
+/// Builds a `/track`-style reply: `1`/`0`, or JSON with `verbose=1`.
 fn status_reply(status: StatusCode, verbose: bool, error: Option<String>) -> Response {
     let ok = error.is_none();
     if verbose {
@@ -267,7 +267,7 @@ async fn engage_handler(
     )
 }
 
-/// Whether a request that failed to decode asked for a verbose reply in its query or form.
+/// Checks whether a request that failed to decode asked for a verbose reply in its query or form.
 fn wants_verbose(query: Option<&str>, body: &[u8]) -> bool {
     let head = String::from_utf8_lossy(&body[..body.len().min(4096)]);
     query
@@ -277,7 +277,7 @@ fn wants_verbose(query: Option<&str>, body: &[u8]) -> bool {
         .any(|pair| pair == "verbose=1")
 }
 
-/// An `/import` reply in Mixpanel's JSON shape.
+/// Builds an `/import` reply in Mixpanel's JSON shape.
 fn import_reply(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }

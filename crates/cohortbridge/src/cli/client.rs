@@ -57,7 +57,7 @@ impl AdminClient {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
                 .unwrap_or_else(|| body.to_string());
-            bail!("server answered HTTP {}: {message}", status.as_u16());
+            bail!("server returned HTTP {}: {message}", status.as_u16());
         }
         Ok(body)
     }

@@ -3,7 +3,7 @@
 //! deduplication as live traffic.
 //!
 //! Events go to `/import?strict=1` in batches of up to 2000 records, authenticated with the
-//! project's API secret; profiles go to `/engage` as `$set` updates with `$ignore_time`. A batch
+//! project's API secret. Profiles go to `/engage` as `$set` updates with `$ignore_time`. A batch
 //! that gets a 429, a 503 or no answer is resent after a backoff; the server deduplicates.
 
 use std::io::Read;
@@ -100,8 +100,8 @@ fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(raw)
 }
 
-/// Splits a file into records, each with the line it starts on. NDJSON is split on `\n` only;
-/// a file holding one JSON array, or an object with a `results` array (Mixpanel's engage
+/// Splits a file into records, each with the line it starts on. NDJSON is split on `\n` only.
+/// A file containing one JSON array, or an object with a `results` array (Mixpanel's engage
 /// query reply), is also accepted.
 fn records(path: &Path, bytes: &[u8]) -> anyhow::Result<Vec<(usize, Value)>> {
     let trimmed = bytes.trim_ascii_start();
@@ -274,7 +274,7 @@ async fn send_batch(
                         json!({"failed_records": [{"index": 0, "field": "", "message": message}], "num_records_imported": count.saturating_sub(1)}),
                     );
                 } else {
-                    bail!("{url} answered HTTP {}: {value}", status.as_u16());
+                    bail!("{url} returned HTTP {}: {value}", status.as_u16());
                 }
             }
             Err(e) => format!("request failed: {e}"),

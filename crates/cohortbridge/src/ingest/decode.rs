@@ -1,7 +1,7 @@
 //! Turns the bytes of an ingestion request into JSON records, whatever encoding the client used.
 //!
 //! Mixpanel clients send a payload as a JSON body, an NDJSON body, or a form or query field
-//! `data=` that holds raw or base64-encoded JSON, any of it optionally gzip-compressed. The
+//! `data=` that contains raw or base64-encoded JSON, any of it optionally gzip-compressed. The
 //! other form and query fields (`verbose`, `strict`, `ip`, ...) are returned as parameters.
 
 use std::collections::HashMap;
@@ -246,7 +246,9 @@ mod tests {
         let json = r#"[{"event":"a","properties":{"k":"<<??>>~"}},{"event":"b","properties":{}}]"#;
         let ndjson = "{\"event\":\"a\",\"properties\":{\"k\":\"<<??>>~\"}}\r\n{\"event\":\"b\",\"properties\":{}}\n";
         let encoded = b64(json);
-        assert!(encoded.contains('+') && encoded.contains('/') && encoded.ends_with('='));
+        assert!(encoded.contains('+'));
+        assert!(encoded.contains('/'));
+        assert!(encoded.ends_with('='));
         type Case<'a> = (
             &'a str,
             Option<String>,

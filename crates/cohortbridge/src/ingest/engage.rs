@@ -165,7 +165,7 @@ fn update_time_ms(value: Option<&Value>, now_ms: i64) -> Result<i64, FieldError>
     }
 }
 
-/// What applying an operation did to a profile.
+/// The result of applying an operation to a profile.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Updated,
@@ -232,7 +232,7 @@ pub fn apply(properties: &mut Map<String, Value>, operation: &ProfileOperation) 
     Outcome::Updated
 }
 
-/// The list stored under `key`, created when absent; a scalar already there becomes the first item.
+/// Returns the list stored under `key`, created when absent. A scalar already there becomes the first item.
 fn list_entry<'a>(properties: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value> {
     let slot = properties
         .entry(key.to_owned())

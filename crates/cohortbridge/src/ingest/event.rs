@@ -10,7 +10,7 @@ use crate::store::{IdentityLink, NewEvent};
 pub const MIN_EVENT_TIME_MS: i64 = 31_536_000_000;
 /// How far ahead of the server's clock an event may be.
 pub const MAX_FUTURE_MS: i64 = 60 * 60 * 1000;
-/// How old an event sent to `/track` may be; older ones belong on `/import`.
+/// Maximum age of an event sent to `/track`. Older events belong on `/import`.
 pub const TRACK_MAX_AGE_MS: i64 = 5 * 24 * 60 * 60 * 1000;
 /// A numeric `time` at or above this is read as milliseconds, below it as seconds. As seconds it
 /// would be past the year 5000; as milliseconds it is 1973-03-03.
@@ -174,7 +174,7 @@ fn validate_insert_id(value: &Value) -> Result<String, FieldError> {
     Ok(id.clone())
 }
 
-/// An insert id for an event that was sent without one, from a hash of its content, so that
+/// Derives an insert id for an event that was sent without one, from a hash of its content, so that
 /// importing the same file twice stores each event once.
 fn derived_insert_id(
     name: &str,

@@ -14,7 +14,7 @@ use crate::braze::currents::MTU_EXEMPT_EVENT_NAMES;
 use crate::identity;
 use crate::store::{Store, StoreError};
 
-/// Events that never count towards MTU, whoever sent them.
+/// Events that never count towards MTU, from any sender.
 pub const IDENTITY_EVENTS: &[&str] = &["$identify", "$create_alias", "$merge"];
 
 /// The MTU figure of one month.
@@ -32,7 +32,7 @@ pub enum MtuError {
     Store(#[from] StoreError),
 }
 
-/// The first instant of `month` (`YYYY-MM`) and of the month after, in epoch milliseconds.
+/// Returns the first instant of `month` (`YYYY-MM`) and of the month after, in epoch milliseconds.
 pub fn month_bounds(month: &str) -> Result<(i64, i64), MtuError> {
     let invalid = || MtuError::InvalidMonth(month.to_owned());
     let (year, number) = month.split_once('-').ok_or_else(invalid)?;

@@ -183,7 +183,7 @@ pub struct SyncRun {
     pub error: Option<String>,
 }
 
-/// What Braze acknowledged creating for one cohort in one connection's workspace.
+/// Braze's acknowledged record of one cohort in one connection's workspace.
 #[derive(Debug, Clone)]
 pub struct BrazeCohort {
     pub braze_cohort_id: String,

@@ -1,9 +1,10 @@
 //! Cohort syncs to Braze: one run computes the cohort, maps members to Braze external ids,
 //! diffs them against what Braze last acknowledged, and sends only the adds and removes.
 //!
-//! Braze's acknowledgement of each request is recorded before the next request is sent, so a
-//! run that stops half-way (a crash, a give-up after retries) leaves a state that the next run
-//! continues from: nothing acknowledged is sent twice and nothing unsent is assumed sent.
+//! Braze's acknowledgement of each request is recorded before the next request is sent. A run
+//! that stops half-way (a crash, or giving up after retries) therefore leaves a state that the
+//! next run continues from. Nothing acknowledged is sent twice, and nothing unsent is assumed
+//! sent.
 //! Runs of one connection execute one at a time, and a sync never runs twice at once.
 
 mod scheduler;
@@ -36,7 +37,7 @@ pub struct PartnerSettings {
 }
 
 impl PartnerSettings {
-    /// The partner API key for a base URL, or an error that says which setting is missing.
+    /// Returns the partner API key for a base URL, or an error naming the missing setting.
     pub fn api_key_for(&self, base_url: &str) -> Result<&str, String> {
         if instances::is_eu(base_url) {
             self.api_key_eu.as_deref().ok_or_else(|| {
@@ -91,7 +92,7 @@ impl Drop for RunningGuard<'_> {
     }
 }
 
-/// How a run ended before it is recorded.
+/// The failure of a run, before it is recorded.
 struct RunFailure {
     message: String,
     /// Set when resending cannot help; the sync is paused with this reason.
@@ -397,7 +398,7 @@ impl SyncEngine {
     }
 }
 
-/// The id a cohort has in Braze. It carries the project id so two projects exporting to one
+/// Builds the id a cohort has in Braze. It carries the project id so two projects exporting to one
 /// workspace never share a Braze cohort.
 pub fn braze_cohort_id(project_id: i64, cohort_id: i64) -> String {
     format!("cohortbridge-{project_id}-{cohort_id}")

@@ -1,0 +1,203 @@
+//! The CLI as a user runs it: the real binary as a client of a server started in-process.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output};
+
+use common::{TestServer, ADMIN_KEY};
+use serde_json::{json, Value};
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs `cohortbridge --server <server> ARGS` in a blocking task, so the in-process server
+/// keeps serving while the command waits for it.
+async fn run(server: &TestServer, args: &[&str]) -> Output {
+    run_with_key(server, args, ADMIN_KEY).await
+}
+
+async fn run_with_key(server: &TestServer, args: &[&str], admin_key: &str) -> Output {
+    let base = server.base.clone();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let admin_key = admin_key.to_owned();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
+            .arg("--server")
+            .arg(base)
+            .args(args)
+            .env("COHORTBRIDGE_ADMIN_KEY", admin_key)
+            .output()
+            .expect("the cohortbridge binary runs")
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn projects_show_prints_the_secrets() {
+    let server = TestServer::start().await;
+    let output = run(&server, &["projects", "show"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains(&server.token), "{text}");
+    assert!(text.contains(&server.api_secret), "{text}");
+    assert!(text.contains(&server.currents_token), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn import_events_and_profiles_from_files() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // A gzipped events export: 2500 events, so the importer sends two batches, plus one bad line.
+    let events_path = dir.path().join("events.ndjson.gz");
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    for i in 0..2500 {
+        let event = json!({"event": "Viewed", "properties": {"time": 1_700_000_000 + i, "distinct_id": format!("u-{}", i % 10),
+            "$insert_id": format!("ev-{i}"), "mp_processing_time_ms": 1_700_000_000_123_i64}});
+        writeln!(encoder, "{event}").unwrap();
+    }
+    writeln!(
+        encoder,
+        "{}",
+        json!({"event": "Viewed", "properties": {"time": "yesterday", "distinct_id": "u-bad"}})
+    )
+    .unwrap();
+    std::fs::write(&events_path, encoder.finish().unwrap()).unwrap();
+
+    let output = run(
+        &server,
+        &["import", "events", events_path.to_str().unwrap()],
+    )
+    .await;
+    assert!(
+        !output.status.success(),
+        "a rejected record makes the import exit non-zero"
+    );
+    let errors = stderr(&output);
+    assert!(
+        errors.contains("events.ndjson.gz:2501"),
+        "the rejected line is named: {errors}"
+    );
+    assert!(errors.contains("properties.time"), "{errors}");
+    assert!(
+        stdout(&output).contains("2501 records read, 2500 imported, 1 rejected"),
+        "{}",
+        stdout(&output)
+    );
+    assert_eq!(server.event_count().await, 2500);
+
+    // Importing the same file again stores nothing new.
+    run(
+        &server,
+        &["import", "events", events_path.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(server.event_count().await, 2500);
+
+    let profiles_path = dir.path().join("profiles.ndjson");
+    let profiles: String = (0..3)
+        .map(|i| format!("{}\n", json!({"$distinct_id": format!("u-{i}"), "$properties": {"plan": "pro", "$braze_external_id": format!("b-{i}")}})))
+        .collect();
+    std::fs::write(&profiles_path, profiles).unwrap();
+    let output = run(
+        &server,
+        &["import", "profiles", profiles_path.to_str().unwrap()],
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let profile = server.admin_get("/profiles/u-1").await;
+    assert_eq!(profile["properties"]["$braze_external_id"], "b-1");
+    assert!(
+        profile["properties"].get("$last_seen").is_none(),
+        "imported profiles keep $last_seen unset"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cohort_commands() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    server
+        .import_records(&[json!({"event": "Purchase", "properties": {"time": 1_700_000_000, "distinct_id": "buyer", "$insert_id": "p1"}})])
+        .await;
+    let definition = dir.path().join("def.json");
+    std::fs::write(&definition, r#"{"event": "Purchase"}"#).unwrap();
+
+    let output = run(
+        &server,
+        &[
+            "cohorts",
+            "create",
+            "--name",
+            "Buyers",
+            "--file",
+            definition.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let id = stdout(&output).trim().to_owned();
+    assert_eq!(id, "1");
+
+    let output = run(&server, &["cohorts", "members", &id]).await;
+    assert_eq!(stdout(&output), "buyer\n");
+    let output = run(&server, &["cohorts", "list"]).await;
+    assert!(stdout(&output).contains("Buyers"), "{}", stdout(&output));
+    let output = run(&server, &["cohorts", "show", &id, "--json"]).await;
+    let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(shown["definition"], json!({"event": "Purchase"}));
+
+    std::fs::write(
+        &definition,
+        r#"{"all": [{"event": "Purchase", "within": {"last_days": -1}}]}"#,
+    )
+    .unwrap();
+    let output = run(
+        &server,
+        &[
+            "cohorts",
+            "create",
+            "--name",
+            "Bad",
+            "--file",
+            definition.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("all[0].within.last_days"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = run(&server, &["mtu", "--month", "2023-11"]).await;
+    assert_eq!(stdout(&output), "1\n");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn errors_are_one_line_without_backtrace() {
+    let server = TestServer::start().await;
+    let output = run(&server, &["cohorts", "show", "42"]).await;
+    assert!(!output.status.success());
+    let errors = stderr(&output);
+    assert_eq!(
+        errors.trim(),
+        "error: server returned HTTP 404: cohort 42 not found in project 1"
+    );
+
+    let output = run_with_key(&server, &["projects", "show"], "wrong-key").await;
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("HTTP 401"), "{}", stderr(&output));
+    server.stop().await;
+}
