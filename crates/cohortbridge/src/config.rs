@@ -83,6 +83,15 @@ pub struct ServeConfig {
     )]
     pub braze_rate_limit_floor_ms: u64,
 
+    /// Longest wait a Braze 429 may impose on one request, in seconds. A longer wait fails the
+    /// run, and the sync's next run retries.
+    #[arg(
+        long,
+        env = "COHORTBRIDGE_BRAZE_MAX_RATE_LIMIT_WAIT_SECS",
+        default_value_t = 300
+    )]
+    pub braze_max_rate_limit_wait_secs: u64,
+
     /// Timeout of one Braze request, in seconds.
     #[arg(long, env = "COHORTBRIDGE_BRAZE_TIMEOUT_SECS", default_value_t = 30)]
     pub braze_timeout_secs: u64,
@@ -110,6 +119,7 @@ impl ServeConfig {
             braze_max_attempts: 6,
             braze_retry_base_ms: 500,
             braze_rate_limit_floor_ms: 1000,
+            braze_max_rate_limit_wait_secs: 300,
             braze_timeout_secs: 30,
             log_format: "text".into(),
         }

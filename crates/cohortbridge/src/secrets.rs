@@ -28,7 +28,7 @@ pub enum SecretError {
     },
     #[error("the encryption key must be 32 bytes (64 hex digits), found {found} bytes")]
     KeyLength { found: usize },
-    #[error("the encryption key is not hex: {0}")]
+    #[error("the encryption key (--secret-key or COHORTBRIDGE_SECRET_KEY) is not valid hex")]
     KeyHex(#[from] hex::FromHexError),
     #[error("a stored secret cannot be decrypted; was the encryption key replaced?")]
     Decrypt,

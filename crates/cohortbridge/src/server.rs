@@ -40,18 +40,25 @@ impl RunningServer {
 
 /// Opens the store in `config.data_dir`, bootstraps it and starts serving on `config.listen`.
 pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
-        format!(
-            "cannot create the data folder {}",
-            config.data_dir.display()
-        )
-    })?;
+    // Settings are checked and the port is bound before anything is written to disk.
+    if let Some(key) = &config.admin_key {
+        anyhow::ensure!(
+            key.len() >= 16,
+            "the admin key must be at least 16 characters long"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+
+    create_data_dir(&config.data_dir)?;
     let secret_box = SecretBox::load_or_create(&config.data_dir, config.secret_key.as_deref())?;
     let db_path = config.data_dir.join(DATABASE_FILE);
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&db_path)
             .with_context(|| format!("cannot open the database {}", db_path.display()))?,
     );
+    restrict_to_owner(&db_path, 0o600)?;
 
     let (admin_key_hash, generated_admin_key) =
         admin_key(store.as_ref(), config.admin_key.as_deref()).await?;
@@ -71,6 +78,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         base_delay: Duration::from_millis(config.braze_retry_base_ms),
         max_delay: Duration::from_secs(60),
         rate_limit_floor: Duration::from_millis(config.braze_rate_limit_floor_ms),
+        max_rate_limit_wait: Duration::from_secs(config.braze_max_rate_limit_wait_secs),
         request_timeout: Duration::from_secs(config.braze_timeout_secs.max(1)),
     });
     let partner = PartnerSettings {
@@ -94,9 +102,6 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         min_sync_interval: Duration::from_secs(config.min_sync_interval_secs),
     };
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let scheduler = sync::spawn_scheduler(
@@ -126,18 +131,17 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     })
 }
 
-/// Resolves the admin key's hash: from the configured key, from the store, or from a key generated now
-/// (returned so the caller can print it once).
+/// Resolves the admin key's hash: from the configured key (stored, so a later start without it
+/// keeps accepting it), from the store, or from a key generated now (returned so the caller can
+/// print it once).
 async fn admin_key(
     store: &dyn Store,
     configured: Option<&str>,
 ) -> anyhow::Result<(String, Option<String>)> {
     if let Some(key) = configured {
-        anyhow::ensure!(
-            key.len() >= 16,
-            "the admin key must be at least 16 characters long"
-        );
-        return Ok((secrets::hash(key), None));
+        let hash = secrets::hash(key);
+        store.put_setting(ADMIN_KEY_HASH_SETTING, &hash).await?;
+        return Ok((hash, None));
     }
     if let Some(hash) = store.get_setting(ADMIN_KEY_HASH_SETTING).await? {
         return Ok((hash, None));
@@ -146,6 +150,29 @@ async fn admin_key(
     let hash = secrets::hash(&key);
     store.put_setting(ADMIN_KEY_HASH_SETTING, &hash).await?;
     Ok((hash, Some(key)))
+}
+
+/// Creates the data folder, readable by its owner only, unless it exists already.
+fn create_data_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path)
+        .with_context(|| format!("cannot create the data folder {}", path.display()))?;
+    restrict_to_owner(path, 0o700)
+}
+
+/// Sets Unix permission bits so that other local users cannot read the file or folder.
+fn restrict_to_owner(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot restrict the permissions of {}", path.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
 }
 
 async fn ensure_default_project(store: &dyn Store, secret_box: &SecretBox) -> anyhow::Result<()> {

@@ -144,3 +144,46 @@ async fn first_start_prints_admin_key_once() {
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+#[tokio::test]
+async fn configured_admin_key_survives_restart_without_it() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let (mut first, _) = spawn_server(data_dir.path());
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // The second start has no admin key configured: the first one's key keeps working and no
+    // new key is printed.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir.path())
+        .env_remove("COHORTBRIDGE_ADMIN_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first_line = lines.next().unwrap().unwrap();
+    let base = first_line
+        .strip_prefix("listening on ")
+        .expect("no admin key is printed")
+        .to_owned();
+    let project = admin_get(&base, "").await;
+    assert!(project["token"].is_string(), "{project}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data_dir.path().join("cohortbridge.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the database is readable by other users: {mode:o}"
+        );
+    }
+}

@@ -112,15 +112,18 @@ async fn invalid_events_are_quarantined_with_2xx() {
     let batch = json!({"events": [
         currents_event("users.messages.email.Click", "click-1", "u-a", NOVEMBER_10),
         currents_event("users.messages.pigeon.Send", "pigeon-1", "u-a", NOVEMBER_10),
-        {"event_type": "users.messages.email.Open", "id": "no-user", "time": NOVEMBER_10, "user": {"user_id": "b"}, "properties": {}}
+        {"event_type": "users.messages.email.Open", "id": "no-user", "time": NOVEMBER_10, "user": {"user_id": "b"}, "properties": {}},
+        currents_event("users.messages.email.Open", "placeholder", "undefined", NOVEMBER_10),
+        currents_event("users.messages.email.Open", "year-3000", "u-a", 32_503_680_000),
+        currents_event("users.messages.email.Open", "epoch", "u-a", 0)
     ]});
     let (status, reply) = post_currents(&server, &server.currents_token, &batch).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["accepted"], 1);
-    assert_eq!(reply["quarantined"], 2);
+    assert_eq!(reply["quarantined"], 5);
     let stats = server.admin_get("/stats").await;
     assert_eq!(stats["events"], 1);
-    assert_eq!(stats["currents_quarantined"], 2);
+    assert_eq!(stats["currents_quarantined"], 5);
     server.stop().await;
 }
 

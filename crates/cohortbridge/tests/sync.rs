@@ -526,3 +526,145 @@ async fn rejected_one_time_export_ends_failed_not_paused() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn long_rate_limit_ends_run_for_later() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    connect(&server, &emulator).await;
+    seed_user(&server, "ann", "pro", Some("ext-ann"), 2).await;
+    let cohort = server.create_cohort("c", issue_definition()).await;
+    let reset = now_secs() + 3600;
+    emulator
+        .inject(
+            json!({"status": 429, "headers": {"x-ratelimit-reset": reset.to_string()}, "times": 1}),
+        )
+        .await;
+    let started = std::time::Instant::now();
+    let dynamic = export(&server, cohort, "dynamic").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the run did not wait an hour"
+    );
+    assert_eq!(dynamic["run"]["status"], "failed");
+    assert!(
+        dynamic["run"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("rate-limited"),
+        "{dynamic}"
+    );
+    assert_eq!(dynamic["sync"]["status"], "active", "a later run retries");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn interval_bounds_are_enforced() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    connect(&server, &emulator).await;
+    let cohort = server.create_cohort("c", issue_definition()).await;
+    for (every, needle) in [
+        (0_i64, "shorter"),
+        (9_223_372_036_854_775, "longer"),
+        (366 * 86_400 + 1, "longer"),
+    ] {
+        let (status, body) = server
+            .admin_post("/exports", &json!({"cohort_id": cohort, "connection": "emu", "mode": "dynamic", "every_secs": every}))
+            .await;
+        assert_eq!(status, 400, "{every}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(needle), "{body}");
+    }
+    let (status, body) = server
+        .admin_post(
+            "/exports",
+            &json!({"cohort_id": cohort, "connection": "emu"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("`mode` is missing"),
+        "{body}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn disconnected_client_does_not_cancel_run() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    connect(&server, &emulator).await;
+    seed_user(&server, "ann", "pro", Some("ext-ann"), 2).await;
+    let cohort = server.create_cohort("c", issue_definition()).await;
+    emulator.inject(json!({"delay_ms": 1500, "times": 1})).await;
+    let result = server
+        .http
+        .post(server.url("/api/v1/projects/1/exports"))
+        .bearer_auth(common::ADMIN_KEY)
+        .json(&json!({"cohort_id": cohort, "connection": "emu", "mode": "once"}))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(
+        result.is_err(),
+        "the client gave up before the slow Braze reply"
+    );
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let syncs = server.admin_get("/syncs").await;
+        let last_run = &syncs[0]["last_run"];
+        if last_run["status"] == "succeeded" {
+            assert_eq!(last_run["added"], 1);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not finish: {syncs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(emulator.members("cohortbridge-1-1").await, vec!["ext-ann"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn admin_errors_are_json() {
+    let server = TestServer::start().await;
+    let response = server
+        .http
+        .post(server.url("/api/v1/projects/1/cohorts"))
+        .bearer_auth(common::ADMIN_KEY)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid JSON body"),
+        "{body}"
+    );
+
+    let response = server
+        .http
+        .get(server.url("/api/v1/projects/abc"))
+        .bearer_auth(common::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("invalid path"),
+        "{body}"
+    );
+    server.stop().await;
+}

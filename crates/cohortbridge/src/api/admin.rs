@@ -1,7 +1,7 @@
 //! The admin API under `/api/v1`, authenticated with `Authorization: Bearer <admin key>`.
 //! The CLI's admin commands are clients of these routes. No route returns a Data Import Key.
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{ApiError, AppState};
 use crate::braze::client::BrazeError;
 use crate::braze::instances;
@@ -22,6 +23,8 @@ use crate::sync::SyncError;
 pub const DEFAULT_USER_ID_PROPERTY: &str = "$braze_external_id";
 /// The cadence of a dynamic sync when none is given: 15 minutes.
 pub const DEFAULT_SYNC_INTERVAL_SECS: i64 = 15 * 60;
+/// The longest cadence of a dynamic sync: 366 days.
+pub const MAX_SYNC_INTERVAL_SECS: i64 = 366 * 24 * 60 * 60;
 const MAX_NAME_LEN: usize = 255;
 
 pub fn routes(state: AppState) -> Router<AppState> {
@@ -96,7 +99,7 @@ async fn list_projects(State(state): State<AppState>) -> Result<Json<Value>, Api
 /// point SDKs and Braze here.
 async fn show_project(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Value>, ApiError> {
     let project = project_or_404(&state, id).await?;
     let decrypt = |stored: &str| {
@@ -117,7 +120,7 @@ async fn show_project(
 
 async fn project_stats(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Value>, ApiError> {
     project_or_404(&state, id).await?;
     Ok(Json(json!({
@@ -128,7 +131,7 @@ async fn project_stats(
 
 async fn show_profile(
     State(state): State<AppState>,
-    Path((id, distinct_id)): Path<(i64, String)>,
+    ApiPath((id, distinct_id)): ApiPath<(i64, String)>,
 ) -> Result<Json<Value>, ApiError> {
     project_or_404(&state, id).await?;
     let profile = state
@@ -150,8 +153,8 @@ struct EventsQuery {
 /// Events stored under one distinct id, oldest first (at most `limit`, default 1000).
 async fn list_events(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
-    Query(query): Query<EventsQuery>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     project_or_404(&state, id).await?;
     let distinct_id = query
@@ -182,8 +185,8 @@ struct NewCohortBody {
 
 async fn create_cohort(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
-    Json(body): Json<NewCohortBody>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<NewCohortBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     project_or_404(&state, id).await?;
     let name = required_name(body.name, "name")?;
@@ -215,7 +218,7 @@ fn required_name(value: Option<String>, field: &str) -> Result<String, ApiError>
 
 async fn list_cohorts(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Value>, ApiError> {
     project_or_404(&state, id).await?;
     Ok(Json(json!(state.store.list_cohorts(id).await?)))
@@ -223,7 +226,7 @@ async fn list_cohorts(
 
 async fn show_cohort(
     State(state): State<AppState>,
-    Path((id, cohort)): Path<(i64, i64)>,
+    ApiPath((id, cohort)): ApiPath<(i64, i64)>,
 ) -> Result<Json<Value>, ApiError> {
     let cohort =
         state.store.cohort(id, cohort).await?.ok_or_else(|| {
@@ -235,7 +238,7 @@ async fn show_cohort(
 /// Evaluates the cohort now and returns its members as sorted canonical distinct ids.
 async fn cohort_members(
     State(state): State<AppState>,
-    Path((id, cohort_id)): Path<(i64, i64)>,
+    ApiPath((id, cohort_id)): ApiPath<(i64, i64)>,
 ) -> Result<Json<Value>, ApiError> {
     let cohort = state.store.cohort(id, cohort_id).await?.ok_or_else(|| {
         ApiError::NotFound(format!("cohort {cohort_id} not found in project {id}"))
@@ -273,8 +276,8 @@ struct NewConnectionBody {
 /// Adds a connection after Braze accepts its credentials.
 async fn create_connection(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
-    Json(body): Json<NewConnectionBody>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<NewConnectionBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     project_or_404(&state, id).await?;
     let name = required_name(body.name, "name")?;
@@ -321,7 +324,7 @@ async fn create_connection(
                 "Braze rejected the credentials (HTTP {status}: {message}); check the Data Import Key and the instance"
             )))
         }
-        Err(e @ BrazeError::GaveUp { .. }) => {
+        Err(e @ (BrazeError::GaveUp { .. } | BrazeError::RateLimited { .. })) => {
             return Err(ApiError::Upstream(format!("could not check the credentials with Braze at {base_url}: {e}")))
         }
     }
@@ -389,7 +392,7 @@ fn resolve_instance(
 
 async fn list_connections(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Value>, ApiError> {
     project_or_404(&state, id).await?;
     let connections = state.store.list_connections(id).await?;
@@ -410,8 +413,8 @@ struct NewExportBody {
 /// Creates a one-time export or a dynamic sync, runs it once now and returns the run.
 async fn create_export(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
-    Json(body): Json<NewExportBody>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<NewExportBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     project_or_404(&state, id).await?;
     let cohort_id = body
@@ -442,28 +445,58 @@ async fn create_export(
                     "field `every_secs` {every} is shorter than the minimum of {min} seconds"
                 )));
             }
+            if every > MAX_SYNC_INTERVAL_SECS {
+                return Err(ApiError::BadRequest(format!(
+                    "field `every_secs` {every} is longer than the maximum of {MAX_SYNC_INTERVAL_SECS} seconds (366 days)"
+                )));
+            }
             (SyncMode::Dynamic, Some(every))
         }
-        other => {
+        Some(other) => {
             return Err(ApiError::BadRequest(format!(
                 "field `mode` {other:?} is invalid; expected \"once\" or \"dynamic\""
             )))
         }
+        None => {
+            return Err(ApiError::BadRequest(
+                "field `mode` is missing; expected \"once\" or \"dynamic\"".into(),
+            ))
+        }
     };
-    let sync = state
-        .store
-        .create_sync(id, cohort.id, connection.id, mode, interval, now_ms())
-        .await?;
-    tracing::info!(
-        project_id = id,
-        cohort_id,
-        sync_id = sync.id,
-        mode = mode.as_str(),
-        "export created"
-    );
-    let run = state.engine.run(sync.id).await.map_err(sync_error)?;
-    let sync = state.store.sync(sync.id).await?.unwrap_or(sync);
-    Ok((StatusCode::CREATED, Json(json!({"sync": sync, "run": run}))))
+    // Creating the sync and its first run happen in one task, so a client that disconnects
+    // cannot leave a sync that was created but never run.
+    let store = state.store.clone();
+    let engine = state.engine.clone();
+    let (cohort_id, connection_id) = (cohort.id, connection.id);
+    let task = tokio::spawn(async move {
+        let sync = store
+            .create_sync(id, cohort_id, connection_id, mode, interval, now_ms())
+            .await?;
+        tracing::info!(
+            project_id = id,
+            cohort_id,
+            sync_id = sync.id,
+            mode = mode.as_str(),
+            "export created"
+        );
+        let run = engine.run(sync.id).await.map_err(sync_error)?;
+        let sync = store.sync(sync.id).await?.unwrap_or(sync);
+        Ok::<_, ApiError>(json!({"sync": sync, "run": run}))
+    });
+    let reply = task
+        .await
+        .map_err(|e| ApiError::Conflict(format!("export task failed: {e}")))??;
+    Ok((StatusCode::CREATED, Json(reply)))
+}
+
+/// Runs a sync in its own task and waits for it. A client that disconnects drops only the
+/// wait, so the run still finishes and is recorded.
+async fn run_detached(state: &AppState, sync_id: i64) -> Result<crate::store::SyncRun, ApiError> {
+    let engine = state.engine.clone();
+    tokio::spawn(async move { engine.run(sync_id).await })
+        .await
+        .map_err(|e| ApiError::Conflict(format!("sync {sync_id} run task failed: {e}")))?
+        .map_err(sync_error)
 }
 
 fn sync_error(error: SyncError) -> ApiError {
@@ -478,7 +511,7 @@ fn sync_error(error: SyncError) -> ApiError {
 
 async fn list_syncs(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Value>, ApiError> {
     project_or_404(&state, id).await?;
     let mut list = Vec::new();
@@ -504,7 +537,7 @@ async fn sync_in_project(
 
 async fn show_sync(
     State(state): State<AppState>,
-    Path((id, sync_id)): Path<(i64, i64)>,
+    ApiPath((id, sync_id)): ApiPath<(i64, i64)>,
 ) -> Result<Json<Value>, ApiError> {
     let sync = sync_in_project(&state, id, sync_id).await?;
     let runs = state.store.list_runs(sync_id).await?;
@@ -513,10 +546,10 @@ async fn show_sync(
 
 async fn run_sync(
     State(state): State<AppState>,
-    Path((id, sync_id)): Path<(i64, i64)>,
+    ApiPath((id, sync_id)): ApiPath<(i64, i64)>,
 ) -> Result<Json<Value>, ApiError> {
     sync_in_project(&state, id, sync_id).await?;
-    let run = state.engine.run(sync_id).await.map_err(sync_error)?;
+    let run = run_detached(&state, sync_id).await?;
     Ok(Json(json!(run)))
 }
 
@@ -527,8 +560,8 @@ struct MtuQuery {
 
 async fn mtu(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
-    Query(query): Query<MtuQuery>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(query): ApiQuery<MtuQuery>,
 ) -> Result<Json<Value>, ApiError> {
     project_or_404(&state, id).await?;
     let month = query.month.ok_or_else(|| {

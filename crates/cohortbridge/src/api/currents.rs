@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 
 use super::AppState;
 use crate::braze::currents;
+use crate::identity;
 use crate::ingest::decode::{self, DecodeError};
+use crate::ingest::event;
 use crate::secrets;
 use crate::store::NewEvent;
 
@@ -45,6 +47,30 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Applies the rules every stored event follows: a time from 1971 to one hour ahead of `now`,
+/// and a distinct id that is not one of Mixpanel's placeholder values.
+fn check_mapped(mapped: currents::MappedEvent, now_ms: i64) -> Result<NewEvent, String> {
+    if mapped.time_ms < event::MIN_EVENT_TIME_MS || mapped.time_ms > now_ms + event::MAX_FUTURE_MS {
+        return Err(format!(
+            "time {} ms is not between 1971-01-01 and one hour from now",
+            mapped.time_ms
+        ));
+    }
+    if mapped.distinct_id.trim().is_empty() || identity::is_placeholder(&mapped.distinct_id) {
+        return Err(format!(
+            "user.external_user_id {:?} is blank or a placeholder value",
+            mapped.distinct_id
+        ));
+    }
+    Ok(NewEvent {
+        event: mapped.name,
+        distinct_id: mapped.distinct_id,
+        time_ms: mapped.time_ms,
+        insert_id: mapped.insert_id,
+        properties: mapped.properties,
+    })
 }
 
 async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -107,21 +133,18 @@ async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
         }
     };
 
+    let now = chrono::Utc::now().timestamp_millis();
     let mut stored = Vec::new();
     let mut quarantined = Vec::new();
     for raw in &events {
-        match currents::map_event(raw) {
-            Ok(mapped) => stored.push(NewEvent {
-                event: mapped.name,
-                distinct_id: mapped.distinct_id,
-                time_ms: mapped.time_ms,
-                insert_id: mapped.insert_id,
-                properties: mapped.properties,
-            }),
-            Err(e) => quarantined.push((raw.to_string(), e.to_string())),
+        let mapped = currents::map_event(raw)
+            .map_err(|e| e.to_string())
+            .and_then(|mapped| check_mapped(mapped, now));
+        match mapped {
+            Ok(event) => stored.push(event),
+            Err(reason) => quarantined.push((raw.to_string(), reason)),
         }
     }
-    let now = chrono::Utc::now().timestamp_millis();
     let (accepted, rejected) = (stored.len(), quarantined.len());
     if !stored.is_empty() {
         if let Err(e) = state

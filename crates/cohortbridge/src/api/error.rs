@@ -21,8 +21,17 @@ pub enum ApiError {
     /// Braze refused the connection's credentials or the request.
     #[error("{0}")]
     Upstream(String),
-    #[error("storage is unavailable: {0}")]
+    #[error("{}", storage_message(.0))]
     Storage(#[from] StoreError),
+}
+
+/// The message of a storage error: conflicts and missing rows are the caller's problem, not
+/// an outage.
+fn storage_message(error: &StoreError) -> String {
+    match error {
+        StoreError::NotFound { .. } | StoreError::Conflict { .. } => error.to_string(),
+        other => format!("storage is unavailable: {other}"),
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -114,15 +114,27 @@ async fn projects_by_token(
     Ok(projects)
 }
 
-/// Summarises failures for the `error` field of a `/track`-style reply.
-fn failure_summary(failures: &[RecordFailure], total: usize) -> String {
+/// Builds the reply to a `/track` or `/engage` request with rejected records. The valid records
+/// are already stored. With `verbose=1`, the reply also lists every failure in
+/// `failed_records`, as `/import` does, which Mixpanel's reply does not.
+fn rejection_reply(
+    status: StatusCode,
+    verbose: bool,
+    failures: &[RecordFailure],
+    total: usize,
+) -> Response {
     let first = &failures[0];
-    format!(
-        "{} of {total} records rejected; record {}: {}",
+    let summary = format!(
+        "{} of {total} records rejected; the record at index {}: {}",
         failures.len(),
         first.index,
         first.message
-    )
+    );
+    if !verbose {
+        return (status, "0").into_response();
+    }
+    let body = json!({"status": 0, "error": summary, "failed_records": failures});
+    (status, Json(body)).into_response()
 }
 
 async fn track(
@@ -196,11 +208,7 @@ async fn track(
     } else {
         StatusCode::BAD_REQUEST
     };
-    status_reply(
-        status,
-        verbose,
-        Some(failure_summary(&failures, decoded.records.len())),
-    )
+    rejection_reply(status, verbose, &failures, decoded.records.len())
 }
 
 async fn engage_handler(
@@ -260,11 +268,7 @@ async fn engage_handler(
     } else {
         StatusCode::BAD_REQUEST
     };
-    status_reply(
-        status,
-        verbose,
-        Some(failure_summary(&failures, decoded.records.len())),
-    )
+    rejection_reply(status, verbose, &failures, decoded.records.len())
 }
 
 /// Checks whether a request that failed to decode asked for a verbose reply in its query or form.

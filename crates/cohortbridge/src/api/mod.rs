@@ -3,6 +3,7 @@
 mod admin;
 mod currents;
 mod error;
+mod extract;
 mod ingest;
 
 use std::sync::Arc;

@@ -26,6 +26,9 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// The least a 429 makes the client wait, whatever the headers say.
     pub rate_limit_floor: Duration,
+    /// The longest a 429 may make one request wait. A longer wait ends the request with
+    /// `BrazeError::RateLimited`, so the run gives its connection back and a later run retries.
+    pub max_rate_limit_wait: Duration,
     pub request_timeout: Duration,
 }
 
@@ -36,6 +39,7 @@ impl Default for RetryPolicy {
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(60),
             rate_limit_floor: Duration::from_secs(1),
+            max_rate_limit_wait: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
         }
     }
@@ -62,6 +66,9 @@ pub enum BrazeError {
     /// Braze refused the request; resending it unchanged cannot succeed.
     #[error("Braze rejected the request with HTTP {status}: {message}")]
     Rejected { status: u16, message: String },
+    /// Braze asked for a wait longer than `RetryPolicy::max_rate_limit_wait`.
+    #[error("Braze rate-limited the request for {wait_secs} s, longer than this client waits; a later run retries")]
+    RateLimited { wait_secs: u64 },
     /// Every attempt failed with a retryable error.
     #[error("Braze did not accept the request after {attempts} attempts; last error: {last}")]
     GaveUp { attempts: u32, last: String },
@@ -224,6 +231,11 @@ impl BrazeClient {
         if status == StatusCode::TOO_MANY_REQUESTS {
             let wait = rate_limit_wait(&headers, chrono::Utc::now().timestamp_millis())
                 .unwrap_or_else(|| self.backoff(attempt));
+            if wait > self.policy.max_rate_limit_wait {
+                return Attempt::Fatal(BrazeError::RateLimited {
+                    wait_secs: wait.as_secs(),
+                });
+            }
             let jitter =
                 rand::thread_rng().gen_range(0..=self.policy.base_delay.as_millis() as u64);
             return Attempt::Retry {

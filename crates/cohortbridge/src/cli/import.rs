@@ -131,6 +131,36 @@ fn records(path: &Path, bytes: &[u8]) -> anyhow::Result<Vec<(usize, Value)>> {
     Ok(out)
 }
 
+/// Serialises a record for an NDJSON body with U+2028, U+2029 and U+0085 escaped as `\uXXXX`,
+/// so that no reader that also splits on Unicode line separators breaks a record apart. Those
+/// characters can only occur inside JSON strings, where the escape means the same character.
+fn ndjson_line(record: &Value) -> serde_json::Result<Vec<u8>> {
+    let raw = serde_json::to_vec(record)?;
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i..] {
+            [0xE2, 0x80, 0xA8, ..] => {
+                out.extend_from_slice(br"\u2028");
+                i += 3;
+            }
+            [0xE2, 0x80, 0xA9, ..] => {
+                out.extend_from_slice(br"\u2029");
+                i += 3;
+            }
+            [0xC2, 0x85, ..] => {
+                out.extend_from_slice(br"\u0085");
+                i += 2;
+            }
+            _ => {
+                out.push(raw[i]);
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Turns an engage-export record into a `$set` update.
 fn profile_update(token: &str, record: &Value) -> Value {
     let distinct_id = record.get("$distinct_id").cloned().unwrap_or(Value::Null);
@@ -176,7 +206,7 @@ async fn import_file(
                 Kind::Events => records[end].1.clone(),
                 Kind::Profiles => profile_update(token, &records[end].1),
             };
-            let encoded = serde_json::to_vec(&record)?;
+            let encoded = ndjson_line(&record)?;
             if size + encoded.len() > BATCH_BYTES && end > start {
                 break;
             }
@@ -222,9 +252,8 @@ async fn import_file(
     Ok(())
 }
 
-/// Sends one batch, retrying 429, 5xx and connection errors with backoff. Profile batches
-/// that the server rejects in part come back as `failed_records` with a summary, since
-/// `/engage` reports only the first problem.
+/// Sends one batch, retrying 429, 5xx and connection errors with backoff. A batch that the
+/// server rejects in part returns its `failed_records`; the valid records were stored.
 async fn send_batch(
     http: &reqwest::Client,
     server: &str,
@@ -260,19 +289,16 @@ async fn send_batch(
                 }
                 if status.as_u16() == 429 || status.is_server_error() {
                     format!("HTTP {}", status.as_u16())
-                } else if kind == Kind::Profiles && status.as_u16() == 400 {
-                    let message = value
-                        .get("error")
-                        .and_then(Value::as_str)
-                        .unwrap_or("rejected")
-                        .to_owned();
+                } else if kind == Kind::Profiles && value.get("failed_records").is_some() {
+                    // `/engage` stored the valid updates and lists the rejected ones.
+                    let rejected = value["failed_records"].as_array().map_or(0, Vec::len);
                     let count = body
                         .split(|b| *b == b'\n')
                         .filter(|l| !l.is_empty())
                         .count();
-                    return Ok(
-                        json!({"failed_records": [{"index": 0, "field": "", "message": message}], "num_records_imported": count.saturating_sub(1)}),
-                    );
+                    let mut reply = value.clone();
+                    reply["num_records_imported"] = json!(count.saturating_sub(rejected));
+                    return Ok(reply);
                 } else {
                     bail!("{url} returned HTTP {}: {value}", status.as_u16());
                 }
@@ -301,6 +327,16 @@ mod tests {
         let bytes = b"{\"a\":1}\n\n{\"a\":2}\r\n";
         let records = records(Path::new("f"), bytes).unwrap();
         assert_eq!(records.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 3]);
+    }
+
+    #[test]
+    fn ndjson_lines_escape_unicode_separators() {
+        let record = json!({"s": "a\u{2028}b\u{2029}c\u{85}d"});
+        let line = ndjson_line(&record).unwrap();
+        let text = String::from_utf8(line.clone()).unwrap();
+        assert_eq!(text, r#"{"s":"a\u2028b\u2029c\u0085d"}"#);
+        let parsed: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(parsed, record);
     }
 
     #[test]

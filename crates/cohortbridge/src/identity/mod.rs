@@ -113,8 +113,11 @@ pub fn event_identity(
     properties: &Map<String, Value>,
     require_distinct_id: bool,
 ) -> Result<EventIdentity, FieldError> {
-    let user_id = read_id(properties.get("$user_id"), "properties.$user_id")?;
-    let device_id = read_id(properties.get("$device_id"), "properties.$device_id")?;
+    // An empty `$user_id` or `$device_id` names nobody, so it counts as absent.
+    let user_id =
+        read_id(properties.get("$user_id"), "properties.$user_id")?.filter(|id| !id.is_empty());
+    let device_id =
+        read_id(properties.get("$device_id"), "properties.$device_id")?.filter(|id| !id.is_empty());
     let explicit = read_id(properties.get("distinct_id"), "properties.distinct_id")?;
 
     let distinct_id =
@@ -237,6 +240,14 @@ mod tests {
                 canonical_id: "u-alice".into()
             })
         );
+    }
+
+    #[test]
+    fn empty_device_id_is_absent() {
+        let identity = event_identity(&props(json!({"$device_id": ""})), false).unwrap();
+        assert_eq!(identity.distinct_id, "");
+        let err = event_identity(&props(json!({"$device_id": ""})), true).unwrap_err();
+        assert_eq!(err.field, "properties.distinct_id");
     }
 
     #[test]

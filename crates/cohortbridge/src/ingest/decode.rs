@@ -73,10 +73,13 @@ pub fn decode(
         body.to_vec()
     };
 
-    let is_form = content_type.is_some_and(|ct| {
+    // curl and other tools label any `-d` body as a form; a body that starts like JSON is JSON.
+    let starts_like_json = matches!(body.trim_ascii_start().first(), Some(b'{' | b'['));
+    let form_header = content_type.is_some_and(|ct| {
         ct.trim_start()
             .starts_with("application/x-www-form-urlencoded")
-    }) || looks_like_form(&body);
+    });
+    let is_form = (form_header && !starts_like_json) || looks_like_form(&body);
     let payload: Vec<u8> = if is_form {
         // Standard form decoding turns an unescaped `+` into a space; `decode_data_field`
         // turns it back where the value is base64.
@@ -332,6 +335,13 @@ mod tests {
             assert_eq!(decoded.records[0]["properties"]["k"], "<<??>>~", "{name}");
             assert_eq!(decoded.records[1]["event"], "b", "{name}");
         }
+    }
+
+    #[test]
+    fn json_body_labelled_as_form_is_json() {
+        let body = b"{\"event\":\"x\"}\n{\"event\":\"y\"}\n";
+        let decoded = decode(None, Some(FORM), None, body).unwrap();
+        assert_eq!(decoded.records.len(), 2);
     }
 
     #[test]

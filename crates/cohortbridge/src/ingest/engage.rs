@@ -146,17 +146,20 @@ fn update_time_ms(value: Option<&Value>, now_ms: i64) -> Result<i64, FieldError>
         None | Some(Value::Null) => Ok(now_ms),
         Some(Value::Number(n)) => {
             let f = n.as_f64().unwrap_or(f64::NAN);
-            if !f.is_finite() || f < 0.0 {
+            let ms = if f >= 100_000_000_000.0 {
+                f.round()
+            } else {
+                (f * 1000.0).round()
+            };
+            let latest = (now_ms + crate::ingest::event::MAX_FUTURE_MS) as f64;
+            let earliest = crate::ingest::event::MIN_EVENT_TIME_MS as f64;
+            if !ms.is_finite() || ms < earliest || ms > latest {
                 return Err(FieldError::new(
                     "$time",
-                    format!("$time {n} is not a valid timestamp"),
+                    format!("$time {n} is not between 1971-01-01 and one hour from now"),
                 ));
             }
-            Ok(if f >= 100_000_000_000.0 {
-                f.round() as i64
-            } else {
-                (f * 1000.0).round() as i64
-            })
+            Ok(ms as i64)
         }
         Some(other) => Err(FieldError::new(
             "$time",
@@ -336,6 +339,30 @@ mod tests {
     #[test]
     fn invalid_updates_name_the_field() {
         let cases = [
+            (
+                json!({"$distinct_id": "u", "$time": 1e300, "$set": {}}),
+                "$time",
+            ),
+            (
+                json!({"$distinct_id": "u", "$time": 5, "$set": {}}),
+                "$time",
+            ),
+            (
+                json!({"$distinct_id": "u", "$time": -5, "$set": {}}),
+                "$time",
+            ),
+            (
+                json!({"$distinct_id": "u", "$time": 1e300, "$set": {}}),
+                "$time",
+            ),
+            (
+                json!({"$distinct_id": "u", "$time": 5, "$set": {}}),
+                "$time",
+            ),
+            (
+                json!({"$distinct_id": "u", "$time": -5, "$set": {}}),
+                "$time",
+            ),
             (json!({"$set": {}}), "$distinct_id"),
             (json!({"$distinct_id": "null", "$set": {}}), "$distinct_id"),
             (json!({"$distinct_id": "u", "$set": [1]}), "$set"),

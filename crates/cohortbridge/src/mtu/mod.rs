@@ -36,7 +36,8 @@ pub enum MtuError {
 pub fn month_bounds(month: &str) -> Result<(i64, i64), MtuError> {
     let invalid = || MtuError::InvalidMonth(month.to_owned());
     let (year, number) = month.split_once('-').ok_or_else(invalid)?;
-    if year.len() != 4 || number.len() != 2 {
+    let all_digits = |text: &str| text.bytes().all(|b| b.is_ascii_digit());
+    if year.len() != 4 || number.len() != 2 || !all_digits(year) || !all_digits(number) {
         return Err(invalid());
     }
     let year: i32 = year.parse().map_err(|_| invalid())?;
@@ -100,7 +101,9 @@ mod tests {
 
     #[test]
     fn invalid_months_are_rejected() {
-        for month in ["2026-13", "2026-1", "26-11", "2026/11", "november"] {
+        for month in [
+            "2026-13", "2026-1", "26-11", "2026/11", "november", "2026-+1", "+202-11",
+        ] {
             assert!(
                 matches!(month_bounds(month), Err(MtuError::InvalidMonth(_))),
                 "{month}"

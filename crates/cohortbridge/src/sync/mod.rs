@@ -465,7 +465,9 @@ fn braze_failure(error: BrazeError) -> RunFailure {
                 "Braze rejected the request (HTTP {status}: {message}); {advice}"
             ))
         }
-        BrazeError::GaveUp { .. } => RunFailure::retry_later(error.to_string()),
+        BrazeError::GaveUp { .. } | BrazeError::RateLimited { .. } => {
+            RunFailure::retry_later(error.to_string())
+        }
     }
 }
 

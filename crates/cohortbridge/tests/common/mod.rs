@@ -37,6 +37,7 @@ pub fn test_config(data_dir: PathBuf) -> ServeConfig {
     config.braze_retry_base_ms = 10;
     config.braze_rate_limit_floor_ms = 10;
     config.braze_timeout_secs = 2;
+    config.braze_max_rate_limit_wait_secs = 5;
     config
 }
 
