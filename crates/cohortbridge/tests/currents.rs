@@ -111,11 +111,11 @@ async fn invalid_events_are_quarantined_with_2xx() {
     let server = TestServer::start().await;
     let batch = json!({"events": [
         currents_event("users.messages.email.Click", "click-1", "u-a", NOVEMBER_10),
-        currents_event("users.messages.pigeon.Send", "pigeon-1", "u-a", NOVEMBER_10),
-        {"event_type": "users.messages.email.Open", "id": "no-user", "time": NOVEMBER_10, "user": {"user_id": "b"}, "properties": {}},
         currents_event("users.messages.email.Open", "placeholder", "undefined", NOVEMBER_10),
+        currents_event("users.messages.email.Open", "blank", "   ", NOVEMBER_10),
         currents_event("users.messages.email.Open", "year-3000", "u-a", 32_503_680_000),
-        currents_event("users.messages.email.Open", "epoch", "u-a", 0)
+        currents_event("users.messages.email.Open", "epoch", "u-a", 0),
+        {"event_type": "users.messages.email.Open", "id": "no-time", "user": {"external_user_id": "u-a"}}
     ]});
     let (status, reply) = post_currents(&server, &server.currents_token, &batch).await;
     assert_eq!(status, 200, "{reply}");
@@ -124,6 +124,56 @@ async fn invalid_events_are_quarantined_with_2xx() {
     let stats = server.admin_get("/stats").await;
     assert_eq!(stats["events"], 1);
     assert_eq!(stats["currents_quarantined"], 5);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_types_and_unattributed_events_are_stored() {
+    let server = TestServer::start().await;
+    let batch = json!({"events": [
+        currents_event("users.messages.pigeon.Send", "pigeon-1", "u-a", NOVEMBER_10),
+        {"event_type": "users.messages.email.Open", "id": "no-user", "time": NOVEMBER_10, "user": {"user_id": "b"}, "properties": {}},
+        {"event_type": "users.behaviors.CustomEvent", "id": "custom-1", "time": NOVEMBER_10,
+         "user": {"external_user_id": "u-a"}, "properties": {"name": "Played", "custom_properties": {"level": 3}}},
+        {"event_type": "users.behaviors.Purchase", "id": "custom-1", "time": NOVEMBER_10,
+         "user": {"external_user_id": "u-a"}, "properties": {"product_id": "p", "purchase_properties": "{\"size\": \"M\"}"}}
+    ]});
+    let (status, reply) = post_currents(&server, &server.currents_token, &batch).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["accepted"], 4, "{reply}");
+    assert_eq!(
+        server.event_count().await,
+        4,
+        "one id reused by two types gives two events"
+    );
+
+    let events = server.admin_get("/events?distinct_id=u-a").await;
+    let by_name = |name: &str| {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"] == name)
+            .cloned()
+    };
+    assert!(by_name("users.messages.pigeon.Send").is_some(), "{events}");
+    let custom =
+        by_name("[Braze Custom Event] Played").expect("custom event stored under its Braze name");
+    assert_eq!(custom["properties"]["[Custom event property] level"], 3);
+    let purchase = by_name("Purchase").unwrap();
+    assert_eq!(purchase["properties"]["[Purchase property] size"], "M");
+
+    // The unattributed Email Open is stored but belongs to nobody.
+    assert_eq!(
+        server
+            .admin_get("/events?distinct_id=")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(server.admin_get("/mtu?month=2026-11").await["users"], 1);
     server.stop().await;
 }
 

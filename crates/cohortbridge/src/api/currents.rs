@@ -50,7 +50,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Applies the rules every stored event follows: a time from 1971 to one hour ahead of `now`,
-/// and a distinct id that is not one of Mixpanel's placeholder values.
+/// and a distinct id that is empty (unattributed) or a real id, not blank or a placeholder.
 fn check_mapped(mapped: currents::MappedEvent, now_ms: i64) -> Result<NewEvent, String> {
     if mapped.time_ms < event::MIN_EVENT_TIME_MS || mapped.time_ms > now_ms + event::MAX_FUTURE_MS {
         return Err(format!(
@@ -58,7 +58,9 @@ fn check_mapped(mapped: currents::MappedEvent, now_ms: i64) -> Result<NewEvent, 
             mapped.time_ms
         ));
     }
-    if mapped.distinct_id.trim().is_empty() || identity::is_placeholder(&mapped.distinct_id) {
+    // The empty id marks an unattributed event; a blank or placeholder id is a bad one.
+    let blank = !mapped.distinct_id.is_empty() && mapped.distinct_id.trim().is_empty();
+    if blank || identity::is_placeholder(&mapped.distinct_id) {
         return Err(format!(
             "user.external_user_id {:?} is blank or a placeholder value",
             mapped.distinct_id

@@ -27,13 +27,13 @@ use sha2::{Digest, Sha256};
 /// for Braze outreach events on that property.
 pub const PARTNER_ID: &str = "braze";
 
-/// Currents event type of custom events. Its event name is the event's own
-/// `properties.name`, so [`mixpanel_event_name`] has no entry for it.
-///
-/// NOTE: Braze's own Mixpanel export names these events `[Braze Custom Event] <name>`.
-/// This module keeps the bare name, so a custom event tracked through Braze and the same
-/// event sent to cohortbridge directly share one name.
+/// Currents event type of custom events. Its event name is [`CUSTOM_EVENT_PREFIX`] followed by
+/// the event's own `properties.name`, as Braze's Mixpanel export names it, so
+/// [`mixpanel_event_name`] has no entry for it.
 pub const CUSTOM_EVENT_TYPE: &str = "users.behaviors.CustomEvent";
+
+/// Prefix of the name of a custom event that arrives through Braze.
+pub const CUSTOM_EVENT_PREFIX: &str = "[Braze Custom Event] ";
 
 /// Event name of `users.messages.sms.CarrierSend`.
 ///
@@ -278,15 +278,18 @@ pub fn mixpanel_event_name(event_type: &str) -> Option<&'static str> {
 /// One Currents event mapped to the event cohortbridge stores.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MappedEvent {
-    /// Event name as Braze's Mixpanel export names it, for example "Email Send". Custom
-    /// events keep their own name.
+    /// Event name as Braze's Mixpanel export names it, for example "Email Send" or
+    /// "[Braze Custom Event] Played". A type without a documented name keeps its raw
+    /// `event_type`.
     pub name: String,
-    /// The user's Braze `external_user_id`, as in Braze's Mixpanel export.
+    /// The user's Braze `external_user_id`, or the empty string for an event without one,
+    /// which is stored unattributed: counted, but never a user.
     pub distinct_id: String,
     /// Event time in UNIX epoch milliseconds. Currents sends seconds.
     pub time_ms: i64,
-    /// Deduplication key derived from the Currents `id`. The same `id` always gives the
-    /// same key, so a batch that Braze retries is stored once.
+    /// Deduplication key derived from the event type and the Currents `id`. The same event
+    /// always gives the same key, so a batch that Braze retries is stored once, while one `id`
+    /// reused by two event types gives two keys.
     pub insert_id: String,
     /// Event properties. [`map_event`] documents the keys and the merge rules.
     pub properties: Map<String, Value>,
@@ -306,19 +309,6 @@ pub enum CurrentsError {
         value: String,
         reason: &'static str,
     },
-    /// The event type is not in the name table.
-    #[error(
-        "unknown Currents event type {event_type:?}; add it to the name table in \
-         braze::currents if Braze documents it"
-    )]
-    UnknownEventType { event_type: String },
-    /// The event has no `user.external_user_id`, so it cannot be attributed to a user.
-    /// Braze's own Mixpanel export skips such events too.
-    #[error(
-        "Currents event {id:?} ({event_type}) has no user.external_user_id, \
-         so it cannot be attributed to a user"
-    )]
-    NoExternalUserId { id: String, event_type: String },
     /// A key of a nested property object collides with an existing property both under
     /// its own name and under its prefixed name.
     #[error(
@@ -337,13 +327,9 @@ const PARTNER_ID_KEY: &str = "$partner_id";
 /// Property that carries the original Currents `event_type`.
 const EVENT_TYPE_KEY: &str = "braze_event_type";
 /// Prefixes that Braze's Mixpanel export puts on custom event and purchase properties.
-/// This module uses them only to rename a key that collides with an existing property.
 const CUSTOM_PROPERTY_PREFIX: &str = "[Custom event property] ";
 const PURCHASE_PROPERTY_PREFIX: &str = "[Purchase property] ";
-/// Mixpanel accepts an `$insert_id` of at most 36 ASCII letters, digits and `-`
-/// (Mixpanel's Cloud Import data preparation guide).
-const MAX_INSERT_ID_LEN: usize = 36;
-/// Length of an insert ID derived by hashing: the first 16 bytes of SHA-256, in hex.
+/// Length of an insert ID: the first 16 bytes of SHA-256, in hex.
 const HASHED_INSERT_ID_LEN: usize = 32;
 /// Longest JSON rendering of an offending value kept in an error message.
 const MAX_ERROR_VALUE_CHARS: usize = 200;
@@ -352,21 +338,17 @@ const MAX_ERROR_VALUE_CHARS: usize = 200;
 ///
 /// Checks run in this order, and the first failed check is returned:
 /// 1. The event is a JSON object.
-/// 2. `event_type` is a non-empty string that the name table contains, or
-///    [`CUSTOM_EVENT_TYPE`]. Any other type gives [`CurrentsError::UnknownEventType`], so
-///    the caller can quarantine the event.
-/// 3. `id` is a non-empty string.
-/// 4. `time` is a finite, non-negative number of epoch seconds whose milliseconds fit in
+/// 2. `event_type` and `id` are non-empty strings.
+/// 3. `time` is a finite, non-negative number of epoch seconds whose milliseconds fit in
 ///    `i64`. Integer and fractional seconds are accepted, and fractions are rounded to
 ///    the nearest millisecond.
-/// 5. `properties` is an object. Absent or `null` reads as an empty object.
-/// 6. `user.external_user_id` is a non-empty string. When `user` or the ID is absent,
-///    `null` or empty, the error is [`CurrentsError::NoExternalUserId`].
-/// 7. For custom events, `properties.name` is a non-empty string.
+/// 4. `properties` and `user` are objects. Absent or `null` reads as an empty object.
+/// 5. `user.external_user_id`, when present, is a string. Absent, `null` or empty makes the
+///    event unattributed (distinct id `""`).
+/// 6. For custom events, `properties.name` is a non-empty string.
 ///
-/// The insert ID is the Currents `id` itself when it already fits Mixpanel's `$insert_id`
-/// rule (at most 36 ASCII letters, digits and `-`), and otherwise the first 32 hex
-/// characters of the SHA-256 of `id`.
+/// The name comes from the name table; a custom event is `[Braze Custom Event] <name>`, and
+/// any other type keeps its raw `event_type`, so no event is rejected for its type.
 ///
 /// Properties are built in this order, and a later step never overwrites a key that an
 /// earlier step wrote, except where stated:
@@ -382,13 +364,12 @@ const MAX_ERROR_VALUE_CHARS: usize = 200;
 /// 4. Every other key of `user` except `external_user_id`, which becomes `distinct_id`,
 ///    is added as `user_<key>`. If that key already exists, mapping fails with
 ///    [`CurrentsError::PropertyCollision`].
-/// 5. The keys of `properties.custom_properties`, then of
-///    `properties.purchase_properties`, are merged at top level. When a key already
-///    exists, the existing value stays and the nested value is stored under the key with
-///    Braze's prefix `[Custom event property] ` or `[Purchase property] `. If the prefixed
-///    key exists too, mapping fails with [`CurrentsError::PropertyCollision`]. Each
-///    nested object may also arrive as a JSON-encoded string, as Braze's storage
-///    connectors send it, and `null` is skipped.
+/// 5. The keys of `properties.custom_properties` are added with the prefix
+///    `[Custom event property] `, then those of `properties.purchase_properties` with
+///    `[Purchase property] `, as Braze's Mixpanel export names them. A prefixed key that
+///    already exists fails with [`CurrentsError::PropertyCollision`]. Each nested object may
+///    also arrive as a JSON-encoded string, as Braze's storage connectors send it, with the
+///    same result, and `null` is skipped.
 ///
 /// `user.external_user_id` is not repeated in the properties because it is the
 /// `distinct_id`, and `time` and `id` are not repeated because they become `time_ms` and
@@ -403,22 +384,21 @@ pub fn map_event(event: &Value) -> Result<MappedEvent, CurrentsError> {
     };
 
     let event_type = required_string(event_object, "event_type")?;
-    let fixed_name = mixpanel_event_name(event_type);
-    if fixed_name.is_none() && event_type != CUSTOM_EVENT_TYPE {
-        return Err(CurrentsError::UnknownEventType {
-            event_type: event_type.to_owned(),
-        });
-    }
-
     let id = required_string(event_object, "id")?;
     let time_ms = epoch_seconds_to_ms(event_object.get("time"))?;
     let source_properties = properties_object(event_object.get("properties"))?;
-    let user = user_object(event_object.get("user"), id, event_type)?;
-    let distinct_id = external_user_id(user, id, event_type)?;
+    let user = user_object(event_object.get("user"))?;
+    let distinct_id = external_user_id(user)?;
 
-    let name = match fixed_name {
+    let name = match mixpanel_event_name(event_type) {
         Some(name) => name.to_owned(),
-        None => custom_event_name(source_properties)?,
+        None if event_type == CUSTOM_EVENT_TYPE => {
+            format!(
+                "{CUSTOM_EVENT_PREFIX}{}",
+                custom_event_name(source_properties)?
+            )
+        }
+        None => event_type.to_owned(),
     };
 
     let properties = build_properties(event_type, source_properties, user)?;
@@ -427,7 +407,7 @@ pub fn map_event(event: &Value) -> Result<MappedEvent, CurrentsError> {
         name,
         distinct_id,
         time_ms,
-        insert_id: insert_id_for(id),
+        insert_id: insert_id_for(event_type, id),
         properties,
     })
 }
@@ -503,33 +483,21 @@ fn properties_object(properties: Option<&Value>) -> Result<&Map<String, Value>, 
     }
 }
 
-/// Reads `user`. Absent or `null` means the event cannot be attributed to a user.
-fn user_object<'a>(
-    user: Option<&'a Value>,
-    id: &str,
-    event_type: &str,
-) -> Result<&'a Map<String, Value>, CurrentsError> {
+/// Reads `user`. Absent or `null` reads as an empty object: the event is unattributed.
+fn user_object(user: Option<&Value>) -> Result<&Map<String, Value>, CurrentsError> {
+    static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
     match user {
-        None | Some(Value::Null) => Err(CurrentsError::NoExternalUserId {
-            id: id.to_owned(),
-            event_type: event_type.to_owned(),
-        }),
+        None | Some(Value::Null) => Ok(EMPTY.get_or_init(Map::new)),
         Some(Value::Object(object)) => Ok(object),
         Some(other) => Err(invalid_field("user", other, "expected a JSON object")),
     }
 }
 
-fn external_user_id(
-    user: &Map<String, Value>,
-    id: &str,
-    event_type: &str,
-) -> Result<String, CurrentsError> {
+/// Reads `user.external_user_id`; absent, `null` or empty gives the empty distinct id.
+fn external_user_id(user: &Map<String, Value>) -> Result<String, CurrentsError> {
     match user.get("external_user_id") {
-        Some(Value::String(external_id)) if !external_id.is_empty() => Ok(external_id.clone()),
-        None | Some(Value::Null) | Some(Value::String(_)) => Err(CurrentsError::NoExternalUserId {
-            id: id.to_owned(),
-            event_type: event_type.to_owned(),
-        }),
+        Some(Value::String(external_id)) => Ok(external_id.clone()),
+        None | Some(Value::Null) => Ok(String::new()),
         Some(other) => Err(invalid_field(
             "user.external_user_id",
             other,
@@ -646,8 +614,9 @@ fn nested_properties(
     }
 }
 
-/// Adds each key of `nested` to `properties`. A key that already exists keeps its value,
-/// and the nested value goes to `prefix + key` instead.
+/// Adds each key of `nested` to `properties` under `prefix + key`, as Braze's Mixpanel export
+/// names custom event and purchase properties. A prefixed key that already exists is a
+/// collision, so no value is silently replaced.
 fn merge_without_overwrite(
     properties: &mut Map<String, Value>,
     field: &'static str,
@@ -655,10 +624,6 @@ fn merge_without_overwrite(
     prefix: &str,
 ) -> Result<(), CurrentsError> {
     for (key, value) in nested {
-        if !properties.contains_key(key) {
-            properties.insert(key.clone(), value.clone());
-            continue;
-        }
         let renamed = format!("{prefix}{key}");
         if properties.contains_key(&renamed) {
             return Err(CurrentsError::PropertyCollision {
@@ -672,17 +637,15 @@ fn merge_without_overwrite(
     Ok(())
 }
 
-/// Derives the insert ID from a Currents event `id`, as [`map_event`] documents.
-fn insert_id_for(currents_id: &str) -> String {
-    let fits_mixpanel_rule = currents_id.len() <= MAX_INSERT_ID_LEN
-        && currents_id
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-');
-    if fits_mixpanel_rule {
-        return currents_id.to_owned();
-    }
-    let digest = Sha256::digest(currents_id.as_bytes());
-    hex::encode(&digest[..HASHED_INSERT_ID_LEN / 2])
+/// Derives the insert ID from the event type and the Currents `id`: the first 32 hex digits of
+/// SHA-256 over both, which fits Mixpanel's `$insert_id` rule (at most 36 letters, digits and
+/// `-`).
+fn insert_id_for(event_type: &str, currents_id: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update((event_type.len() as u64).to_be_bytes());
+    hasher.update(event_type.as_bytes());
+    hasher.update(currents_id.as_bytes());
+    hex::encode(&hasher.finalize()[..HASHED_INSERT_ID_LEN / 2])
 }
 
 fn invalid_field(field: &'static str, value: &Value, reason: &'static str) -> CurrentsError {
@@ -994,30 +957,14 @@ mod tests {
     }
 
     #[test]
-    fn insert_id_uuid_passthrough() {
-        let mapped = map_ok(&event_of_type("users.messages.email.Send"));
-        assert_eq!(mapped.insert_id, "a1b2c3d4-0000-4000-8000-000000000001");
-    }
-
-    #[test]
-    fn insert_id_36_chars_passthrough() {
-        let id = "A".repeat(36);
-        assert_eq!(insert_id_for(&id), id);
-    }
-
-    #[test]
-    fn insert_id_hashed_when_too_long() {
-        let id = "a".repeat(37);
-        let insert_id = insert_id_for(&id);
-        assert_eq!(insert_id.len(), 32);
-        assert_ne!(insert_id, id[..32]);
-        assert!(insert_id.bytes().all(|byte| byte.is_ascii_hexdigit()));
-    }
-
-    #[test]
-    fn insert_id_hashed_for_other_characters() {
-        for id in ["abc_def", "abc.def", "abc def", "idé", "639a35d1:92b0"] {
-            let insert_id = insert_id_for(id);
+    fn insert_id_is_32_hex_digits() {
+        for id in [
+            "a1b2c3d4-0000-4000-8000-000000000001",
+            "abc_def",
+            "idé",
+            &"a".repeat(80),
+        ] {
+            let insert_id = insert_id_for("users.canvas.Entry", id);
             assert_eq!(insert_id.len(), 32, "insert ID for {id:?}");
             assert!(
                 insert_id.bytes().all(|byte| byte.is_ascii_hexdigit()),
@@ -1027,27 +974,26 @@ mod tests {
     }
 
     #[test]
-    fn insert_id_hash_is_sha256_prefix() {
-        // First 16 bytes of SHA-256("currents_event_0001"), computed with sha256sum.
-        assert_eq!(
-            insert_id_for("currents_event_0001"),
-            "c4115f123495930e49d505ca1a7a64ff"
-        );
-    }
-
-    #[test]
     fn insert_id_hash_deterministic() {
         let id = "currents:event:0001:with-a-long-suffix-that-does-not-fit";
-        assert_eq!(insert_id_for(id), insert_id_for(id));
         let event = with(event_of_type("users.canvas.Entry"), "id", json!(id));
         assert_eq!(map_ok(&event).insert_id, map_ok(&event).insert_id);
     }
 
     #[test]
-    fn insert_id_hash_differs_per_id() {
-        let first = insert_id_for("currents_event_0001");
-        let second = insert_id_for("currents_event_0002");
+    fn insert_id_differs_per_id_and_type() {
+        let first = insert_id_for("users.canvas.Entry", "currents_event_0001");
+        let second = insert_id_for("users.canvas.Entry", "currents_event_0002");
+        let other_type = insert_id_for("users.messages.email.Send", "currents_event_0001");
         assert_ne!(first, second);
+        assert_ne!(first, other_type);
+    }
+
+    #[test]
+    fn insert_id_fields_cannot_shift() {
+        // The type's length is hashed too, so moving characters between the two fields
+        // changes the key.
+        assert_ne!(insert_id_for("ab", "c"), insert_id_for("a", "bc"));
     }
 
     #[test]
@@ -1107,27 +1053,14 @@ mod tests {
     }
 
     #[test]
-    fn event_type_unknown_rejected() {
-        let error = map_err(&event_of_type("users.messages.pigeon.Send"));
+    fn event_type_unknown_keeps_raw_name() {
+        let mapped = map_ok(&event_of_type("users.messages.pigeon.Send"));
+        assert_eq!(mapped.name, "users.messages.pigeon.Send");
         assert_eq!(
-            error,
-            CurrentsError::UnknownEventType {
-                event_type: "users.messages.pigeon.Send".to_owned()
-            }
+            mapped.properties["braze_event_type"],
+            "users.messages.pigeon.Send"
         );
-        assert!(
-            error.to_string().contains("users.messages.pigeon.Send"),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn event_type_unknown_wins_over_missing_user() {
-        let event = without(event_of_type("users.messages.pigeon.Send"), "user");
-        assert!(matches!(
-            map_err(&event),
-            CurrentsError::UnknownEventType { .. }
-        ));
+        assert_eq!(mapped.properties["$partner_id"], "braze");
     }
 
     #[test]
@@ -1140,8 +1073,7 @@ mod tests {
     }
 
     #[test]
-    fn external_user_id_missing_rejected() {
-        let id = "a1b2c3d4-0000-4000-8000-000000000001";
+    fn external_user_id_missing_is_unattributed() {
         let cases = [
             without(event_of_type("users.canvas.Entry"), "user"),
             with(event_of_type("users.canvas.Entry"), "user", Value::Null),
@@ -1158,18 +1090,9 @@ mod tests {
             ),
         ];
         for event in cases {
-            let error = map_err(&event);
-            assert_eq!(
-                error,
-                CurrentsError::NoExternalUserId {
-                    id: id.to_owned(),
-                    event_type: "users.canvas.Entry".to_owned(),
-                },
-                "for {event}"
-            );
-            let message = error.to_string();
-            assert!(message.contains(id), "{message}");
-            assert!(message.contains("external_user_id"), "{message}");
+            let mapped = map_ok(&event);
+            assert_eq!(mapped.distinct_id, "", "for {event}");
+            assert_eq!(mapped.name, "Canvas Entry", "for {event}");
         }
     }
 
@@ -1248,7 +1171,13 @@ mod tests {
         assert_eq!(mapped.name, "Email Send");
         assert_eq!(mapped.distinct_id, "customer-981");
         assert_eq!(mapped.time_ms, 1_712_345_678_000);
-        assert_eq!(mapped.insert_id, "5f0c2a9e-7b1d-4c3e-9a8f-1e2d3c4b5a60");
+        assert_eq!(
+            mapped.insert_id,
+            insert_id_for(
+                "users.messages.email.Send",
+                "5f0c2a9e-7b1d-4c3e-9a8f-1e2d3c4b5a60"
+            )
+        );
         let expected = json!({
             "campaign_id": "campaign-1",
             "campaign_name": "Spring sale",
@@ -1330,10 +1259,13 @@ mod tests {
             },
         });
         let mapped = map_ok(&event);
-        assert_eq!(mapped.name, "Checkout Started");
+        assert_eq!(mapped.name, "[Braze Custom Event] Checkout Started");
         assert_eq!(mapped.properties["name"], "Checkout Started");
-        assert_eq!(mapped.properties["cart_size"], 3);
-        assert_eq!(mapped.properties["coupon"], "SPRING");
+        assert_eq!(mapped.properties["[Custom event property] cart_size"], 3);
+        assert_eq!(
+            mapped.properties["[Custom event property] coupon"],
+            "SPRING"
+        );
         assert!(!mapped.properties.contains_key("custom_properties"));
         assert!(!is_mtu_exempt(&mapped.name));
     }
@@ -1378,7 +1310,18 @@ mod tests {
             "properties",
             json!({"name": "Level Up", "custom_properties": "{\"level\":7}"}),
         );
-        assert_eq!(map_ok(&event).properties["level"], 7);
+        let from_string = map_ok(&event);
+        assert_eq!(from_string.properties["[Custom event property] level"], 7);
+        let as_object = with(
+            event_of_type(CUSTOM_EVENT_TYPE),
+            "properties",
+            json!({"name": "Level Up", "custom_properties": {"level": 7}}),
+        );
+        assert_eq!(
+            map_ok(&as_object),
+            from_string,
+            "the string and object forms agree"
+        );
     }
 
     #[test]
@@ -1432,14 +1375,17 @@ mod tests {
         assert_eq!(mapped.properties["product_id"], "sku-1");
         assert_eq!(mapped.properties["price"], 9.99);
         assert_eq!(mapped.properties["currency"], "EUR");
-        assert_eq!(mapped.properties["color"], "red");
-        assert_eq!(mapped.properties["gift"], true);
-        assert_eq!(mapped.properties["sizes"], json!(["S", "M"]));
+        assert_eq!(mapped.properties["[Purchase property] color"], "red");
+        assert_eq!(mapped.properties["[Purchase property] gift"], true);
+        assert_eq!(
+            mapped.properties["[Purchase property] sizes"],
+            json!(["S", "M"])
+        );
         assert!(!mapped.properties.contains_key("purchase_properties"));
     }
 
     #[test]
-    fn collision_keeps_standard_value() {
+    fn prefixes_keep_standard_values() {
         let event = json!({
             "event_type": "users.behaviors.Purchase",
             "id": "evt-purchase-2",
@@ -1463,7 +1409,7 @@ mod tests {
         assert_eq!(properties["[Purchase property] timezone"], "custom-zone");
         assert_eq!(properties["$partner_id"], "braze");
         assert_eq!(properties["[Purchase property] $partner_id"], "shop");
-        assert_eq!(properties["note"], "kept");
+        assert_eq!(properties["[Purchase property] note"], "kept");
     }
 
     #[test]
@@ -1479,7 +1425,7 @@ mod tests {
     }
 
     #[test]
-    fn collision_custom_before_purchase() {
+    fn custom_and_purchase_prefixes_differ() {
         let event = with(
             event_of_type(CUSTOM_EVENT_TYPE),
             "properties",
@@ -1490,7 +1436,7 @@ mod tests {
             }),
         );
         let properties = map_ok(&event).properties;
-        assert_eq!(properties["color"], "blue");
+        assert_eq!(properties["[Custom event property] color"], "blue");
         assert_eq!(properties["[Purchase property] color"], "green");
     }
 
@@ -1570,19 +1516,6 @@ mod tests {
                     reason: "must not be negative",
                 },
                 &["`time`", "-1", "must not be negative"],
-            ),
-            (
-                CurrentsError::UnknownEventType {
-                    event_type: "users.x.Y".to_owned(),
-                },
-                &["users.x.Y"],
-            ),
-            (
-                CurrentsError::NoExternalUserId {
-                    id: "evt-9".to_owned(),
-                    event_type: "users.canvas.Entry".to_owned(),
-                },
-                &["evt-9", "users.canvas.Entry", "external_user_id"],
             ),
             (
                 CurrentsError::PropertyCollision {
