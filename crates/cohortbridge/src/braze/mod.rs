@@ -3,4 +3,5 @@
 
 pub mod client;
 pub mod currents;
+pub mod currents_avro;
 pub mod instances;

@@ -49,6 +49,9 @@ pub async fn run(
     let (files, kind) = match command {
         ImportCommand::Events { files } => (files, Kind::Events),
         ImportCommand::Profiles { files } => (files, Kind::Profiles),
+        ImportCommand::Currents { .. } => {
+            unreachable!("Currents files are imported by cli::currents")
+        }
     };
     let http = reqwest::Client::new();
     let mut totals = Totals::default();

@@ -2,6 +2,7 @@
 //! server's HTTP API (`--server`), authenticated with the admin key.
 
 mod client;
+mod currents;
 mod import;
 
 use std::path::PathBuf;
@@ -99,6 +100,21 @@ pub enum ImportCommand {
     Profiles {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Import Braze Currents storage files (Avro), walking folders in Braze's layout.
+    Currents {
+        /// Avro files or folders that contain them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Keep running and import new files as they appear.
+        #[arg(long)]
+        watch: bool,
+        /// How often `--watch` looks for new files, such as 30s or 5m.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// File that records which files were imported, so they are skipped next time.
+        #[arg(long, default_value = "cohortbridge-currents-imported.txt")]
+        state_file: PathBuf,
     },
 }
 
@@ -207,6 +223,20 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
                 println!("api secret:     {}", text(&project["api_secret"]));
                 println!("currents token: {}", text(&project["currents_token"]));
             }
+        }
+        Command::Import(ImportCommand::Currents {
+            paths,
+            watch,
+            interval,
+            state_file,
+        }) => {
+            let options = currents::Options {
+                paths,
+                watch,
+                interval,
+                state_file,
+            };
+            currents::run(&client, options, json_output).await?
         }
         Command::Import(command) => import::run(&client, command, json_output).await?,
         Command::Cohorts(command) => cohorts(&client, command, json_output).await?,
