@@ -96,6 +96,18 @@ pub struct ServeConfig {
     #[arg(long, env = "COHORTBRIDGE_BRAZE_TIMEOUT_SECS", default_value_t = 30)]
     pub braze_timeout_secs: u64,
 
+    /// Events that never count towards Monthly Tracked Users, comma-separated; names compare
+    /// without regard to case, and `prefix*` matches a prefix.
+    #[arg(long, env = "COHORTBRIDGE_MTU_NEVER_QUALIFYING", value_delimiter = ',',
+        default_values_t = default_never_qualifying())]
+    pub mtu_never_qualifying: Vec<String>,
+
+    /// Events that do not count towards Monthly Tracked Users when they carry a `$partner_id`
+    /// (a partner's outreach, such as Braze's Email Send), comma-separated.
+    #[arg(long, env = "COHORTBRIDGE_MTU_PARTNER_OUTREACH", value_delimiter = ',',
+        default_values_t = default_partner_outreach())]
+    pub mtu_partner_outreach: Vec<String>,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "COHORTBRIDGE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -122,6 +134,16 @@ impl ServeConfig {
             braze_max_rate_limit_wait_secs: 300,
             braze_timeout_secs: 30,
             log_format: "text".into(),
+            mtu_never_qualifying: default_never_qualifying(),
+            mtu_partner_outreach: default_partner_outreach(),
         }
     }
+}
+
+fn default_never_qualifying() -> Vec<String> {
+    crate::mtu::ExemptionRules::default().never_qualifying
+}
+
+fn default_partner_outreach() -> Vec<String> {
+    crate::mtu::ExemptionRules::default().partner_outreach
 }

@@ -100,6 +100,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         admin_key_hash: admin_key_hash.into(),
         allow_custom_braze_url: config.allow_custom_braze_url,
         min_sync_interval: Duration::from_secs(config.min_sync_interval_secs),
+        mtu_rules: Arc::new(crate::mtu::ExemptionRules {
+            never_qualifying: config.mtu_never_qualifying.clone(),
+            partner_outreach: config.mtu_partner_outreach.clone(),
+        }),
     };
 
     let addr = listener.local_addr()?;

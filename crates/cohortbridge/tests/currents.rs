@@ -96,6 +96,22 @@ async fn identity_events_never_count() {
     assert_eq!(status, 200, "{body}");
     // u-own's Canvas Entry carries no $partner_id, so it is the customer's own event and counts.
     assert_eq!(server.admin_get("/mtu?month=2026-11").await["users"], 1);
+    let report = server.admin_get("/mtu?month=2026-11").await;
+    assert_eq!(
+        report["exempt_only_users"], 1,
+        "u-id has only identity and outreach events"
+    );
+    let via_default_route = server
+        .http
+        .get(server.url("/api/v1/mtu?month=2026-11"))
+        .bearer_auth(common::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(via_default_route["users"], 1);
     assert_eq!(server.admin_get("/mtu?month=2026-10").await["users"], 0);
     let (status, reply) = server.admin_get_status("/mtu?month=2026-13").await;
     assert_eq!(status, 400);

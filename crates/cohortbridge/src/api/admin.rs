@@ -55,6 +55,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/projects/{project}/syncs/{sync}", get(show_sync))
         .route("/projects/{project}/syncs/{sync}/run", post(run_sync))
         .route("/projects/{project}/mtu", get(mtu))
+        .route("/mtu", get(mtu_default_project))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -556,24 +557,53 @@ async fn run_sync(
 #[derive(Deserialize)]
 struct MtuQuery {
     month: Option<String>,
+    /// A distinct id whose standing to explain instead of the month's report.
+    explain: Option<String>,
+    /// The project, for the project-less route `/api/v1/mtu`; default 1.
+    project: Option<i64>,
 }
 
+/// Returns the MTU report of a month, or with `explain=DISTINCT_ID` why that user counts.
 async fn mtu(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
     ApiQuery(query): ApiQuery<MtuQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    project_or_404(&state, id).await?;
+    mtu_for_project(&state, id, query).await
+}
+
+async fn mtu_default_project(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<MtuQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let id = query.project.unwrap_or(1);
+    mtu_for_project(&state, id, query).await
+}
+
+async fn mtu_for_project(
+    state: &AppState,
+    id: i64,
+    query: MtuQuery,
+) -> Result<Json<Value>, ApiError> {
+    project_or_404(state, id).await?;
     let month = query.month.ok_or_else(|| {
         ApiError::BadRequest("query parameter `month` (YYYY-MM) is missing".into())
     })?;
-    let report = crate::mtu::monthly_tracked_users(state.store.as_ref(), id, &month)
-        .await
-        .map_err(|e| match e {
-            crate::mtu::MtuError::InvalidMonth(_) => ApiError::BadRequest(e.to_string()),
-            crate::mtu::MtuError::Store(e) => ApiError::Storage(e),
-        })?;
-    Ok(Json(json!(report)))
+    let to_api = |e: crate::mtu::MtuError| match e {
+        crate::mtu::MtuError::InvalidMonth(_) => ApiError::BadRequest(e.to_string()),
+        crate::mtu::MtuError::Store(e) => ApiError::Storage(e),
+    };
+    let store = state.store.as_ref();
+    let rules = state.mtu_rules.as_ref();
+    let body = match query.explain {
+        Some(distinct_id) => json!(crate::mtu::explain(store, id, &month, &distinct_id, rules)
+            .await
+            .map_err(to_api)?),
+        None => json!(crate::mtu::monthly_tracked_users(store, id, &month, rules)
+            .await
+            .map_err(to_api)?),
+    };
+    Ok(Json(body))
 }
 
 fn now_ms() -> i64 {

@@ -34,6 +34,8 @@ pub struct AppState {
     pub allow_custom_braze_url: bool,
     /// The shortest cadence a dynamic sync may have.
     pub min_sync_interval: std::time::Duration,
+    /// Which events do not count towards Monthly Tracked Users.
+    pub mtu_rules: Arc<crate::mtu::ExemptionRules>,
 }
 
 pub fn router(state: AppState) -> Router {

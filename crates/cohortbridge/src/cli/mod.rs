@@ -80,6 +80,12 @@ pub enum Command {
         /// Month as YYYY-MM.
         #[arg(long)]
         month: String,
+        /// Explain why this distinct id counts or not, instead of the report.
+        #[arg(long, value_name = "DISTINCT_ID")]
+        explain: Option<String>,
+        /// Print every figure of the report, not only the MTU number.
+        #[arg(long)]
+        details: bool,
     },
 }
 
@@ -308,12 +314,22 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
             }
         }
         Command::Syncs(command) => syncs(&client, command, json_output).await?,
-        Command::Mtu { month } => {
-            let report = client
-                .get(&format!("/mtu?month={}", urlencode(&month)))
-                .await?;
+        Command::Mtu {
+            month,
+            explain,
+            details,
+        } => {
+            let mut path = format!("/mtu?month={}", urlencode(&month));
+            if let Some(distinct_id) = &explain {
+                path.push_str(&format!("&explain={}", urlencode(distinct_id)));
+            }
+            let report = client.get(&path).await?;
             if json_output {
                 print_json(&report);
+            } else if explain.is_some() {
+                print_mtu_explanation(&report);
+            } else if details {
+                print_mtu_report(&report);
             } else {
                 println!("{}", report["users"]);
             }
@@ -473,6 +489,50 @@ async fn syncs(
         }
     }
     Ok(())
+}
+
+fn print_mtu_report(report: &Value) {
+    println!("month:              {}", text(&report["month"]));
+    println!("users (MTU):        {}", report["users"]);
+    println!("exempt-only users:  {}", report["exempt_only_users"]);
+    println!("total events:       {}", report["total_events"]);
+    println!("unattributed:       {}", report["unattributed_events"]);
+    println!(
+        "billable users:     {} (guardrail applies: {})",
+        report["billable_users"], report["guardrail_applies"]
+    );
+    for (source, counts) in report["by_source"].as_object().into_iter().flatten() {
+        println!(
+            "source {source:<8}     counted {} exempt {}",
+            counts["counted_events"], counts["exempt_events"]
+        );
+    }
+}
+
+fn print_mtu_explanation(explanation: &Value) {
+    let verdict = if explanation["counted"] == true {
+        "counts"
+    } else {
+        "does not count"
+    };
+    println!(
+        "{} (user {}) {verdict} in {}",
+        text(&explanation["distinct_id"]),
+        text(&explanation["canonical_id"]),
+        text(&explanation["month"])
+    );
+    for item in explanation["events"].as_array().into_iter().flatten() {
+        let why = match item["exempt_because"].as_str() {
+            Some(reason) => format!("exempt: {reason}"),
+            None => "qualifies".to_owned(),
+        };
+        println!(
+            "  {} x {} from {}: {why}",
+            item["count"],
+            text(&item["event"]),
+            text(&item["source"])
+        );
+    }
 }
 
 fn print_run(run: &Value) {

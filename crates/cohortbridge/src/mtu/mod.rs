@@ -1,27 +1,152 @@
 //! Monthly Tracked Users: the distinct users with at least one qualifying event in a calendar
-//! month (UTC).
+//! month (UTC), with the figures an auditor needs to check it.
 //!
-//! Braze outreach events (those carrying `$partner_id` and named in the exempt list) do not
-//! qualify, so a user reached by Braze but not active is not counted. Identity-management events
-//! never qualify, and events of the empty distinct id belong to no user.
+//! An event does not qualify when its name is on the never-qualifying list (Mixpanel's
+//! identity, opt-in, session-replay and messaging events), or when it carries a `$partner_id`
+//! and its name is on the partner outreach list (Braze's sends, deliveries, bounces and
+//! Canvas entries). Both lists are configuration; names compare without regard to case, and
+//! an entry ending in `*` matches every name with that prefix. Events of the empty distinct id
+//! belong to no user and never make one count.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{Datelike, NaiveDate};
 use serde::Serialize;
 
 use crate::braze::currents::MTU_EXEMPT_EVENT_NAMES;
 use crate::identity;
-use crate::store::{Store, StoreError};
+use crate::store::{MtuEventGroup, Store, StoreError};
 
-/// Events that never count towards MTU, from any sender.
-pub const IDENTITY_EVENTS: &[&str] = &["$identify", "$create_alias", "$merge"];
+/// Mixpanel's events that never count towards MTU, whoever sent them.
+pub const DEFAULT_NEVER_QUALIFYING: &[&str] = &[
+    "$identify",
+    "$create_alias",
+    "$merge",
+    "$opt_in",
+    "$mp_session_record",
+    "$campaign_*",
+    "$message_*",
+];
 
-/// The MTU figure of one month.
+/// Which events do not qualify for MTU.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExemptionRules {
+    pub never_qualifying: Vec<String>,
+    /// Names that do not qualify when the event carries a `$partner_id`.
+    pub partner_outreach: Vec<String>,
+}
+
+impl Default for ExemptionRules {
+    fn default() -> Self {
+        Self {
+            never_qualifying: DEFAULT_NEVER_QUALIFYING
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            partner_outreach: MTU_EXEMPT_EVENT_NAMES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+}
+
+impl ExemptionRules {
+    /// The reason an event does not qualify, or `None` when it does.
+    pub fn exemption(&self, event: &str, partner_id: Option<&str>) -> Option<String> {
+        if let Some(rule) = self
+            .never_qualifying
+            .iter()
+            .find(|rule| name_matches(rule, event))
+        {
+            return Some(format!("{event:?} never counts (rule {rule:?})"));
+        }
+        let partner = partner_id.filter(|p| !p.is_empty())?;
+        let rule = self
+            .partner_outreach
+            .iter()
+            .find(|rule| name_matches(rule, event))?;
+        Some(format!(
+            "{event:?} from partner {partner:?} is outreach (rule {rule:?})"
+        ))
+    }
+}
+
+/// Compares a rule with an event name without regard to case; `prefix*` matches a prefix.
+fn name_matches(rule: &str, event: &str) -> bool {
+    match rule.strip_suffix('*') {
+        Some(prefix) => {
+            event.len() >= prefix.len() && event[..prefix.len()].eq_ignore_ascii_case(prefix)
+        }
+        None => rule.eq_ignore_ascii_case(event),
+    }
+}
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// `/track` and `/engage` from SDKs.
+    Sdk,
+    /// `/import`.
+    Import,
+    /// Events marked with Braze's `$partner_id`.
+    Braze,
+}
+
+impl Source {
+    fn of(group: &MtuEventGroup) -> Self {
+        match group.partner_id.as_deref() {
+            Some(p) if p.eq_ignore_ascii_case(crate::braze::currents::PARTNER_ID) => Source::Braze,
+            _ if group.imported => Source::Import,
+            _ => Source::Sdk,
+        }
+    }
+}
+
+/// Counted and exempt events of one source.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct SourceCounts {
+    pub counted_events: i64,
+    pub exempt_events: i64,
+}
+
+/// The MTU figures of one month.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct MtuReport {
     pub month: String,
+    /// Users with at least one qualifying event: the MTU figure.
     pub users: usize,
+    /// Users seen in the month only through exempt events.
+    pub exempt_only_users: usize,
+    /// Every event of the month, the unattributed ones included.
+    pub total_events: i64,
+    /// Events of the empty distinct id, which belong to no user.
+    pub unattributed_events: i64,
+    /// Mixpanel's guardrail: when users average more than 1000 events, the billable figure is
+    /// the event count divided by 1000 instead of the user count.
+    pub guardrail_applies: bool,
+    pub billable_users: i64,
+    pub by_source: BTreeMap<Source, SourceCounts>,
+}
+
+/// Why one user counts or not in a month.
+#[derive(Debug, Serialize)]
+pub struct MtuExplanation {
+    pub month: String,
+    pub distinct_id: String,
+    pub canonical_id: String,
+    pub counted: bool,
+    pub events: Vec<ExplainedEvents>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExplainedEvents {
+    pub event: String,
+    pub source: Source,
+    pub count: i64,
+    /// `None` when the events qualify.
+    pub exempt_because: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +157,8 @@ pub enum MtuError {
     Store(#[from] StoreError),
 }
 
-/// Returns the first instant of `month` (`YYYY-MM`) and of the month after, in epoch milliseconds.
+/// Returns the first instant of `month` (`YYYY-MM`) and of the month after, in epoch
+/// milliseconds.
 pub fn month_bounds(month: &str) -> Result<(i64, i64), MtuError> {
     let invalid = || MtuError::InvalidMonth(month.to_owned());
     let (year, number) = month.split_once('-').ok_or_else(invalid)?;
@@ -58,37 +184,135 @@ pub fn month_bounds(month: &str) -> Result<(i64, i64), MtuError> {
     Ok((millis(start), millis(end)))
 }
 
+/// Computes the report of `month`.
 pub async fn monthly_tracked_users(
     store: &dyn Store,
     project_id: i64,
     month: &str,
+    rules: &ExemptionRules,
 ) -> Result<MtuReport, MtuError> {
     let (start, end) = month_bounds(month)?;
-    // The store compares exempt names without regard to case, so Mixpanel's "SMS Send to
-    // Carrier" and Braze's "SMS Send To Carrier" are both exempt.
-    let distinct_ids = store
-        .mtu_distinct_ids(
-            project_id,
-            start,
-            end,
-            MTU_EXEMPT_EVENT_NAMES,
-            IDENTITY_EVENTS,
-        )
-        .await?;
+    let groups = store.mtu_event_groups(project_id, start, end, None).await?;
     let links = store.cohort_inputs(project_id).await?.links;
-    let users: BTreeSet<&str> = distinct_ids
-        .iter()
-        .map(|id| identity::canonical(&links, id))
-        .collect();
-    Ok(MtuReport {
+    Ok(build_report(month, &groups, &links, rules))
+}
+
+fn build_report(
+    month: &str,
+    groups: &[MtuEventGroup],
+    links: &HashMap<String, String>,
+    rules: &ExemptionRules,
+) -> MtuReport {
+    let mut counted_users = BTreeSet::new();
+    let mut seen_users = BTreeSet::new();
+    let mut by_source: BTreeMap<Source, SourceCounts> = BTreeMap::new();
+    let (mut total_events, mut unattributed_events) = (0, 0);
+    for group in groups {
+        total_events += group.count;
+        let counts = by_source.entry(Source::of(group)).or_default();
+        let exempt = rules
+            .exemption(&group.event, group.partner_id.as_deref())
+            .is_some();
+        if exempt {
+            counts.exempt_events += group.count;
+        } else {
+            counts.counted_events += group.count;
+        }
+        if group.distinct_id.is_empty() {
+            unattributed_events += group.count;
+            continue;
+        }
+        let user = identity::canonical(links, &group.distinct_id).to_owned();
+        if !exempt {
+            counted_users.insert(user.clone());
+        }
+        seen_users.insert(user);
+    }
+    let users = counted_users.len();
+    let guardrail_applies = users > 0 && total_events > 1000 * users as i64;
+    let billable_users = if guardrail_applies {
+        total_events / 1000
+    } else {
+        users as i64
+    };
+    MtuReport {
         month: month.to_owned(),
-        users: users.len(),
+        users,
+        exempt_only_users: seen_users.len() - users,
+        total_events,
+        unattributed_events,
+        guardrail_applies,
+        billable_users,
+        by_source,
+    }
+}
+
+/// Explains why the user of `distinct_id` counts or not in `month`.
+pub async fn explain(
+    store: &dyn Store,
+    project_id: i64,
+    month: &str,
+    distinct_id: &str,
+    rules: &ExemptionRules,
+) -> Result<MtuExplanation, MtuError> {
+    let (start, end) = month_bounds(month)?;
+    let links = store.cohort_inputs(project_id).await?.links;
+    let canonical = identity::canonical(&links, distinct_id).to_owned();
+    let mut cluster: Vec<String> = links
+        .iter()
+        .filter(|(_, to)| **to == canonical)
+        .map(|(from, _)| from.clone())
+        .collect();
+    cluster.push(canonical.clone());
+    let groups = store
+        .mtu_event_groups(project_id, start, end, Some(cluster))
+        .await?;
+
+    let mut merged: BTreeMap<(String, Source, Option<String>), i64> = BTreeMap::new();
+    for group in &groups {
+        let reason = rules.exemption(&group.event, group.partner_id.as_deref());
+        *merged
+            .entry((group.event.clone(), Source::of(group), reason))
+            .or_insert(0) += group.count;
+    }
+    let events: Vec<ExplainedEvents> = merged
+        .into_iter()
+        .map(|((event, source, exempt_because), count)| ExplainedEvents {
+            event,
+            source,
+            count,
+            exempt_because,
+        })
+        .collect();
+    let counted = !canonical.is_empty() && events.iter().any(|e| e.exempt_because.is_none());
+    Ok(MtuExplanation {
+        month: month.to_owned(),
+        distinct_id: distinct_id.to_owned(),
+        canonical_id: canonical,
+        counted,
+        events,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn group(
+        distinct_id: &str,
+        event: &str,
+        partner: Option<&str>,
+        imported: bool,
+        count: i64,
+    ) -> MtuEventGroup {
+        MtuEventGroup {
+            distinct_id: distinct_id.into(),
+            event: event.into(),
+            partner_id: partner.map(str::to_owned),
+            imported,
+            count,
+        }
+    }
 
     #[test]
     fn month_bounds_cover_the_month() {
@@ -113,8 +337,98 @@ mod tests {
 
     #[test]
     fn sms_send_to_carrier_is_exempt_in_both_spellings() {
-        assert!(crate::braze::currents::is_mtu_exempt("SMS Send to Carrier"));
-        assert!(crate::braze::currents::is_mtu_exempt("SMS Send To Carrier"));
-        assert!(!crate::braze::currents::is_mtu_exempt("Email Open"));
+        let rules = ExemptionRules::default();
+        assert!(rules
+            .exemption("SMS Send to Carrier", Some("braze"))
+            .is_some());
+        assert!(rules
+            .exemption("SMS Send To Carrier", Some("braze"))
+            .is_some());
+        assert!(rules.exemption("Email Open", Some("braze")).is_none());
+    }
+
+    #[test]
+    fn outreach_needs_a_partner_id() {
+        let rules = ExemptionRules::default();
+        assert!(rules.exemption("Canvas Entry", Some("braze")).is_some());
+        assert!(rules.exemption("Canvas Entry", None).is_none());
+        assert!(rules.exemption("Canvas Entry", Some("")).is_none());
+    }
+
+    #[test]
+    fn prefix_rules_match_campaign_events() {
+        let rules = ExemptionRules::default();
+        assert!(rules.exemption("$campaign_delivery", None).is_some());
+        assert!(rules.exemption("$CAMPAIGN_open", None).is_some());
+        assert!(rules.exemption("$message_suppressed", None).is_some());
+        assert!(rules.exemption("campaign", None).is_none());
+        assert!(rules
+            .exemption("$identify", None)
+            .unwrap()
+            .contains("never counts"));
+    }
+
+    #[test]
+    fn report_counts_users_sources_and_exempt_only() {
+        let groups = vec![
+            group("u1", "Email Send", Some("braze"), false, 3),
+            group("u1", "Email Open", Some("braze"), false, 1),
+            group("u2", "Email Send", Some("braze"), false, 2),
+            group("$device:d3", "Viewed", None, false, 5),
+            group("u3", "Viewed", None, true, 4),
+            group("", "Viewed", None, false, 7),
+        ];
+        let links = HashMap::from([("$device:d3".to_owned(), "u3".to_owned())]);
+        let report = build_report("2026-11", &groups, &links, &ExemptionRules::default());
+        assert_eq!(
+            report.users, 2,
+            "u1 opened, u3 viewed (through the merged device)"
+        );
+        assert_eq!(report.exempt_only_users, 1, "u2 only received sends");
+        assert_eq!(report.total_events, 22);
+        assert_eq!(report.unattributed_events, 7);
+        assert!(!report.guardrail_applies);
+        assert_eq!(report.billable_users, 2);
+        assert_eq!(
+            report.by_source[&Source::Braze],
+            SourceCounts {
+                counted_events: 1,
+                exempt_events: 5
+            }
+        );
+        assert_eq!(
+            report.by_source[&Source::Import],
+            SourceCounts {
+                counted_events: 4,
+                exempt_events: 0
+            }
+        );
+        assert_eq!(
+            report.by_source[&Source::Sdk],
+            SourceCounts {
+                counted_events: 12,
+                exempt_events: 0
+            }
+        );
+    }
+
+    #[test]
+    fn guardrail_applies_above_1000_events_per_user() {
+        let report = build_report(
+            "2026-11",
+            &[group("u1", "E", None, false, 2500)],
+            &HashMap::new(),
+            &ExemptionRules::default(),
+        );
+        assert!(report.guardrail_applies);
+        assert_eq!(report.billable_users, 2);
+        let report = build_report(
+            "2026-11",
+            &[group("u1", "E", None, false, 1000)],
+            &HashMap::new(),
+            &ExemptionRules::default(),
+        );
+        assert!(!report.guardrail_applies);
+        assert_eq!(report.billable_users, 1);
     }
 }

@@ -201,6 +201,18 @@ pub struct CohortInputs {
     pub event_distinct_ids: HashSet<String>,
 }
 
+/// Events that share a distinct id, a name, a `$partner_id` and an ingestion path, with
+/// their number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtuEventGroup {
+    pub distinct_id: String,
+    pub event: String,
+    pub partner_id: Option<String>,
+    /// Whether the events came through `/import` (they carry `$import: true`).
+    pub imported: bool,
+    pub count: i64,
+}
+
 /// Counts of one import or track request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteSummary {
@@ -270,17 +282,15 @@ pub trait Store: Send + std::marker::Sync + 'static {
         since_ms: Option<i64>,
         until_ms: i64,
     ) -> StoreResult<HashMap<String, i64>>;
-    /// Distinct ids with at least one event in `[start_ms, end_ms)` that counts towards MTU.
-    /// `exempt_partner_events` lists names (compared without regard to case) that do not count
-    /// when a `$partner_id` is set, and `exempt_events` names that never count.
-    async fn mtu_distinct_ids(
+    /// Events in `[start_ms, end_ms)` grouped by distinct id, name, `$partner_id` and whether
+    /// `/import` stored them, for the MTU report. With `distinct_ids`, only those ids.
+    async fn mtu_event_groups(
         &self,
         project_id: i64,
         start_ms: i64,
         end_ms: i64,
-        exempt_partner_events: &[&str],
-        exempt_events: &[&str],
-    ) -> StoreResult<Vec<String>>;
+        distinct_ids: Option<Vec<String>>,
+    ) -> StoreResult<Vec<MtuEventGroup>>;
 
     async fn create_cohort(
         &self,

@@ -565,40 +565,41 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn mtu_distinct_ids(
+    async fn mtu_event_groups(
         &self,
         project_id: i64,
         start_ms: i64,
         end_ms: i64,
-        exempt_partner_events: &[&str],
-        exempt_events: &[&str],
-    ) -> StoreResult<Vec<String>> {
-        let partner: Vec<String> = exempt_partner_events
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let always: Vec<String> = exempt_events.iter().map(|s| s.to_string()).collect();
+        distinct_ids: Option<Vec<String>>,
+    ) -> StoreResult<Vec<MtuEventGroup>> {
         self.read(move |conn| {
-            let placeholders = |from: usize, n: usize| {
-                (from..from + n)
-                    .map(|i| format!("?{i}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let always_list = placeholders(4, always.len());
-            let partner_list = placeholders(4 + always.len(), partner.len());
-            let sql = format!(
-                "SELECT DISTINCT distinct_id FROM events
-                 WHERE project_id = ?1 AND time_ms >= ?2 AND time_ms < ?3 AND distinct_id <> ''
-                   AND event NOT IN ({always_list})
-                   AND NOT (partner_id IS NOT NULL AND lower(event) IN ({partner_list}))"
+            let mut sql = String::from(
+                "SELECT distinct_id, event, partner_id,
+                        coalesce(json_extract(properties, '$.\"$import\"'), 0) AS imported, count(*)
+                 FROM events WHERE project_id = ?1 AND time_ms >= ?2 AND time_ms < ?3",
             );
             let mut values: Vec<rusqlite::types::Value> =
                 vec![project_id.into(), start_ms.into(), end_ms.into()];
-            values.extend(always.iter().cloned().map(Into::into));
-            values.extend(partner.iter().map(|name| name.to_lowercase().into()));
+            if let Some(ids) = &distinct_ids {
+                let placeholders: Vec<String> =
+                    (0..ids.len()).map(|i| format!("?{}", i + 4)).collect();
+                sql.push_str(&format!(
+                    " AND distinct_id IN ({})",
+                    placeholders.join(", ")
+                ));
+                values.extend(ids.iter().cloned().map(Into::into));
+            }
+            sql.push_str(" GROUP BY distinct_id, event, partner_id, imported");
             let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt.query_map(params_from_iter(values), |row| row.get(0))?;
+            let rows = stmt.query_map(params_from_iter(values), |row| {
+                Ok(MtuEventGroup {
+                    distinct_id: row.get(0)?,
+                    event: row.get(1)?,
+                    partner_id: row.get(2)?,
+                    imported: row.get::<_, i64>(3)? != 0,
+                    count: row.get(4)?,
+                })
+            })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
