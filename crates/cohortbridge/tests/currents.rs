@@ -222,3 +222,57 @@ async fn currents_authentication_and_shape() {
     assert_eq!(response.status(), 401, "no Authorization header");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn braze_currents_credential_marks_imported_events() {
+    let server = TestServer::start().await;
+    let (status, created) = server
+        .admin_post(
+            "/credentials",
+            &json!({"name": "braze mixpanel connector", "braze_currents": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert_eq!(created["credential"]["partner_id"], "braze");
+
+    // Braze's Mixpanel connector sends events already named as Mixpanel knows them.
+    let body = [
+        json!({"event": "Email Send", "properties": {"time": NOVEMBER_10, "distinct_id": "u-conn", "$insert_id": "c1"}}),
+        json!({"event": "Email Send", "properties": {"time": NOVEMBER_10, "distinct_id": "u-own", "$insert_id": "c2"}}),
+    ];
+    let response = server
+        .http
+        .post(server.url("/import?strict=1"))
+        .basic_auth(&secret, Some(""))
+        .body(format!("{}\n", body[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The same event name imported with the project's API secret carries no partner mark.
+    let (status, _) = server.import_records(&body[1..]).await;
+    assert_eq!(status, 200);
+
+    let marked = server.admin_get("/events?distinct_id=u-conn").await;
+    assert_eq!(marked[0]["properties"]["$partner_id"], "braze");
+    let own = server.admin_get("/events?distinct_id=u-own").await;
+    assert!(own[0]["properties"].get("$partner_id").is_none(), "{own}");
+    assert_eq!(
+        server.admin_get("/mtu?month=2026-11").await["users"],
+        1,
+        "only u-own counts"
+    );
+
+    let listed = server.admin_get("/credentials").await;
+    assert_eq!(listed[0]["name"], "braze mixpanel connector");
+    assert!(
+        !listed.to_string().contains(&secret),
+        "the secret is shown only at creation"
+    );
+    let (status, _) = server
+        .admin_post("/credentials", &json!({"name": "braze mixpanel connector"}))
+        .await;
+    assert_eq!(status, 409);
+    server.stop().await;
+}

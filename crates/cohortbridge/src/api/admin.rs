@@ -33,6 +33,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/projects/{project}", get(show_project))
         .route("/projects/{project}/stats", get(project_stats))
         .route(
+            "/projects/{project}/credentials",
+            get(list_credentials).post(create_credential),
+        )
+        .route(
             "/projects/{project}/profiles/{distinct_id}",
             get(show_profile),
         )
@@ -143,6 +147,57 @@ async fn show_profile(
     Ok(Json(
         json!({"distinct_id": distinct_id, "properties": profile}),
     ))
+}
+
+#[derive(Deserialize)]
+struct NewCredentialBody {
+    name: Option<String>,
+    /// Marks every event imported with the credential as Braze's (`$partner_id` = `braze`).
+    #[serde(default)]
+    braze_currents: bool,
+}
+
+/// Creates an extra `/import` credential and returns its secret, which is shown only here.
+async fn create_credential(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<NewCredentialBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    project_or_404(&state, id).await?;
+    let name = required_name(body.name, "name")?;
+    let secret = secrets::random_token(16);
+    let partner_id = body
+        .braze_currents
+        .then(|| crate::braze::currents::PARTNER_ID.to_owned());
+    let credential = state
+        .store
+        .create_import_credential(
+            id,
+            crate::store::NewImportCredential {
+                name,
+                secret_hash: secrets::hash(&secret),
+                partner_id,
+            },
+            now_ms(),
+        )
+        .await?;
+    tracing::info!(
+        project_id = id,
+        credential_id = credential.id,
+        "import credential created"
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"credential": credential, "secret": secret})),
+    ))
+}
+
+async fn list_credentials(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<Value>, ApiError> {
+    project_or_404(&state, id).await?;
+    Ok(Json(json!(state.store.list_import_credentials(id).await?)))
 }
 
 #[derive(Deserialize)]

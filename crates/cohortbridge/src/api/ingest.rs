@@ -295,22 +295,26 @@ fn import_error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// Finds the project of an `/import` request from its HTTP Basic credentials.
+/// Finds the project of an `/import` request, and the partner id that an extra credential
+/// (such as one marked "Braze Currents") puts on every event.
 async fn import_project(
     state: &AppState,
     headers: &HeaderMap,
-) -> Result<Option<Project>, StoreError> {
+) -> Result<Option<(Project, Option<String>)>, StoreError> {
     let Some((user, password)) = basic_credentials(headers) else {
         return Ok(None);
     };
-    if let Some(project) = state
-        .store
-        .project_by_api_secret_hash(&secrets::hash(&user))
-        .await?
-    {
-        return Ok(Some(project));
+    let hash = secrets::hash(&user);
+    if let Some(project) = state.store.project_by_api_secret_hash(&hash).await? {
+        return Ok(Some((project, None)));
+    }
+    if let Some(credential) = state.store.import_credential_by_hash(&hash).await? {
+        let project = state.store.project(credential.project_id).await?;
+        return Ok(project.map(|project| (project, credential.partner_id)));
     }
     if password.is_empty() {
-        return state.store.project_by_token(&user).await;
+        let project = state.store.project_by_token(&user).await?;
+        return Ok(project.map(|project| (project, None)));
     }
     Ok(None)
 }
@@ -335,8 +339,8 @@ async fn import(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let project = match import_project(&state, &headers).await {
-        Ok(Some(project)) => project,
+    let (project, partner_id) = match import_project(&state, &headers).await {
+        Ok(Some(found)) => found,
         Ok(None) => {
             return import_error(
                 StatusCode::UNAUTHORIZED,
@@ -362,7 +366,13 @@ async fn import(
     let mut failures = Vec::new();
     for (index, record) in decoded.records.iter().enumerate() {
         match event::validate(record, Endpoint::Import, now) {
-            Ok(valid) => {
+            Ok(mut valid) => {
+                if let Some(partner) = &partner_id {
+                    valid
+                        .event
+                        .properties
+                        .insert("$partner_id".into(), Value::from(partner.as_str()));
+                }
                 events.push(valid.event);
                 links.extend(valid.link);
             }

@@ -93,6 +93,24 @@ pub enum Command {
 pub enum ProjectsCommand {
     /// Print the project's token, API secret and Currents token.
     Show,
+    /// Manage extra `/import` credentials.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialsCommand {
+    /// Create a credential for `/import` (HTTP Basic user) and print its secret once.
+    Add {
+        /// Credential name, unique in the project.
+        #[arg(long)]
+        name: String,
+        /// Mark every event imported with it as Braze's (`$partner_id` = `braze`), for Braze's
+        /// Mixpanel connector.
+        #[arg(long)]
+        braze_currents: bool,
+    },
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,6 +246,42 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
                 println!("token:          {}", text(&project["token"]));
                 println!("api secret:     {}", text(&project["api_secret"]));
                 println!("currents token: {}", text(&project["currents_token"]));
+            }
+        }
+        Command::Projects(ProjectsCommand::Credentials(CredentialsCommand::Add {
+            name,
+            braze_currents,
+        })) => {
+            let reply = client
+                .post(
+                    "/credentials",
+                    &json!({"name": name, "braze_currents": braze_currents}),
+                )
+                .await?;
+            if json_output {
+                print_json(&reply);
+            } else {
+                println!(
+                    "credential {} created; its secret is shown only now:",
+                    text(&reply["credential"]["name"])
+                );
+                println!("{}", text(&reply["secret"]));
+            }
+        }
+        Command::Projects(ProjectsCommand::Credentials(CredentialsCommand::List)) => {
+            let list = client.get("/credentials").await?;
+            if json_output {
+                print_json(&list);
+            } else {
+                println!("{:<6} {:<24} PARTNER", "ID", "NAME");
+                for c in list.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<6} {:<24} {}",
+                        text(&c["id"]),
+                        text(&c["name"]),
+                        text(&c["partner_id"])
+                    );
+                }
             }
         }
         Command::Import(ImportCommand::Currents {

@@ -52,6 +52,24 @@ pub struct NewProject {
     pub currents_token_hash: String,
 }
 
+/// An extra `/import` credential. Its secret is stored only as a hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportCredential {
+    pub id: i64,
+    pub project_id: i64,
+    pub name: String,
+    /// Set on every event imported with this credential, such as `braze`.
+    pub partner_id: Option<String>,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewImportCredential {
+    pub name: String,
+    pub secret_hash: String,
+    pub partner_id: Option<String>,
+}
+
 /// A validated event ready to store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
@@ -232,6 +250,15 @@ pub trait Store: Send + std::marker::Sync + 'static {
     async fn project_by_token(&self, token: &str) -> StoreResult<Option<Project>>;
     async fn project_by_api_secret_hash(&self, hash: &str) -> StoreResult<Option<Project>>;
     async fn project_by_currents_token_hash(&self, hash: &str) -> StoreResult<Option<Project>>;
+
+    async fn create_import_credential(
+        &self,
+        project_id: i64,
+        credential: NewImportCredential,
+        now_ms: i64,
+    ) -> StoreResult<ImportCredential>;
+    async fn list_import_credentials(&self, project_id: i64) -> StoreResult<Vec<ImportCredential>>;
+    async fn import_credential_by_hash(&self, hash: &str) -> StoreResult<Option<ImportCredential>>;
 
     /// Stores events and identity links in one transaction. A duplicate on Mixpanel's key
     /// (event, distinct id, time, insert id) replaces the earlier row, so the last one wins.

@@ -14,8 +14,13 @@ use serde_json::{Map, Value};
 
 use super::*;
 
-const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_init", include_str!("migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("migrations/sqlite/0001_init.sql")),
+    (
+        "0005_import_credentials",
+        include_str!("migrations/sqlite/0005_import_credentials.sql"),
+    ),
+];
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -314,6 +319,78 @@ impl Store for SqliteStore {
         let hash = hash.to_owned();
         self.read(move |conn| project_where(conn, "currents_token_hash = ?1", &hash))
             .await
+    }
+
+    async fn create_import_credential(
+        &self,
+        project_id: i64,
+        credential: NewImportCredential,
+        now_ms: i64,
+    ) -> StoreResult<ImportCredential> {
+        self.write(move |conn| {
+            let inserted = conn.execute(
+                "INSERT INTO import_credentials (project_id, name, secret_hash, partner_id, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![project_id, credential.name, credential.secret_hash, credential.partner_id, now_ms],
+            );
+            match inserted {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Conflict { what: "credential", value: credential.name.clone() })
+                }
+                other => other?,
+            };
+            Ok(ImportCredential {
+                id: conn.last_insert_rowid(),
+                project_id,
+                name: credential.name,
+                partner_id: credential.partner_id,
+                created_at_ms: now_ms,
+            })
+        })
+        .await
+    }
+
+    async fn list_import_credentials(&self, project_id: i64) -> StoreResult<Vec<ImportCredential>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, project_id, name, partner_id, created_at_ms FROM import_credentials
+                 WHERE project_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([project_id], |row| {
+                Ok(ImportCredential {
+                    id: row.get(0)?,
+                    project_id: row.get(1)?,
+                    name: row.get(2)?,
+                    partner_id: row.get(3)?,
+                    created_at_ms: row.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn import_credential_by_hash(&self, hash: &str) -> StoreResult<Option<ImportCredential>> {
+        let hash = hash.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT id, project_id, name, partner_id, created_at_ms FROM import_credentials
+                     WHERE secret_hash = ?1",
+                    [hash],
+                    |row| {
+                        Ok(ImportCredential {
+                            id: row.get(0)?,
+                            project_id: row.get(1)?,
+                            name: row.get(2)?,
+                            partner_id: row.get(3)?,
+                            created_at_ms: row.get(4)?,
+                        })
+                    },
+                )
+                .optional()?)
+        })
+        .await
     }
 
     async fn write_events(
