@@ -33,6 +33,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/projects/{project}/profiles/{distinct_id}",
             get(show_profile),
         )
+        .route(
+            "/projects/{project}/groups/{group_key}/{group_id}",
+            get(show_group_profile),
+        )
         .route("/projects/{project}/events", get(list_events))
         .route(
             "/projects/{project}/cohorts",
@@ -139,6 +143,27 @@ async fn show_profile(
     Ok(Json(
         json!({"distinct_id": distinct_id, "properties": profile}),
     ))
+}
+
+async fn show_group_profile(
+    State(state): State<AppState>,
+    Path((id, group_key, group_id)): Path<(i64, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    project_or_404(&state, id).await?;
+    let profile = state
+        .store
+        .group_profile(id, &group_key, &group_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no group profile for group key {group_key:?} and group id {group_id:?}"
+            ))
+        })?;
+    Ok(Json(json!({
+        "group_key": group_key,
+        "group_id": group_id,
+        "properties": profile,
+    })))
 }
 
 #[derive(Deserialize)]

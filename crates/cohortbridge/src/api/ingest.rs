@@ -1,4 +1,5 @@
-//! `/track`, `/import` and `/engage`, replying as Mixpanel does.
+//! `/track`, `/import` and `/engage`, replying as Mixpanel does. `/groups` lives in
+//! `api::groups`; every endpoint also answers under any path prefix (`/mp/track`).
 //!
 //! - `/track` and `/engage` find the project by the token in each record and answer `1` or
 //!   `0`, or `{"status": 1, "error": null}` with `verbose=1`.
@@ -13,17 +14,17 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::AppState;
+use super::{groups, AppState};
 use crate::identity::FieldError;
 use crate::ingest::decode::{self, DecodeError, Decoded};
-use crate::ingest::event::{self, Endpoint};
+use crate::ingest::event::{self, Endpoint, Receipt};
 use crate::ingest::{engage, RecordFailure};
 use crate::secrets;
 use crate::store::{Project, StoreError};
@@ -39,10 +40,53 @@ pub fn routes() -> Router<AppState> {
         .route("/engage/", get(engage_handler).post(engage_handler))
         .route("/import", get(import).post(import))
         .route("/import/", get(import).post(import))
+        .route("/groups", get(groups::receive).post(groups::receive))
+        .route("/groups/", get(groups::receive).post(groups::receive))
+        .fallback(prefixed)
+}
+
+/// Routes `<any prefix>/track`, `/engage`, `/import` and `/groups` (with or without a trailing
+/// slash) as the bare paths, so a reverse proxy may publish the endpoints under a prefix such as
+/// `/mp`. Every other unknown path is a 404.
+async fn prefixed(
+    state: State<AppState>,
+    method: Method,
+    uri: Uri,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if method != Method::GET && method != Method::POST {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let path = uri.path().trim_end_matches('/');
+    let last = path.rsplit('/').next().unwrap_or_default();
+    match last {
+        "track" => track(state, query, headers, body).await,
+        "engage" => engage_handler(state, query, headers, body).await,
+        "import" => import(state, query, headers, body).await,
+        "groups" => groups::receive(state, query, headers, body).await,
+        _ => (
+            StatusCode::NOT_FOUND,
+            format!("no route for {}", uri.path()),
+        )
+            .into_response(),
+    }
+}
+
+/// Builds the receipt of a request: its `Host` header and the time it arrived.
+pub(super) fn receipt(headers: &HeaderMap) -> Receipt {
+    Receipt {
+        endpoint_host: headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        received_ms: chrono::Utc::now().timestamp_millis(),
+    }
 }
 
 /// Decodes a request, or builds the response that rejects it.
-fn decode_request(
+pub(super) fn decode_request(
     query: Option<String>,
     headers: &HeaderMap,
     body: &[u8],
@@ -71,7 +115,7 @@ fn decode_request(
 }
 
 /// Builds a `/track`-style reply: `1`/`0`, or JSON with `verbose=1`.
-fn status_reply(status: StatusCode, verbose: bool, error: Option<String>) -> Response {
+pub(super) fn status_reply(status: StatusCode, verbose: bool, error: Option<String>) -> Response {
     let ok = error.is_none();
     if verbose {
         (
@@ -84,7 +128,7 @@ fn status_reply(status: StatusCode, verbose: bool, error: Option<String>) -> Res
     }
 }
 
-fn storage_unavailable(error: StoreError, verbose: bool) -> Response {
+pub(super) fn storage_unavailable(error: StoreError, verbose: bool) -> Response {
     tracing::error!(error = %error, "ingestion failed to store records; the client should retry");
     let mut response = status_reply(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -98,7 +142,7 @@ fn storage_unavailable(error: StoreError, verbose: bool) -> Response {
 }
 
 /// Looks up the projects of the given tokens.
-async fn projects_by_token(
+pub(super) async fn projects_by_token(
     state: &AppState,
     tokens: impl Iterator<Item = String>,
 ) -> Result<HashMap<String, Project>, StoreError> {
@@ -115,7 +159,7 @@ async fn projects_by_token(
 }
 
 /// Summarises failures for the `error` field of a `/track`-style reply.
-fn failure_summary(failures: &[RecordFailure], total: usize) -> String {
+pub(super) fn failure_summary(failures: &[RecordFailure], total: usize) -> String {
     let first = &failures[0];
     format!(
         "{} of {total} records rejected; record {}: {}",
@@ -131,6 +175,7 @@ async fn track(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let receipt = receipt(&headers);
     let decoded = match decode_request(query.clone(), &headers, &body) {
         Ok(decoded) => decoded,
         Err((status, message)) => {
@@ -166,7 +211,8 @@ async fn track(
             continue;
         };
         match event::validate(record, Endpoint::Track, now) {
-            Ok(valid) => {
+            Ok(mut valid) => {
+                event::add_server_properties(&mut valid.event, Endpoint::Track, &receipt, now);
                 let entry = by_project.entry(project.id).or_default();
                 entry.0.push(valid.event);
                 entry.1.extend(valid.link);
@@ -268,7 +314,7 @@ async fn engage_handler(
 }
 
 /// Checks whether a request that failed to decode asked for a verbose reply in its query or form.
-fn wants_verbose(query: Option<&str>, body: &[u8]) -> bool {
+pub(super) fn wants_verbose(query: Option<&str>, body: &[u8]) -> bool {
     let head = String::from_utf8_lossy(&body[..body.len().min(4096)]);
     query
         .into_iter()
@@ -331,6 +377,7 @@ async fn import(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let receipt = receipt(&headers);
     let project = match import_project(&state, &headers).await {
         Ok(Some(project)) => project,
         Ok(None) => {
@@ -358,7 +405,8 @@ async fn import(
     let mut failures = Vec::new();
     for (index, record) in decoded.records.iter().enumerate() {
         match event::validate(record, Endpoint::Import, now) {
-            Ok(valid) => {
+            Ok(mut valid) => {
+                event::add_server_properties(&mut valid.event, Endpoint::Import, &receipt, now);
                 events.push(valid.event);
                 links.extend(valid.link);
             }

@@ -3,6 +3,7 @@
 mod admin;
 mod currents;
 mod error;
+mod groups;
 mod ingest;
 
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 pub mod decode;
 pub mod engage;
 pub mod event;
+pub mod groups;
 
 use serde::Serialize;
 

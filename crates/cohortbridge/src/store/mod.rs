@@ -83,6 +83,18 @@ pub struct ProfileUpdate {
     pub operation: ProfileOperation,
     /// Milliseconds for `$last_seen`, or `None` when `$ignore_time` was set.
     pub last_seen_ms: Option<i64>,
+    /// `$ignore_alias`: the update applies to the distinct id as sent, not to the user that
+    /// the identity links resolve it to.
+    pub ignore_alias: bool,
+}
+
+/// One `/groups` update, already validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupUpdate {
+    /// The event property that names the group, such as `company`.
+    pub group_key: String,
+    pub group_id: String,
+    pub operation: ProfileOperation,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -251,6 +263,20 @@ pub trait Store: Send + std::marker::Sync + 'static {
         &self,
         project_id: i64,
         distinct_id: &str,
+    ) -> StoreResult<Option<Map<String, Value>>>;
+
+    /// Applies group profile updates in order, in one transaction.
+    async fn apply_group_updates(
+        &self,
+        project_id: i64,
+        updates: Vec<GroupUpdate>,
+        now_ms: i64,
+    ) -> StoreResult<WriteSummary>;
+    async fn group_profile(
+        &self,
+        project_id: i64,
+        group_key: &str,
+        group_id: &str,
     ) -> StoreResult<Option<Map<String, Value>>>;
 
     async fn quarantine_currents(

@@ -14,8 +14,13 @@ use serde_json::{Map, Value};
 
 use super::*;
 
-const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_init", include_str!("migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("migrations/sqlite/0001_init.sql")),
+    (
+        "0002_group_profiles",
+        include_str!("migrations/sqlite/0002_group_profiles.sql"),
+    ),
+];
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -419,7 +424,11 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let tx = conn.transaction()?;
             for update in &updates {
-                let distinct_id = resolve(&tx, project_id, &update.distinct_id)?;
+                let distinct_id = if update.ignore_alias {
+                    update.distinct_id.clone()
+                } else {
+                    resolve(&tx, project_id, &update.distinct_id)?
+                };
                 let current: Option<String> = tx
                     .query_row(
                         "SELECT properties FROM profiles WHERE project_id = ?1 AND distinct_id = ?2",
@@ -472,6 +481,79 @@ impl Store for SqliteStore {
                 .query_row(
                     "SELECT properties FROM profiles WHERE project_id = ?1 AND distinct_id = ?2",
                     params![project_id, distinct_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
+        })
+        .await
+    }
+
+    async fn apply_group_updates(
+        &self,
+        project_id: i64,
+        updates: Vec<GroupUpdate>,
+        now_ms: i64,
+    ) -> StoreResult<WriteSummary> {
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            for update in &updates {
+                let key = params![project_id, update.group_key, update.group_id];
+                let current: Option<String> = tx
+                    .query_row(
+                        "SELECT properties FROM group_profiles
+                         WHERE project_id = ?1 AND group_key = ?2 AND group_id = ?3",
+                        key,
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                let mut properties: Map<String, Value> = match current {
+                    Some(text) => serde_json::from_str(&text)?,
+                    None => Map::new(),
+                };
+                if crate::ingest::engage::apply(&mut properties, &update.operation)
+                    == crate::ingest::engage::Outcome::Deleted
+                {
+                    tx.execute(
+                        "DELETE FROM group_profiles
+                         WHERE project_id = ?1 AND group_key = ?2 AND group_id = ?3",
+                        key,
+                    )?;
+                    continue;
+                }
+                tx.execute(
+                    "INSERT INTO group_profiles (project_id, group_key, group_id, properties, updated_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (project_id, group_key, group_id)
+                     DO UPDATE SET properties = excluded.properties, updated_at_ms = excluded.updated_at_ms",
+                    params![
+                        project_id,
+                        update.group_key,
+                        update.group_id,
+                        serde_json::to_string(&properties)?,
+                        now_ms
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(WriteSummary { written: updates.len() })
+        })
+        .await
+    }
+
+    async fn group_profile(
+        &self,
+        project_id: i64,
+        group_key: &str,
+        group_id: &str,
+    ) -> StoreResult<Option<Map<String, Value>>> {
+        let (group_key, group_id) = (group_key.to_owned(), group_id.to_owned());
+        self.read(move |conn| {
+            let text: Option<String> = conn
+                .query_row(
+                    "SELECT properties FROM group_profiles
+                     WHERE project_id = ?1 AND group_key = ?2 AND group_id = ?3",
+                    params![project_id, group_key, group_id],
                     |row| row.get(0),
                 )
                 .optional()?;
