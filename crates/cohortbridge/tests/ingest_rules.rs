@@ -287,3 +287,44 @@ async fn twenty_concurrent_copies_stored_once() {
     assert_eq!(server.event_count().await, 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn import_accepts_service_account_auth() {
+    let server = TestServer::start().await;
+    let record = json!({"event": "e", "properties": {"time": 1700000000, "distinct_id": "u-sa",
+        "$insert_id": "sa-1"}});
+    let cases = [
+        (
+            "/import?project_id=1",
+            "svc-user",
+            server.api_secret.clone(),
+            200,
+        ),
+        ("/import", "svc-user", server.api_secret.clone(), 200),
+        (
+            "/import?project_id=2",
+            "svc-user",
+            server.api_secret.clone(),
+            401,
+        ),
+        (
+            "/import?project_id=1",
+            "svc-user",
+            "wrong-secret".to_owned(),
+            401,
+        ),
+    ];
+    for (path, user, password, expected) in cases {
+        let response = server
+            .http
+            .post(server.url(path))
+            .basic_auth(user, Some(&password))
+            .json(&record)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "{path} {user}");
+    }
+    assert_eq!(server.event_count().await, 1);
+    server.stop().await;
+}

@@ -3,8 +3,8 @@
 //!
 //! - `/track` and `/engage` find the project by the token in each record and answer `1` or
 //!   `0`, or `{"status": 1, "error": null}` with `verbose=1`.
-//! - `/import` authenticates with HTTP Basic (API secret as user, or project token as user with
-//!   an empty password) and answers `{"code": 200, "num_records_imported": N, "status": 1}`.
+//! - `/import` authenticates with HTTP Basic (API secret as user, project token as user with
+//!   an empty password, or any user with the API secret as password, as service accounts send) and answers `{"code": 200, "num_records_imported": N, "status": 1}`.
 //!   With `strict=1`, invalid records make a 400 that lists `failed_records`; the valid ones
 //!   are stored all the same. Without it, invalid records are dropped and counted.
 //!
@@ -336,25 +336,41 @@ fn import_error(status: StatusCode, message: impl Into<String>) -> Response {
     )
 }
 
-/// Finds the project of an `/import` request from its HTTP Basic credentials.
+/// Finds the project of an `/import` request from its HTTP Basic credentials: the API secret as
+/// user, the token as user with an empty password, or, in the shape of a Mixpanel service
+/// account, any user name with the API secret as password. A `project_id` query parameter, which
+/// service-account clients send, must then name the project found.
 async fn import_project(
     state: &AppState,
     headers: &HeaderMap,
+    query: Option<&str>,
 ) -> Result<Option<Project>, StoreError> {
     let Some((user, password)) = basic_credentials(headers) else {
         return Ok(None);
     };
-    if let Some(project) = state
+    let project = if let Some(project) = state
         .store
         .project_by_api_secret_hash(&secrets::hash(&user))
         .await?
     {
-        return Ok(Some(project));
+        Some(project)
+    } else if password.is_empty() {
+        state.store.project_by_token(&user).await?
+    } else {
+        state
+            .store
+            .project_by_api_secret_hash(&secrets::hash(&password))
+            .await?
+    };
+    let requested_id = query
+        .map(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).unwrap_or_default())
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|(name, value)| (name == "project_id").then_some(value));
+    match (project, requested_id) {
+        (Some(project), Some(id)) if id != project.id.to_string() => Ok(None),
+        (project, _) => Ok(project),
     }
-    if password.is_empty() {
-        return state.store.project_by_token(&user).await;
-    }
-    Ok(None)
 }
 
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
@@ -378,12 +394,12 @@ async fn import(
     body: Bytes,
 ) -> Response {
     let receipt = receipt(&headers);
-    let project = match import_project(&state, &headers).await {
+    let project = match import_project(&state, &headers, query.as_deref()).await {
         Ok(Some(project)) => project,
         Ok(None) => {
             return import_error(
                 StatusCode::UNAUTHORIZED,
-                "authenticate with HTTP Basic: the project's API secret as user, or its token as user with an empty password",
+                "authenticate with HTTP Basic: the project's API secret as user or as password, or its token as user with an empty password",
             )
         }
         Err(e) => {
