@@ -328,3 +328,30 @@ async fn import_accepts_service_account_auth() {
     assert_eq!(server.event_count().await, 1);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn import_verbose_zero_replies_tersely() {
+    let server = TestServer::start().await;
+    let record = json!({"event": "e", "properties": {"time": 1700000000, "distinct_id": "u-terse",
+        "$insert_id": "terse-1"}});
+    let (status, body) = server.import_raw("?verbose=0", record.to_string()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!(1), "a bare 1 parses as the JSON number 1");
+
+    let response = server
+        .http
+        .post(server.url("/import?verbose=0"))
+        .basic_auth("wrong-secret", Some(""))
+        .body(record.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.text().await.unwrap(), "0");
+
+    let (status, body) = server.import_raw("?verbose=1", record.to_string()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], 1);
+    assert_eq!(body["num_records_imported"], 1);
+    server.stop().await;
+}

@@ -387,7 +387,41 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((user.to_owned(), password.to_owned()))
 }
 
+/// Handles `/import`. A request that sets `verbose=0`, as the Mixpanel Node library does, gets
+/// the terse reply of Mixpanel's form-based `/import`: `1` on success, `0` otherwise, with the
+/// same status code and headers as the JSON reply.
 async fn import(
+    state: State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let terse = asks_terse_reply(query.as_deref(), &body);
+    let response = import_json(state, RawQuery(query), headers, body).await;
+    if !terse {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let text = if parts.status.is_success() { "1" } else { "0" };
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(text))
+}
+
+/// Checks whether a request sets `verbose=0` in its query or form body.
+fn asks_terse_reply(query: Option<&str>, body: &[u8]) -> bool {
+    let head = String::from_utf8_lossy(&body[..body.len().min(4096)]);
+    query
+        .into_iter()
+        .chain(std::iter::once(head.as_ref()))
+        .flat_map(|text| text.split('&'))
+        .any(|pair| pair == "verbose=0")
+}
+
+async fn import_json(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
