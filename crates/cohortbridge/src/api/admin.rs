@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{ApiError, AppState};
+use super::{identity, ApiError, AppState};
 use crate::braze::client::BrazeError;
 use crate::braze::instances;
 use crate::cohorts;
@@ -36,6 +36,16 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route(
             "/projects/{project}/groups/{group_key}/{group_id}",
             get(show_group_profile),
+        )
+        .route(
+            "/projects/{project}/identity-mode",
+            get(identity::show_mode)
+                .put(identity::set_mode)
+                .post(identity::set_mode),
+        )
+        .route(
+            "/projects/{project}/identity-failures",
+            get(identity::list_failures),
         )
         .route("/projects/{project}/events", get(list_events))
         .route(

@@ -22,12 +22,13 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::{groups, AppState};
+use crate::identity::original::{self, IdentityMode};
 use crate::identity::FieldError;
 use crate::ingest::decode::{self, DecodeError, Decoded};
 use crate::ingest::event::{self, Endpoint, Receipt};
 use crate::ingest::{engage, RecordFailure};
 use crate::secrets;
-use crate::store::{Project, StoreError};
+use crate::store::{IdentityLink, NewEvent, Project, StoreError};
 
 /// Mixpanel's limit of records per request on all three endpoints.
 pub const MAX_RECORDS_PER_REQUEST: usize = 2000;
@@ -72,6 +73,63 @@ async fn prefixed(
         )
             .into_response(),
     }
+}
+
+/// Reads a project's identity mode; a project that never set one uses Simplified ID Merge.
+pub(super) async fn identity_mode(
+    state: &AppState,
+    project_id: i64,
+) -> Result<IdentityMode, StoreError> {
+    let stored = state
+        .store
+        .get_setting(&IdentityMode::setting_key(project_id))
+        .await?;
+    Ok(stored
+        .and_then(|name| IdentityMode::parse(&name).ok())
+        .unwrap_or_default())
+}
+
+/// Stores one project's valid events under its identity mode. Under Original ID Merge the
+/// Simplified links are ignored, and `$identify`, `$create_alias` and `$merge` events merge
+/// clusters instead; a merge that fails is recorded and its event is stored all the same.
+async fn store_events(
+    state: &AppState,
+    project_id: i64,
+    endpoint: Endpoint,
+    events: Vec<NewEvent>,
+    links: Vec<IdentityLink>,
+    now: i64,
+) -> Result<(), StoreError> {
+    if identity_mode(state, project_id).await? == IdentityMode::Simplified {
+        state
+            .store
+            .write_events(project_id, events, links, now)
+            .await?;
+        return Ok(());
+    }
+    let mut merges = Vec::new();
+    let mut failures = Vec::new();
+    for event in &events {
+        match original::merge_request(event, endpoint) {
+            Some(Ok(merge)) => merges.push(merge),
+            Some(Err(failure)) => failures.push(failure),
+            None => {}
+        }
+    }
+    let recorded = state
+        .store
+        .write_events_with_merges(project_id, events, merges, failures, now)
+        .await?;
+    if let Some(first) = recorded.first() {
+        tracing::info!(
+            project_id,
+            failures = recorded.len(),
+            first_insert_id = %first.insert_id,
+            first_reason = %first.reason,
+            "identity merges failed; their events are stored and the failures recorded"
+        );
+    }
+    Ok(())
 }
 
 /// Builds the receipt of a request: its `Host` header and the time it arrived.
@@ -221,10 +279,7 @@ async fn track(
         }
     }
     for (project_id, (events, links)) in by_project {
-        if let Err(e) = state
-            .store
-            .write_events(project_id, events, links, now)
-            .await
+        if let Err(e) = store_events(&state, project_id, Endpoint::Track, events, links, now).await
         {
             return storage_unavailable(e, verbose);
         }
@@ -465,10 +520,7 @@ async fn import_json(
     }
     let imported = events.len();
     if !events.is_empty() {
-        if let Err(e) = state
-            .store
-            .write_events(project.id, events, links, now)
-            .await
+        if let Err(e) = store_events(&state, project.id, Endpoint::Import, events, links, now).await
         {
             tracing::error!(project_id = project.id, error = %e, "import failed to store records; the client should retry");
             let mut response = import_error(

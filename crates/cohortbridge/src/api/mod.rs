@@ -4,6 +4,7 @@ mod admin;
 mod currents;
 mod error;
 mod groups;
+mod identity;
 mod ingest;
 
 use std::sync::Arc;

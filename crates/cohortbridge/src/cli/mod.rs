@@ -86,6 +86,13 @@ pub enum Command {
 pub enum ProjectsCommand {
     /// Print the project's token, API secret and Currents token.
     Show,
+    /// Change project settings.
+    Set {
+        /// How distinct ids resolve to users: `simplified` (Simplified ID Merge) or `original`
+        /// (Original ID Merge). Fixed once the project has events.
+        #[arg(long, value_parser = ["simplified", "original"])]
+        identity_mode: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,6 +213,16 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
                 println!("token:          {}", text(&project["token"]));
                 println!("api secret:     {}", text(&project["api_secret"]));
                 println!("currents token: {}", text(&project["currents_token"]));
+            }
+        }
+        Command::Projects(ProjectsCommand::Set { identity_mode }) => {
+            let reply = client
+                .post("/identity-mode", &json!({"identity_mode": identity_mode}))
+                .await?;
+            if json_output {
+                print_json(&reply);
+            } else {
+                println!("identity mode:  {}", text(&reply["identity_mode"]));
             }
         }
         Command::Import(command) => import::run(&client, command, json_output).await?,

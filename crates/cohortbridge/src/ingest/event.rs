@@ -75,6 +75,18 @@ pub fn validate(record: &Value, endpoint: Endpoint, now_ms: i64) -> Result<Valid
         }
     };
 
+    // A `$merge` event names its ids in `$distinct_ids` and often carries no `distinct_id`; it
+    // is stored under the first of them, the id whose cluster remains.
+    if name == "$merge" && !properties.contains_key("distinct_id") {
+        let first = properties
+            .get("$distinct_ids")
+            .and_then(|ids| ids.get(0))
+            .filter(|id| id.is_string())
+            .cloned();
+        if let Some(first) = first {
+            properties.insert("distinct_id".into(), first);
+        }
+    }
     let time_ms = event_time_ms(properties.get("time"), endpoint, now_ms)?;
     let identity = identity::event_identity(&properties, endpoint == Endpoint::Import)?;
     let insert_id = match properties.get("$insert_id") {

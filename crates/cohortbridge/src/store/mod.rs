@@ -88,6 +88,46 @@ pub struct ProfileUpdate {
     pub ignore_alias: bool,
 }
 
+/// How an Original ID Merge event merges two clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeKind {
+    /// `$identify`: the anonymous id must not be merged yet.
+    Identify,
+    /// `$create_alias`: the alias must not be merged yet.
+    CreateAlias,
+    /// `$merge`: any two clusters.
+    Merge,
+}
+
+/// A merge that an Original ID Merge event asks for: the cluster of `from` joins the cluster of
+/// `into`, whose canonical id stays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeRequest {
+    pub event: String,
+    pub insert_id: String,
+    pub distinct_id: String,
+    pub kind: MergeKind,
+    pub from: String,
+    pub into: String,
+}
+
+/// A merge that did not happen, recorded with the event that asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IdentityFailure {
+    pub event: String,
+    pub insert_id: String,
+    pub distinct_id: String,
+    pub reason: String,
+}
+
+/// A recorded identity failure, as the admin API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredIdentityFailure {
+    #[serde(flatten)]
+    pub failure: IdentityFailure,
+    pub failed_at_ms: i64,
+}
+
 /// One `/groups` update, already validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupUpdate {
@@ -242,6 +282,23 @@ pub trait Store: Send + std::marker::Sync + 'static {
         links: Vec<IdentityLink>,
         now_ms: i64,
     ) -> StoreResult<WriteSummary>;
+    /// Stores events under Original ID Merge in one transaction: applies `merges` in order,
+    /// records each merge that fails and each of `failures`, then stores the events. Returns
+    /// every failure recorded.
+    async fn write_events_with_merges(
+        &self,
+        project_id: i64,
+        events: Vec<NewEvent>,
+        merges: Vec<MergeRequest>,
+        failures: Vec<IdentityFailure>,
+        now_ms: i64,
+    ) -> StoreResult<Vec<IdentityFailure>>;
+    /// Identity failures of a project, newest first, at most `limit`.
+    async fn identity_failures(
+        &self,
+        project_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredIdentityFailure>>;
     async fn count_events(&self, project_id: i64) -> StoreResult<i64>;
     /// Events of one distinct id, oldest first, at most `limit`.
     async fn events_of(

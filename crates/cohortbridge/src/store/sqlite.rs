@@ -17,8 +17,8 @@ use super::*;
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("migrations/sqlite/0001_init.sql")),
     (
-        "0002_group_profiles",
-        include_str!("migrations/sqlite/0002_group_profiles.sql"),
+        "0002_ingestion",
+        include_str!("migrations/sqlite/0002_ingestion.sql"),
     ),
 ];
 
@@ -235,6 +235,95 @@ fn resolve(conn: &SqlConnection, project_id: i64, distinct_id: &str) -> StoreRes
     Ok(canonical.unwrap_or_else(|| distinct_id.to_owned()))
 }
 
+/// Inserts events; a duplicate on Mixpanel's key replaces the earlier row.
+fn insert_events(
+    conn: &SqlConnection,
+    project_id: i64,
+    events: &[NewEvent],
+    now_ms: i64,
+) -> StoreResult<()> {
+    let mut event_stmt = conn.prepare_cached(
+        "INSERT INTO events (project_id, event, distinct_id, time_ms, insert_id,
+             partner_id, properties, ingested_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (project_id, event, distinct_id, time_ms, insert_id)
+         DO UPDATE SET properties = excluded.properties,
+                       partner_id = excluded.partner_id,
+                       ingested_at_ms = excluded.ingested_at_ms",
+    )?;
+    for event in events {
+        let properties = serde_json::to_string(&event.properties)?;
+        event_stmt.execute(params![
+            project_id,
+            event.event,
+            event.distinct_id,
+            event.time_ms,
+            event.insert_id,
+            event.partner_id(),
+            properties,
+            now_ms
+        ])?;
+    }
+    Ok(())
+}
+
+/// Number of distinct ids in the cluster whose canonical id is `canonical_id`.
+fn cluster_size(conn: &SqlConnection, project_id: i64, canonical_id: &str) -> StoreResult<i64> {
+    let linked: i64 = conn.query_row(
+        "SELECT count(*) FROM identity_links WHERE project_id = ?1 AND canonical_id = ?2",
+        params![project_id, canonical_id],
+        |row| row.get(0),
+    )?;
+    Ok(linked + 1)
+}
+
+/// Applies one Original ID Merge, or returns why it cannot happen. The cluster of `from` joins
+/// the cluster of `into`: every id that resolved to the old canonical id now resolves to the
+/// new one, so earlier events and cohort membership move with the merge.
+fn apply_merge(
+    conn: &SqlConnection,
+    project_id: i64,
+    merge: &MergeRequest,
+    now_ms: i64,
+) -> StoreResult<Option<String>> {
+    let into = resolve(conn, project_id, &merge.into)?;
+    let from = resolve(conn, project_id, &merge.from)?;
+    if into == from {
+        return Ok(None);
+    }
+    let from_size = cluster_size(conn, project_id, &from)?;
+    let must_be_unmerged = matches!(merge.kind, MergeKind::Identify | MergeKind::CreateAlias);
+    if must_be_unmerged && (from != merge.from || from_size > 1) {
+        return Ok(Some(format!(
+            "{:?} is already merged with other ids (canonical id {from:?}), so it cannot be merged into {:?}",
+            merge.from, merge.into
+        )));
+    }
+    let total = cluster_size(conn, project_id, &into)? + from_size;
+    if total > crate::identity::original::MAX_CLUSTER_SIZE {
+        return Ok(Some(format!(
+            "merging {:?} into {:?} would make a cluster of {total} ids; at most {} are allowed",
+            merge.from,
+            merge.into,
+            crate::identity::original::MAX_CLUSTER_SIZE
+        )));
+    }
+    // NOTE: a profile stored under the old canonical id is not merged into the new one's; it
+    // stays an orphan, as a `$device:` profile does under Simplified ID Merge.
+    conn.execute(
+        "UPDATE identity_links SET canonical_id = ?3, linked_at_ms = ?4
+         WHERE project_id = ?1 AND canonical_id = ?2",
+        params![project_id, from, into, now_ms],
+    )?;
+    conn.execute(
+        "INSERT INTO identity_links (project_id, distinct_id, canonical_id, linked_at_ms)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (project_id, distinct_id) DO UPDATE SET canonical_id = excluded.canonical_id",
+        params![project_id, from, into, now_ms],
+    )?;
+    Ok(None)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn get_setting(&self, key: &str) -> StoreResult<Option<String>> {
@@ -338,31 +427,81 @@ impl Store for SqliteStore {
                 for link in &links {
                     link_stmt.execute(params![project_id, link.distinct_id, link.canonical_id, now_ms])?;
                 }
-                let mut event_stmt = tx.prepare_cached(
-                    "INSERT INTO events (project_id, event, distinct_id, time_ms, insert_id,
-                         partner_id, properties, ingested_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (project_id, event, distinct_id, time_ms, insert_id)
-                     DO UPDATE SET properties = excluded.properties,
-                                   partner_id = excluded.partner_id,
-                                   ingested_at_ms = excluded.ingested_at_ms",
+            }
+            insert_events(&tx, project_id, &events, now_ms)?;
+            tx.commit()?;
+            Ok(WriteSummary { written: events.len() })
+        })
+        .await
+    }
+
+    async fn write_events_with_merges(
+        &self,
+        project_id: i64,
+        events: Vec<NewEvent>,
+        merges: Vec<MergeRequest>,
+        failures: Vec<IdentityFailure>,
+        now_ms: i64,
+    ) -> StoreResult<Vec<IdentityFailure>> {
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            let mut recorded = failures;
+            for merge in &merges {
+                if let Some(reason) = apply_merge(&tx, project_id, merge, now_ms)? {
+                    recorded.push(IdentityFailure {
+                        event: merge.event.clone(),
+                        insert_id: merge.insert_id.clone(),
+                        distinct_id: merge.distinct_id.clone(),
+                        reason,
+                    });
+                }
+            }
+            {
+                let mut failure_stmt = tx.prepare_cached(
+                    "INSERT INTO identity_failures
+                         (project_id, event, insert_id, distinct_id, reason, failed_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
-                for event in &events {
-                    let properties = serde_json::to_string(&event.properties)?;
-                    event_stmt.execute(params![
+                for failure in &recorded {
+                    failure_stmt.execute(params![
                         project_id,
-                        event.event,
-                        event.distinct_id,
-                        event.time_ms,
-                        event.insert_id,
-                        event.partner_id(),
-                        properties,
+                        failure.event,
+                        failure.insert_id,
+                        failure.distinct_id,
+                        failure.reason,
                         now_ms
                     ])?;
                 }
             }
+            insert_events(&tx, project_id, &events, now_ms)?;
             tx.commit()?;
-            Ok(WriteSummary { written: events.len() })
+            Ok(recorded)
+        })
+        .await
+    }
+
+    async fn identity_failures(
+        &self,
+        project_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredIdentityFailure>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT event, insert_id, distinct_id, reason, failed_at_ms FROM identity_failures
+                 WHERE project_id = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![project_id, limit], |row| {
+                Ok(StoredIdentityFailure {
+                    failure: IdentityFailure {
+                        event: row.get(0)?,
+                        insert_id: row.get(1)?,
+                        distinct_id: row.get(2)?,
+                        reason: row.get(3)?,
+                    },
+                    failed_at_ms: row.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
     }
