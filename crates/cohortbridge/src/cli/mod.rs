@@ -82,6 +82,13 @@ pub enum Command {
     },
 }
 
+/// Parses an IANA time zone name for `--source-time-zone`.
+fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
+    name.parse().map_err(|_| {
+        format!("{name:?} is not an IANA time zone name; use a name such as America/New_York")
+    })
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ProjectsCommand {
     /// Print the project's token, API secret and Currents token.
@@ -101,6 +108,11 @@ pub enum ImportCommand {
     Events {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// IANA time zone (such as `America/New_York`) in which the export's `time` values are
+        /// wall-clock times, as in exports of Mixpanel projects created before its switch to
+        /// UTC. Each `time` is converted to UTC before import. Default: times are already UTC.
+        #[arg(long, value_parser = parse_time_zone)]
+        source_time_zone: Option<chrono_tz::Tz>,
     },
     /// Import profiles from engage-export files (`$distinct_id` and `$properties` per record).
     Profiles {
