@@ -3,6 +3,7 @@
 mod admin;
 mod currents;
 mod error;
+mod export;
 mod groups;
 mod identity;
 mod ingest;
@@ -44,6 +45,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ingest::routes())
         .merge(currents::routes())
+        .merge(export::routes())
         .nest("/api/v1", admin::routes(state.clone()))
         .route("/healthz", get(|| async { "ok" }))
         .layer(body_limit)

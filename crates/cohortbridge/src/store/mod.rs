@@ -299,6 +299,16 @@ pub trait Store: Send + std::marker::Sync + 'static {
         project_id: i64,
         limit: i64,
     ) -> StoreResult<Vec<StoredIdentityFailure>>;
+    /// Events with `from_ms <= time_ms < to_ms`, oldest first, each under its canonical id;
+    /// only the named events when `names` is given, and at most `limit` when given.
+    async fn export_events(
+        &self,
+        project_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+        names: Option<Vec<String>>,
+        limit: Option<i64>,
+    ) -> StoreResult<Vec<NewEvent>>;
     async fn count_events(&self, project_id: i64) -> StoreResult<i64>;
     /// Events of one distinct id, oldest first, at most `limit`.
     async fn events_of(

@@ -506,6 +506,61 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn export_events(
+        &self,
+        project_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+        names: Option<Vec<String>>,
+        limit: Option<i64>,
+    ) -> StoreResult<Vec<NewEvent>> {
+        self.read(move |conn| {
+            let mut sql = String::from(
+                "SELECT e.event, coalesce(l.canonical_id, e.distinct_id), e.time_ms, e.insert_id,
+                        e.properties
+                 FROM events e
+                 LEFT JOIN identity_links l
+                   ON l.project_id = e.project_id AND l.distinct_id = e.distinct_id
+                 WHERE e.project_id = ?1 AND e.time_ms >= ?2 AND e.time_ms < ?3",
+            );
+            let mut values: Vec<rusqlite::types::Value> =
+                vec![project_id.into(), from_ms.into(), to_ms.into()];
+            if let Some(names) = &names {
+                let placeholders: Vec<String> =
+                    (0..names.len()).map(|i| format!("?{}", i + 4)).collect();
+                sql.push_str(&format!(" AND e.event IN ({})", placeholders.join(", ")));
+                values.extend(names.iter().cloned().map(rusqlite::types::Value::from));
+            }
+            sql.push_str(" ORDER BY e.time_ms, e.id");
+            if let Some(limit) = limit {
+                sql.push_str(&format!(" LIMIT {limit}"));
+            }
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(params_from_iter(values), |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                ))
+            })?;
+            let mut events = Vec::new();
+            for row in rows {
+                let (event, distinct_id, time_ms, insert_id, properties) = row?;
+                events.push(NewEvent {
+                    event,
+                    distinct_id,
+                    time_ms,
+                    insert_id,
+                    properties: serde_json::from_str(&properties)?,
+                });
+            }
+            Ok(events)
+        })
+        .await
+    }
+
     async fn count_events(&self, project_id: i64) -> StoreResult<i64> {
         self.read(move |conn| {
             Ok(conn.query_row(
