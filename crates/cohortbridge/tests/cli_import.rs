@@ -130,3 +130,22 @@ async fn projects_set_identity_mode() {
     assert!(!bad.status.success());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn bench_ingest_reports_throughput() {
+    let output = tokio::task::spawn_blocking(|| {
+        Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
+            .args(["bench", "ingest", "--start-server", "--clients", "2"])
+            .args(["--events", "3000", "--batch", "1000"])
+            .env_remove("COHORTBRIDGE_ADMIN_KEY")
+            .output()
+            .expect("the cohortbridge binary runs")
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("events imported:         3000"), "{text}");
+    assert!(text.contains("events/s"), "{text}");
+    assert!(text.contains("VmHWM"), "{text}");
+}

@@ -1,6 +1,7 @@
 //! The command line: `serve` runs the server; every other command is a client of a running
 //! server's HTTP API (`--server`), authenticated with the admin key.
 
+mod bench;
 mod client;
 mod import;
 
@@ -74,6 +75,9 @@ pub enum Command {
     /// Inspect and run syncs.
     #[command(subcommand)]
     Syncs(SyncsCommand),
+    /// Measure the server's ingestion speed.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Print Monthly Tracked Users for a calendar month (UTC).
     Mtu {
         /// Month as YYYY-MM.
@@ -197,6 +201,9 @@ pub enum SyncsCommand {
 
 /// Runs a client command.
 pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()> {
+    if let Command::Bench(command) = command {
+        return bench::run(&args, command).await;
+    }
     let admin_key = args
         .admin_key
         .clone()
@@ -212,6 +219,7 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
 
     match command {
         Command::Serve(_) => unreachable!("serve is handled by main"),
+        Command::Bench(_) => unreachable!("bench is handled above"),
         Command::Projects(ProjectsCommand::Show) => {
             let project = client.get("").await?;
             if json_output {

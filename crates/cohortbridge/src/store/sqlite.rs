@@ -33,6 +33,7 @@ impl SqliteStore {
     pub fn open(path: &Path) -> StoreResult<Self> {
         let mut writer = SqlConnection::open(path)?;
         configure(&writer)?;
+        configure_writer(&writer)?;
         migrate(&mut writer)?;
         let reader = SqlConnection::open(path)?;
         configure(&reader)?;
@@ -76,6 +77,17 @@ fn configure(conn: &SqlConnection) -> StoreResult<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// Tunes the write connection for large ingestion transactions. A 64 MiB page cache keeps the
+/// index pages of a 2000-event batch in memory instead of spilling them to the WAL mid-way, and
+/// checkpointing every 16,384 WAL pages (64 MiB) instead of SQLite's default 1000 copies each
+/// hot page to the database file less often. Durability is unchanged: `synchronous=FULL` still
+/// syncs the WAL at every commit.
+fn configure_writer(conn: &SqlConnection) -> StoreResult<()> {
+    conn.pragma_update(None, "cache_size", -64 * 1024)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
     Ok(())
 }
 
