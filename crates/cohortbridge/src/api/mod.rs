@@ -7,6 +7,8 @@ mod export;
 mod groups;
 mod identity;
 mod ingest;
+mod query;
+mod query_where;
 
 use std::sync::Arc;
 
@@ -46,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ingest::routes())
         .merge(currents::routes())
         .merge(export::routes())
+        .merge(query::routes())
         .nest("/api/v1", admin::routes(state.clone()))
         .route("/healthz", get(|| async { "ok" }))
         .layer(body_limit)
