@@ -87,7 +87,12 @@ pub fn validate(record: &Value, endpoint: Endpoint, now_ms: i64) -> Result<Valid
             properties.insert("distinct_id".into(), first);
         }
     }
-    let time_ms = event_time_ms(properties.get("time"), endpoint, now_ms)?;
+    // Mixpanel's SDKs send `$merge` without `time` (mixpanel-python 4.10 does), so a missing
+    // time on a `$merge` is the arrival time, on `/import` too.
+    let time_ms = match properties.get("time") {
+        None | Some(Value::Null) if name == "$merge" => now_ms,
+        time => event_time_ms(time, endpoint, now_ms)?,
+    };
     let identity = identity::event_identity(&properties, endpoint == Endpoint::Import)?;
     let insert_id = match properties.get("$insert_id") {
         None | Some(Value::Null) => None,
@@ -424,6 +429,17 @@ mod tests {
         let mut tracked = validate(&record, Endpoint::Track, NOW).unwrap().event;
         add_server_properties(&mut tracked, Endpoint::Track, &receipt, NOW);
         assert_eq!(tracked.properties["$import"], false);
+    }
+
+    #[test]
+    fn merge_without_time_gets_arrival_time() {
+        let merge = json!({"event": "$merge", "properties": {"$distinct_ids": ["a", "b"]}});
+        let valid = validate(&merge, Endpoint::Import, NOW).unwrap();
+        assert_eq!(valid.event.time_ms, NOW);
+        assert_eq!(valid.event.distinct_id, "a");
+        let other = json!({"event": "Viewed", "properties": {"distinct_id": "a"}});
+        let err = validate(&other, Endpoint::Import, NOW).unwrap_err();
+        assert_eq!(err.field, "properties.time");
     }
 
     #[test]
