@@ -505,17 +505,26 @@ async fn import_json(
     let strict = decoded.flag("strict");
     let now = chrono::Utc::now().timestamp_millis();
 
-    let mut events = Vec::new();
+    let mut events = Vec::with_capacity(decoded.records.len());
     let mut links = Vec::new();
     let mut failures = Vec::new();
-    for (index, record) in decoded.records.iter().enumerate() {
-        match event::validate(record, Endpoint::Import, now) {
+    for (index, record) in decoded.records.into_iter().enumerate() {
+        let insert_id = record
+            .pointer("/properties/$insert_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        match event::validate_owned(record, Endpoint::Import, now) {
             Ok(mut valid) => {
                 event::add_server_properties(&mut valid.event, Endpoint::Import, &receipt, now);
                 events.push(valid.event);
                 links.extend(valid.link);
             }
-            Err(error) => failures.push(RecordFailure::new(index, record, error)),
+            Err(error) => failures.push(RecordFailure {
+                index,
+                insert_id,
+                field: error.field,
+                message: error.message,
+            }),
         }
     }
     let imported = events.len();

@@ -44,6 +44,30 @@ pub struct ValidEvent {
 
 /// Validates a record `{"event": ..., "properties": {...}}` received at `now_ms`.
 pub fn validate(record: &Value, endpoint: Endpoint, now_ms: i64) -> Result<ValidEvent, FieldError> {
+    validate_inner(record, None, endpoint, now_ms)
+}
+
+/// Validates a record like [`validate`], taking ownership so that its properties are moved into
+/// the event instead of copied.
+pub fn validate_owned(
+    mut record: Value,
+    endpoint: Endpoint,
+    now_ms: i64,
+) -> Result<ValidEvent, FieldError> {
+    let taken = match record.get_mut("properties") {
+        Some(Value::Object(map)) => Some(std::mem::take(map)),
+        _ => None,
+    };
+    validate_inner(&record, taken, endpoint, now_ms)
+}
+
+/// Validates `record`, using `taken` as its properties when the caller already moved them out.
+fn validate_inner(
+    record: &Value,
+    taken: Option<Map<String, Value>>,
+    endpoint: Endpoint,
+    now_ms: i64,
+) -> Result<ValidEvent, FieldError> {
     let object = record
         .as_object()
         .ok_or_else(|| FieldError::new("", "record must be a JSON object"))?;
@@ -64,10 +88,11 @@ pub fn validate(record: &Value, endpoint: Endpoint, now_ms: i64) -> Result<Valid
             format!("event name is longer than {MAX_EVENT_NAME_LEN} characters"),
         ));
     }
-    let mut properties: Map<String, Value> = match object.get("properties") {
-        Some(Value::Object(map)) => map.clone(),
-        None | Some(Value::Null) => Map::new(),
-        Some(other) => {
+    let mut properties: Map<String, Value> = match (taken, object.get("properties")) {
+        (Some(map), _) => map,
+        (None, Some(Value::Object(map))) => map.clone(),
+        (None, None | Some(Value::Null)) => Map::new(),
+        (None, Some(other)) => {
             return Err(FieldError::new(
                 "properties",
                 format!("properties must be an object, found {other}"),
@@ -429,6 +454,22 @@ mod tests {
         let mut tracked = validate(&record, Endpoint::Track, NOW).unwrap().event;
         add_server_properties(&mut tracked, Endpoint::Track, &receipt, NOW);
         assert_eq!(tracked.properties["$import"], false);
+    }
+
+    #[test]
+    fn owned_validation_matches_borrowed() {
+        let records = [
+            json!({"event": "e", "properties": {"time": 1700000000, "distinct_id": "u", "k": [1]}}),
+            json!({"event": "e", "properties": {"time": "soon", "distinct_id": "u"}}),
+            json!({"event": "e", "properties": 5}),
+        ];
+        for record in records {
+            assert_eq!(
+                validate_owned(record.clone(), Endpoint::Import, NOW),
+                validate(&record, Endpoint::Import, NOW),
+                "{record}"
+            );
+        }
     }
 
     #[test]

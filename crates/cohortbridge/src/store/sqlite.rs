@@ -247,11 +247,22 @@ fn resolve(conn: &SqlConnection, project_id: i64, distinct_id: &str) -> StoreRes
     Ok(canonical.unwrap_or_else(|| distinct_id.to_owned()))
 }
 
-/// Inserts events; a duplicate on Mixpanel's key replaces the earlier row.
+/// Serialises each event's properties, before the writer's lock is taken, so that concurrent
+/// requests do this work in parallel.
+fn serialize_properties(events: &[NewEvent]) -> StoreResult<Vec<String>> {
+    Ok(events
+        .iter()
+        .map(|event| serde_json::to_string(&event.properties))
+        .collect::<Result<_, _>>()?)
+}
+
+/// Inserts events with their serialised properties; a duplicate on Mixpanel's key replaces the
+/// earlier row.
 fn insert_events(
     conn: &SqlConnection,
     project_id: i64,
     events: &[NewEvent],
+    properties: &[String],
     now_ms: i64,
 ) -> StoreResult<()> {
     let mut event_stmt = conn.prepare_cached(
@@ -263,8 +274,7 @@ fn insert_events(
                        partner_id = excluded.partner_id,
                        ingested_at_ms = excluded.ingested_at_ms",
     )?;
-    for event in events {
-        let properties = serde_json::to_string(&event.properties)?;
+    for (event, properties) in events.iter().zip(properties) {
         event_stmt.execute(params![
             project_id,
             event.event,
@@ -429,6 +439,7 @@ impl Store for SqliteStore {
         links: Vec<IdentityLink>,
         now_ms: i64,
     ) -> StoreResult<WriteSummary> {
+        let properties = serialize_properties(&events)?;
         self.write(move |conn| {
             let tx = conn.transaction()?;
             {
@@ -440,7 +451,7 @@ impl Store for SqliteStore {
                     link_stmt.execute(params![project_id, link.distinct_id, link.canonical_id, now_ms])?;
                 }
             }
-            insert_events(&tx, project_id, &events, now_ms)?;
+            insert_events(&tx, project_id, &events, &properties, now_ms)?;
             tx.commit()?;
             Ok(WriteSummary { written: events.len() })
         })
@@ -455,6 +466,7 @@ impl Store for SqliteStore {
         failures: Vec<IdentityFailure>,
         now_ms: i64,
     ) -> StoreResult<Vec<IdentityFailure>> {
+        let properties = serialize_properties(&events)?;
         self.write(move |conn| {
             let tx = conn.transaction()?;
             let mut recorded = failures;
@@ -485,7 +497,7 @@ impl Store for SqliteStore {
                     ])?;
                 }
             }
-            insert_events(&tx, project_id, &events, now_ms)?;
+            insert_events(&tx, project_id, &events, &properties, now_ms)?;
             tx.commit()?;
             Ok(recorded)
         })
