@@ -14,6 +14,10 @@ use serde_json::{Map, Value};
 
 use super::*;
 
+mod group_commit;
+
+use group_commit::{PendingWrite, WriteQueue};
+
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("migrations/sqlite/0001_init.sql")),
     (
@@ -26,6 +30,8 @@ const MIGRATIONS: &[(&str, &str)] = &[
 pub struct SqliteStore {
     writer: Arc<Mutex<SqlConnection>>,
     reader: Arc<Mutex<SqlConnection>>,
+    /// Event writes waiting for a group commit.
+    queue: WriteQueue,
 }
 
 impl SqliteStore {
@@ -40,6 +46,7 @@ impl SqliteStore {
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
+            queue: WriteQueue::default(),
         })
     }
 
@@ -440,22 +447,35 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> StoreResult<WriteSummary> {
         let properties = serialize_properties(&events)?;
-        self.write(move |conn| {
-            let tx = conn.transaction()?;
-            {
-                let mut link_stmt = tx.prepare_cached(
-                    "INSERT INTO identity_links (project_id, distinct_id, canonical_id, linked_at_ms)
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                )?;
-                for link in &links {
-                    link_stmt.execute(params![project_id, link.distinct_id, link.canonical_id, now_ms])?;
+        let (done, mut result) = tokio::sync::oneshot::channel();
+        self.queue.push(PendingWrite {
+            project_id,
+            events,
+            properties,
+            links,
+            now_ms,
+            done,
+        });
+        let (conn, queue) = (self.writer.clone(), self.queue.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Another caller may have committed this write already; otherwise flush until it is.
+            loop {
+                match result.try_recv() {
+                    Ok(outcome) => return outcome,
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                        queue.flush(&mut guard)
+                    }
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                        return Err(StoreError::Task(
+                            "the write was dropped before it was committed".into(),
+                        ))
+                    }
                 }
             }
-            insert_events(&tx, project_id, &events, &properties, now_ms)?;
-            tx.commit()?;
-            Ok(WriteSummary { written: events.len() })
         })
         .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     async fn write_events_with_merges(
