@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use super::insert_events;
 use crate::store::{IdentityLink, NewEvent, StoreError, StoreResult, WriteSummary};
 
-/// The most writes committed in one transaction, to bound its size.
+/// The maximum number of writes committed in one transaction, which bounds its size.
 const MAX_GROUP: usize = 32;
 
 /// One caller's rows, waiting for a commit.
@@ -69,7 +69,7 @@ impl WriteQueue {
     }
 
     /// Commits up to [`MAX_GROUP`] queued writes in one transaction and sends each its result.
-    /// The caller holds the writer connection.
+    /// The caller must have locked the writer connection.
     pub(super) fn flush(&self, conn: &mut Connection) {
         let group: Vec<PendingWrite> = {
             let mut pending = self
@@ -115,5 +115,70 @@ impl WriteQueue {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Map;
+
+    use super::*;
+    use crate::store::{NewProject, SqliteStore, Store};
+
+    fn write(
+        project_id: i64,
+        insert_id: &str,
+    ) -> (PendingWrite, oneshot::Receiver<StoreResult<WriteSummary>>) {
+        let (done, result) = oneshot::channel();
+        let events = vec![NewEvent {
+            event: "e".into(),
+            distinct_id: "u".into(),
+            time_ms: 1_700_000_000_000,
+            insert_id: insert_id.into(),
+            properties: Map::new(),
+        }];
+        let pending = PendingWrite {
+            project_id,
+            events,
+            properties: vec!["{}".into()],
+            links: Vec::new(),
+            now_ms: 1_700_000_000_000,
+            done,
+        };
+        (pending, result)
+    }
+
+    #[tokio::test]
+    async fn failing_write_rolls_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+        let project = store
+            .create_project(NewProject {
+                name: "p".into(),
+                token: "t".into(),
+                api_secret_enc: "s".into(),
+                api_secret_hash: "sh".into(),
+                currents_token_enc: "c".into(),
+                currents_token_hash: "ch".into(),
+            })
+            .await
+            .unwrap();
+
+        let (first, mut first_result) = write(project.id, "a");
+        let (missing_project, mut failed_result) = write(999, "b");
+        let (last, mut last_result) = write(project.id, "c");
+        let queue = store.queue.clone();
+        for pending in [first, missing_project, last] {
+            queue.push(pending);
+        }
+        {
+            let mut conn = store.writer.lock().unwrap();
+            queue.flush(&mut conn);
+        }
+
+        assert_eq!(first_result.try_recv().unwrap().unwrap().written, 1);
+        assert!(failed_result.try_recv().unwrap().is_err());
+        assert_eq!(last_result.try_recv().unwrap().unwrap().written, 1);
+        assert_eq!(store.count_events(project.id).await.unwrap(), 2);
     }
 }
