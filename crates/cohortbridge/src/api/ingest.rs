@@ -572,3 +572,25 @@ async fn import_json(
         }),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_replies_carry_retry_after() {
+        for verbose in [false, true] {
+            let response = storage_unavailable(StoreError::Task("disk full".into()), verbose);
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        }
+    }
+
+    #[test]
+    fn terse_reply_is_asked_by_verbose_zero() {
+        assert!(asks_terse_reply(Some("verbose=0"), b""));
+        assert!(asks_terse_reply(None, b"data=e30%3D&verbose=0"));
+        assert!(!asks_terse_reply(Some("verbose=1"), b""));
+        assert!(!asks_terse_reply(None, b"[{\"event\":\"verbose=0\"}]"));
+    }
+}
