@@ -2,7 +2,7 @@
 //! checked by reading back the stored events. The shapes follow the public sources of
 //! mixpanel-browser (base64 form, `ip`/`verbose`/`_` parameters, sendBeacon `text/plain`
 //! bodies), mixpanel-android (a whole form body gzip-compressed) and mixpanel-swift (a raw JSON
-//! array body).
+//! array body, and base64 wrapped at 64 characters in older releases).
 
 mod common;
 
@@ -37,6 +37,16 @@ struct Row {
     content_type: Option<&'static str>,
     content_encoding: Option<&'static str>,
     body: Vec<u8>,
+}
+
+/// Wraps base64 at 64 characters with `%0D%0A`, as a percent-encoded CRLF line break.
+fn wrapped_base64(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .as_bytes()
+        .chunks(64)
+        .map(|chunk| std::str::from_utf8(chunk).unwrap())
+        .collect();
+    lines.join("%0D%0A")
 }
 
 /// Checks that base64 text has the three characters that form encoding can mangle.
@@ -182,6 +192,16 @@ fn rows(single: &Value, batch: &Value) -> Vec<Row> {
             content_type: Some("application/json"),
             content_encoding: None,
             body: batch_json.clone().into(),
+        },
+        Row {
+            // Older mixpanel-swift releases wrap the base64 at 64 characters with CRLF and
+            // percent-encode only what a query may not contain, so `+`, `/` and `=` stay raw.
+            name: "swift legacy wrapped base64 form",
+            method: post.clone(),
+            query: "ip=1".into(),
+            content_type: Some(FORM),
+            content_encoding: None,
+            body: format!("data={}", wrapped_base64(&batch_b64)).into(),
         },
         Row {
             name: "base64 of gzip in form",
