@@ -1,5 +1,5 @@
 //! `/track`, `/import` and `/engage`, replying as Mixpanel does. `/groups` lives in
-//! `api::groups`; every endpoint also answers under any path prefix (`/mp/track`).
+//! `api::groups`. Every endpoint is also routed under any path prefix (`/mp/track`).
 //!
 //! - `/track` and `/engage` find the project by the token in each record and answer `1` or
 //!   `0`, or `{"status": 1, "error": null}` with `verbose=1`.
@@ -91,7 +91,7 @@ pub(super) async fn identity_mode(
 
 /// Stores one project's valid events under its identity mode. Under Original ID Merge the
 /// Simplified links are ignored, and `$identify`, `$create_alias` and `$merge` events merge
-/// clusters instead; a merge that fails is recorded and its event is stored all the same.
+/// clusters instead. A merge that fails is recorded, and its event is stored all the same.
 async fn store_events(
     state: &AppState,
     project_id: i64,
@@ -391,9 +391,9 @@ fn import_error(status: StatusCode, message: impl Into<String>) -> Response {
     )
 }
 
-/// Finds the project of an `/import` request from its HTTP Basic credentials: the API secret as
-/// user, the token as user with an empty password, or, in the shape of a Mixpanel service
-/// account, any user name with the API secret as password. A `project_id` query parameter, which
+/// Finds the project of an `/import` request from its HTTP Basic credentials. They are the API
+/// secret as user, the token as user with an empty password, or any user name with the API
+/// secret as password, which is the shape of a Mixpanel service account. A `project_id` query parameter, which
 /// service-account clients send, must then name the project found.
 async fn import_project(
     state: &AppState,

@@ -99,8 +99,8 @@ pub enum ProjectsCommand {
     Show,
     /// Change project settings.
     Set {
-        /// How distinct ids resolve to users: `simplified` (Simplified ID Merge) or `original`
-        /// (Original ID Merge). Fixed once the project has events.
+        /// Identity mode that resolves distinct ids to users: `simplified` (Simplified ID Merge)
+        /// or `original` (Original ID Merge). Fixed once the project has events.
         #[arg(long, value_parser = ["simplified", "original"])]
         identity_mode: String,
     },

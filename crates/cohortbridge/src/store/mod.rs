@@ -88,7 +88,7 @@ pub struct ProfileUpdate {
     pub ignore_alias: bool,
 }
 
-/// How an Original ID Merge event merges two clusters.
+/// The kind of Original ID Merge event that merges two clusters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MergeKind {
     /// `$identify`: the anonymous id must not be merged yet.
@@ -99,7 +99,7 @@ pub enum MergeKind {
     Merge,
 }
 
-/// A merge that an Original ID Merge event asks for: the cluster of `from` joins the cluster of
+/// A merge that an Original ID Merge event requests: the cluster of `from` joins the cluster of
 /// `into`, whose canonical id stays.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergeRequest {

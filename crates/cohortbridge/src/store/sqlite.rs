@@ -88,8 +88,8 @@ fn configure(conn: &SqlConnection) -> StoreResult<()> {
 }
 
 /// Tunes the write connection for large ingestion transactions. A 64 MiB page cache keeps the
-/// index pages of a 2000-event batch in memory instead of spilling them to the WAL mid-way, and
-/// checkpointing every 16,384 WAL pages (64 MiB) instead of SQLite's default 1000 copies each
+/// index pages of a 2000-event batch in memory instead of spilling them to the WAL mid-way.
+/// Checkpointing every 16,384 WAL pages (64 MiB) instead of SQLite's default 1000 copies each
 /// hot page to the database file less often. Durability is unchanged: `synchronous=FULL` still
 /// syncs the WAL at every commit.
 fn configure_writer(conn: &SqlConnection) -> StoreResult<()> {
@@ -337,7 +337,7 @@ fn apply_merge(
             crate::identity::original::MAX_CLUSTER_SIZE
         )));
     }
-    // NOTE: a profile stored under the old canonical id is not merged into the new one's; it
+    // NOTE: a profile stored under the old canonical id is not merged into the new one's. It
     // stays an orphan, as a `$device:` profile does under Simplified ID Merge.
     conn.execute(
         "UPDATE identity_links SET canonical_id = ?3, linked_at_ms = ?4
