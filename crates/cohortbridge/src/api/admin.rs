@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::extract::{ApiJson, ApiPath, ApiQuery};
-use super::{ApiError, AppState};
+use super::{identity, ApiError, AppState};
 use crate::braze::client::BrazeError;
 use crate::braze::instances;
 use crate::cohorts;
@@ -39,6 +39,20 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route(
             "/projects/{project}/profiles/{distinct_id}",
             get(show_profile),
+        )
+        .route(
+            "/projects/{project}/groups/{group_key}/{group_id}",
+            get(show_group_profile),
+        )
+        .route(
+            "/projects/{project}/identity-mode",
+            get(identity::show_mode)
+                .put(identity::set_mode)
+                .post(identity::set_mode),
+        )
+        .route(
+            "/projects/{project}/identity-failures",
+            get(identity::list_failures),
         )
         .route("/projects/{project}/events", get(list_events))
         .route(
@@ -147,6 +161,27 @@ async fn show_profile(
     Ok(Json(
         json!({"distinct_id": distinct_id, "properties": profile}),
     ))
+}
+
+async fn show_group_profile(
+    State(state): State<AppState>,
+    ApiPath((id, group_key, group_id)): ApiPath<(i64, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    project_or_404(&state, id).await?;
+    let profile = state
+        .store
+        .group_profile(id, &group_key, &group_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no group profile for group key {group_key:?} and group id {group_id:?}"
+            ))
+        })?;
+    Ok(Json(json!({
+        "group_key": group_key,
+        "group_id": group_id,
+        "properties": profile,
+    })))
 }
 
 #[derive(Deserialize)]

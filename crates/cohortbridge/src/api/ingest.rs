@@ -1,9 +1,10 @@
-//! `/track`, `/import` and `/engage`, replying as Mixpanel does.
+//! `/track`, `/import` and `/engage`, replying as Mixpanel does. `/groups` lives in
+//! `api::groups`. Every endpoint is also routed under any path prefix (`/mp/track`).
 //!
 //! - `/track` and `/engage` find the project by the token in each record and answer `1` or
 //!   `0`, or `{"status": 1, "error": null}` with `verbose=1`.
-//! - `/import` authenticates with HTTP Basic (API secret as user, or project token as user with
-//!   an empty password) and answers `{"code": 200, "num_records_imported": N, "status": 1}`.
+//! - `/import` authenticates with HTTP Basic (API secret as user, project token as user with
+//!   an empty password, or any user with the API secret as password, as service accounts send) and answers `{"code": 200, "num_records_imported": N, "status": 1}`.
 //!   With `strict=1`, invalid records make a 400 that lists `failed_records`; the valid ones
 //!   are stored all the same. Without it, invalid records are dropped and counted.
 //!
@@ -13,20 +14,21 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::AppState;
+use super::{groups, AppState};
+use crate::identity::original::{self, IdentityMode};
 use crate::identity::FieldError;
 use crate::ingest::decode::{self, DecodeError, Decoded};
-use crate::ingest::event::{self, Endpoint};
+use crate::ingest::event::{self, Endpoint, Receipt};
 use crate::ingest::{engage, RecordFailure};
 use crate::secrets;
-use crate::store::{Project, StoreError};
+use crate::store::{IdentityLink, NewEvent, Project, StoreError};
 
 /// Mixpanel's limit of records per request on all three endpoints.
 pub const MAX_RECORDS_PER_REQUEST: usize = 2000;
@@ -39,10 +41,110 @@ pub fn routes() -> Router<AppState> {
         .route("/engage/", get(engage_handler).post(engage_handler))
         .route("/import", get(import).post(import))
         .route("/import/", get(import).post(import))
+        .route("/groups", get(groups::receive).post(groups::receive))
+        .route("/groups/", get(groups::receive).post(groups::receive))
+        .fallback(prefixed)
+}
+
+/// Routes `<any prefix>/track`, `/engage`, `/import` and `/groups` (with or without a trailing
+/// slash) as the bare paths, so a reverse proxy may publish the endpoints under a prefix such as
+/// `/mp`. Every other unknown path is a 404.
+async fn prefixed(
+    state: State<AppState>,
+    method: Method,
+    uri: Uri,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if method != Method::GET && method != Method::POST {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let path = uri.path().trim_end_matches('/');
+    let last = path.rsplit('/').next().unwrap_or_default();
+    match last {
+        "track" => track(state, query, headers, body).await,
+        "engage" => engage_handler(state, query, headers, body).await,
+        "import" => import(state, query, headers, body).await,
+        "groups" => groups::receive(state, query, headers, body).await,
+        _ => (
+            StatusCode::NOT_FOUND,
+            format!("no route for {}", uri.path()),
+        )
+            .into_response(),
+    }
+}
+
+/// Reads a project's identity mode; a project that never set one uses Simplified ID Merge.
+pub(super) async fn identity_mode(
+    state: &AppState,
+    project_id: i64,
+) -> Result<IdentityMode, StoreError> {
+    let stored = state
+        .store
+        .get_setting(&IdentityMode::setting_key(project_id))
+        .await?;
+    Ok(stored
+        .and_then(|name| IdentityMode::parse(&name).ok())
+        .unwrap_or_default())
+}
+
+/// Stores one project's valid events under its identity mode. Under Original ID Merge the
+/// Simplified links are ignored, and `$identify`, `$create_alias` and `$merge` events merge
+/// clusters instead. A merge that fails is recorded, and its event is stored all the same.
+async fn store_events(
+    state: &AppState,
+    project_id: i64,
+    endpoint: Endpoint,
+    events: Vec<NewEvent>,
+    links: Vec<IdentityLink>,
+    now: i64,
+) -> Result<(), StoreError> {
+    if identity_mode(state, project_id).await? == IdentityMode::Simplified {
+        state
+            .store
+            .write_events(project_id, events, links, now)
+            .await?;
+        return Ok(());
+    }
+    let mut merges = Vec::new();
+    let mut failures = Vec::new();
+    for event in &events {
+        match original::merge_request(event, endpoint) {
+            Some(Ok(merge)) => merges.push(merge),
+            Some(Err(failure)) => failures.push(failure),
+            None => {}
+        }
+    }
+    let recorded = state
+        .store
+        .write_events_with_merges(project_id, events, merges, failures, now)
+        .await?;
+    if let Some(first) = recorded.first() {
+        tracing::info!(
+            project_id,
+            failures = recorded.len(),
+            first_insert_id = %first.insert_id,
+            first_reason = %first.reason,
+            "identity merges failed; their events are stored and the failures recorded"
+        );
+    }
+    Ok(())
+}
+
+/// Builds the receipt of a request: its `Host` header and the time it arrived.
+pub(super) fn receipt(headers: &HeaderMap) -> Receipt {
+    Receipt {
+        endpoint_host: headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        received_ms: chrono::Utc::now().timestamp_millis(),
+    }
 }
 
 /// Decodes a request, or builds the response that rejects it.
-fn decode_request(
+pub(super) fn decode_request(
     query: Option<String>,
     headers: &HeaderMap,
     body: &[u8],
@@ -71,7 +173,7 @@ fn decode_request(
 }
 
 /// Builds a `/track`-style reply: `1`/`0`, or JSON with `verbose=1`.
-fn status_reply(status: StatusCode, verbose: bool, error: Option<String>) -> Response {
+pub(super) fn status_reply(status: StatusCode, verbose: bool, error: Option<String>) -> Response {
     let ok = error.is_none();
     if verbose {
         (
@@ -84,7 +186,7 @@ fn status_reply(status: StatusCode, verbose: bool, error: Option<String>) -> Res
     }
 }
 
-fn storage_unavailable(error: StoreError, verbose: bool) -> Response {
+pub(super) fn storage_unavailable(error: StoreError, verbose: bool) -> Response {
     tracing::error!(error = %error, "ingestion failed to store records; the client should retry");
     let mut response = status_reply(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -98,7 +200,7 @@ fn storage_unavailable(error: StoreError, verbose: bool) -> Response {
 }
 
 /// Looks up the projects of the given tokens.
-async fn projects_by_token(
+pub(super) async fn projects_by_token(
     state: &AppState,
     tokens: impl Iterator<Item = String>,
 ) -> Result<HashMap<String, Project>, StoreError> {
@@ -117,7 +219,7 @@ async fn projects_by_token(
 /// Builds the reply to a `/track` or `/engage` request with rejected records. The valid records
 /// are already stored. With `verbose=1`, the reply also lists every failure in
 /// `failed_records`, as `/import` does, which Mixpanel's reply does not.
-fn rejection_reply(
+pub(super) fn rejection_reply(
     status: StatusCode,
     verbose: bool,
     failures: &[RecordFailure],
@@ -143,6 +245,7 @@ async fn track(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let receipt = receipt(&headers);
     let decoded = match decode_request(query.clone(), &headers, &body) {
         Ok(decoded) => decoded,
         Err((status, message)) => {
@@ -178,7 +281,8 @@ async fn track(
             continue;
         };
         match event::validate(record, Endpoint::Track, now) {
-            Ok(valid) => {
+            Ok(mut valid) => {
+                event::add_server_properties(&mut valid.event, Endpoint::Track, &receipt, now);
                 let entry = by_project.entry(project.id).or_default();
                 entry.0.push(valid.event);
                 entry.1.extend(valid.link);
@@ -187,10 +291,7 @@ async fn track(
         }
     }
     for (project_id, (events, links)) in by_project {
-        if let Err(e) = state
-            .store
-            .write_events(project_id, events, links, now)
-            .await
+        if let Err(e) = store_events(&state, project_id, Endpoint::Track, events, links, now).await
         {
             return storage_unavailable(e, verbose);
         }
@@ -272,7 +373,7 @@ async fn engage_handler(
 }
 
 /// Checks whether a request that failed to decode asked for a verbose reply in its query or form.
-fn wants_verbose(query: Option<&str>, body: &[u8]) -> bool {
+pub(super) fn wants_verbose(query: Option<&str>, body: &[u8]) -> bool {
     let head = String::from_utf8_lossy(&body[..body.len().min(4096)]);
     query
         .into_iter()
@@ -294,32 +395,50 @@ fn import_error(status: StatusCode, message: impl Into<String>) -> Response {
     )
 }
 
-/// Finds the project of an `/import` request from its HTTP Basic credentials.
-/// Finds the project of an `/import` request, and the partner id that an extra credential
-/// (such as one marked "Braze Currents") puts on every event.
+/// Finds the project of an `/import` request from its HTTP Basic credentials, and the partner
+/// id that an extra credential (such as one marked "Braze Currents") puts on every event. The
+/// credentials are the API secret as user, an extra credential's secret as user, the token as
+/// user with an empty password, or any user name with the API secret as password, which is the
+/// shape of a Mixpanel service account. A `project_id` query parameter, which service-account
+/// clients send, must then name the project found.
 async fn import_project(
     state: &AppState,
     headers: &HeaderMap,
+    query: Option<&str>,
 ) -> Result<Option<(Project, Option<String>)>, StoreError> {
     let Some((user, password)) = basic_credentials(headers) else {
         return Ok(None);
     };
-    let hash = secrets::hash(&user);
-    if let Some(project) = state.store.project_by_api_secret_hash(&hash).await? {
-        return Ok(Some((project, None)));
+    let user_hash = secrets::hash(&user);
+    let (project, partner_id) =
+        if let Some(project) = state.store.project_by_api_secret_hash(&user_hash).await? {
+            (Some(project), None)
+        } else if let Some(credential) = state.store.import_credential_by_hash(&user_hash).await? {
+            (
+                state.store.project(credential.project_id).await?,
+                credential.partner_id,
+            )
+        } else if password.is_empty() {
+            (state.store.project_by_token(&user).await?, None)
+        } else {
+            let by_password = state
+                .store
+                .project_by_api_secret_hash(&secrets::hash(&password))
+                .await?;
+            (by_password, None)
+        };
+    let requested_id = query
+        .map(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).unwrap_or_default())
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|(name, value)| (name == "project_id").then_some(value));
+    match (project, requested_id) {
+        (Some(project), Some(id)) if id != project.id.to_string() => Ok(None),
+        (project, _) => Ok(project.map(|project| (project, partner_id))),
     }
-    if let Some(credential) = state.store.import_credential_by_hash(&hash).await? {
-        let project = state.store.project(credential.project_id).await?;
-        return Ok(project.map(|project| (project, credential.partner_id)));
-    }
-    if password.is_empty() {
-        let project = state.store.project_by_token(&user).await?;
-        return Ok(project.map(|project| (project, None)));
-    }
-    Ok(None)
 }
 
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+pub(super) fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
@@ -333,18 +452,53 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((user.to_owned(), password.to_owned()))
 }
 
+/// Handles `/import`. A request that sets `verbose=0`, as the Mixpanel Node library does, gets
+/// the terse reply of Mixpanel's form-based `/import`: `1` on success, `0` otherwise, with the
+/// same status code and headers as the JSON reply.
 async fn import(
+    state: State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let terse = asks_terse_reply(query.as_deref(), &body);
+    let response = import_json(state, RawQuery(query), headers, body).await;
+    if !terse {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let text = if parts.status.is_success() { "1" } else { "0" };
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(text))
+}
+
+/// Checks whether a request sets `verbose=0` in its query or form body.
+fn asks_terse_reply(query: Option<&str>, body: &[u8]) -> bool {
+    let head = String::from_utf8_lossy(&body[..body.len().min(4096)]);
+    query
+        .into_iter()
+        .chain(std::iter::once(head.as_ref()))
+        .flat_map(|text| text.split('&'))
+        .any(|pair| pair == "verbose=0")
+}
+
+async fn import_json(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (project, partner_id) = match import_project(&state, &headers).await {
+    let receipt = receipt(&headers);
+    let (project, partner_id) = match import_project(&state, &headers, query.as_deref()).await {
         Ok(Some(found)) => found,
         Ok(None) => {
             return import_error(
                 StatusCode::UNAUTHORIZED,
-                "authenticate with HTTP Basic: the project's API secret as user, or its token as user with an empty password",
+                "authenticate with HTTP Basic: the project's API secret as user or as password, or its token as user with an empty password",
             )
         }
         Err(e) => {
@@ -361,12 +515,17 @@ async fn import(
     let strict = decoded.flag("strict");
     let now = chrono::Utc::now().timestamp_millis();
 
-    let mut events = Vec::new();
+    let mut events = Vec::with_capacity(decoded.records.len());
     let mut links = Vec::new();
     let mut failures = Vec::new();
-    for (index, record) in decoded.records.iter().enumerate() {
-        match event::validate(record, Endpoint::Import, now) {
+    for (index, record) in decoded.records.into_iter().enumerate() {
+        let insert_id = record
+            .pointer("/properties/$insert_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        match event::validate_owned(record, Endpoint::Import, now) {
             Ok(mut valid) => {
+                event::add_server_properties(&mut valid.event, Endpoint::Import, &receipt, now);
                 if let Some(partner) = &partner_id {
                     valid
                         .event
@@ -376,15 +535,17 @@ async fn import(
                 events.push(valid.event);
                 links.extend(valid.link);
             }
-            Err(error) => failures.push(RecordFailure::new(index, record, error)),
+            Err(error) => failures.push(RecordFailure {
+                index,
+                insert_id,
+                field: error.field,
+                message: error.message,
+            }),
         }
     }
     let imported = events.len();
     if !events.is_empty() {
-        if let Err(e) = state
-            .store
-            .write_events(project.id, events, links, now)
-            .await
+        if let Err(e) = store_events(&state, project.id, Endpoint::Import, events, links, now).await
         {
             tracing::error!(project_id = project.id, error = %e, "import failed to store records; the client should retry");
             let mut response = import_error(
@@ -426,4 +587,26 @@ async fn import(
             "status": 1,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_replies_carry_retry_after() {
+        for verbose in [false, true] {
+            let response = storage_unavailable(StoreError::Task("disk full".into()), verbose);
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        }
+    }
+
+    #[test]
+    fn terse_reply_is_asked_by_verbose_zero() {
+        assert!(asks_terse_reply(Some("verbose=0"), b""));
+        assert!(asks_terse_reply(None, b"data=e30%3D&verbose=0"));
+        assert!(!asks_terse_reply(Some("verbose=1"), b""));
+        assert!(!asks_terse_reply(None, b"[{\"event\":\"verbose=0\"}]"));
+    }
 }

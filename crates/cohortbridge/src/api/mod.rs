@@ -3,8 +3,13 @@
 mod admin;
 mod currents;
 mod error;
+mod export;
 mod extract;
+mod groups;
+mod identity;
 mod ingest;
+mod query;
+mod query_where;
 
 use std::sync::Arc;
 
@@ -45,6 +50,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ingest::routes())
         .merge(currents::routes())
+        .merge(export::routes())
+        .merge(query::routes())
         .nest("/api/v1", admin::routes(state.clone()))
         .route("/healthz", get(|| async { "ok" }))
         .layer(body_limit)

@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use super::{AdminClient, ImportCommand};
+use crate::ingest::local_time;
 
 const BATCH_RECORDS: usize = 2000;
 /// Batches stay under this many bytes so the server's 10 MB limit is never reached.
@@ -46,9 +47,12 @@ pub async fn run(
         .as_str()
         .context("the server returned no API secret")?
         .to_owned();
-    let (files, kind) = match command {
-        ImportCommand::Events { files } => (files, Kind::Events),
-        ImportCommand::Profiles { files } => (files, Kind::Profiles),
+    let (files, kind, zone) = match command {
+        ImportCommand::Events {
+            files,
+            source_time_zone,
+        } => (files, Kind::Events, source_time_zone),
+        ImportCommand::Profiles { files } => (files, Kind::Profiles, None),
         ImportCommand::Currents { .. } => {
             unreachable!("Currents files are imported by cli::currents")
         }
@@ -61,7 +65,7 @@ pub async fn run(
             client.server(),
             &token,
             &api_secret,
-            kind,
+            Source { kind, zone },
             file,
             &mut totals,
         )
@@ -103,10 +107,30 @@ fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(raw)
 }
 
+/// Records of a file with the line each starts on, and where reading stopped early, if it did.
+type Records = (Vec<(usize, Value)>, Option<Stop>);
+
+/// What a file contains and how to read its times.
+#[derive(Clone, Copy)]
+struct Source {
+    kind: Kind,
+    /// The time zone whose wall clock the file's event times show, if not UTC.
+    zone: Option<chrono_tz::Tz>,
+}
+
+/// The line where reading an NDJSON file stopped, and why.
+#[derive(Debug, PartialEq, Eq)]
+struct Stop {
+    line: usize,
+    reason: String,
+}
+
 /// Splits a file into records, each with the line it starts on. NDJSON is split on `\n` only.
-/// A file containing one JSON array, or an object with a `results` array (Mixpanel's engage
-/// query reply), is also accepted.
-fn records(path: &Path, bytes: &[u8]) -> anyhow::Result<Vec<(usize, Value)>> {
+/// Reading stops at the first line that is not a JSON object, such as a truncated last line or a
+/// sentinel text line. The records before it are returned with the [`Stop`]. A file containing
+/// one JSON array, or an object with a `results` array (Mixpanel's engage query reply), is also
+/// accepted.
+fn records(path: &Path, bytes: &[u8]) -> anyhow::Result<Records> {
     let trimmed = bytes.trim_ascii_start();
     if trimmed.starts_with(b"[") || (trimmed.starts_with(b"{") && !bytes.contains(&b'\n')) {
         if let Ok(value) = serde_json::from_slice::<Value>(trimmed) {
@@ -118,20 +142,33 @@ fn records(path: &Path, bytes: &[u8]) -> anyhow::Result<Vec<(usize, Value)>> {
                 },
                 other => bail!("{}: expected JSON objects, found {other}", path.display()),
             };
-            return Ok(items.into_iter().map(|item| (0, item)).collect());
+            return Ok((items.into_iter().map(|item| (0, item)).collect(), None));
         }
     }
     let mut out = Vec::new();
-    for (index, line) in bytes.split(|b| *b == b'\n').enumerate() {
+    let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+    for (index, line) in lines.iter().enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.trim_ascii().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_slice(line)
-            .with_context(|| format!("{}:{}: not valid JSON", path.display(), index + 1))?;
-        out.push((index + 1, value));
+        let is_last = lines[index + 1..].iter().all(|l| l.trim_ascii().is_empty());
+        let reason = match serde_json::from_slice::<Value>(line) {
+            Ok(value @ Value::Object(_)) => {
+                out.push((index + 1, value));
+                continue;
+            }
+            Ok(other) => format!("expected a JSON object, found {other}"),
+            Err(e) if is_last && e.is_eof() => format!("the last line is truncated: {e}"),
+            Err(e) => format!("not valid JSON: {e}"),
+        };
+        let stop = Stop {
+            line: index + 1,
+            reason,
+        };
+        return Ok((out, Some(stop)));
     }
-    Ok(out)
+    Ok((out, None))
 }
 
 /// Serialises a record for an NDJSON body with U+2028, U+2029 and U+0085 escaped as `\uXXXX`,
@@ -184,12 +221,20 @@ async fn import_file(
     server: &str,
     token: &str,
     api_secret: &str,
-    kind: Kind,
+    source: Source,
     path: &Path,
     totals: &mut Totals,
 ) -> anyhow::Result<()> {
+    let Source { kind, zone } = source;
     let bytes = read_file(path)?;
-    let records = records(path, &bytes)?;
+    let (mut records, stop) = records(path, &bytes)?;
+    if let Some(zone) = zone {
+        for (line, record) in &mut records {
+            local_time::shift_event_time(record, zone)
+                .with_context(|| format!("{}:{line}", path.display()))?;
+        }
+    }
+    let imported_before = totals.imported;
     let progress = ProgressBar::new(records.len() as u64);
     progress.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} records ({per_sec})")
@@ -252,6 +297,15 @@ async fn import_file(
         start = end;
     }
     progress.finish();
+    if let Some(stop) = stop {
+        bail!(
+            "{}:{}: {}; {} records of this file were imported before it, and the rest of the file was not read",
+            path.display(),
+            stop.line,
+            stop.reason,
+            totals.imported - imported_before
+        );
+    }
     Ok(())
 }
 
@@ -328,8 +382,9 @@ mod tests {
     #[test]
     fn ndjson_records_keep_line_numbers() {
         let bytes = b"{\"a\":1}\n\n{\"a\":2}\r\n";
-        let records = records(Path::new("f"), bytes).unwrap();
+        let (records, stop) = records(Path::new("f"), bytes).unwrap();
         assert_eq!(records.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(stop, None);
     }
 
     #[test]
@@ -346,7 +401,7 @@ mod tests {
     fn engage_query_reply_is_accepted() {
         let bytes =
             br#"{"results": [{"$distinct_id": "u", "$properties": {"plan": "pro"}}], "page": 0}"#;
-        let records = records(Path::new("f"), bytes).unwrap();
+        let (records, _) = records(Path::new("f"), bytes).unwrap();
         assert_eq!(records.len(), 1);
         let update = profile_update("tok", &records[0].1);
         assert_eq!(update["$set"]["plan"], "pro");
@@ -354,9 +409,26 @@ mod tests {
     }
 
     #[test]
-    fn bad_line_is_named() {
-        let err = records(Path::new("f.ndjson"), b"{}\n{oops\n").unwrap_err();
-        assert!(err.to_string().contains("f.ndjson:2"), "{err}");
+    fn reading_stops_at_bad_line() {
+        let cases: [(&[u8], usize, &str); 4] = [
+            (b"{}\n{oops}\n{}\n", 2, "not valid JSON"),
+            (b"{}\n{}\n{\"event\":\"cut", 3, "the last line is truncated"),
+            (
+                b"{}\n{}\n{\"event\":\"cut\n\n",
+                3,
+                "the last line is truncated",
+            ),
+            (b"{}\nEXPORT COMPLETE\n", 2, "not valid JSON"),
+        ];
+        for (bytes, line, reason) in cases {
+            let (records, stop) = records(Path::new("f.ndjson"), bytes).unwrap();
+            let stop = stop.expect("reading stops");
+            assert_eq!(stop.line, line, "{}", stop.reason);
+            assert!(stop.reason.contains(reason), "{}", stop.reason);
+            assert_eq!(records.len(), line - 1);
+        }
+        let (_, stop) = records(Path::new("f.ndjson"), b"{}\n42\n").unwrap();
+        assert!(stop.unwrap().reason.contains("found 42"));
     }
 
     #[test]
@@ -375,7 +447,7 @@ mod tests {
         let bytes = b"{\"a\":1}\n{\"a\":2}\n";
         assert_eq!(
             decode::parse_records(bytes).unwrap().len(),
-            records(Path::new("f"), bytes).unwrap().len()
+            records(Path::new("f"), bytes).unwrap().0.len()
         );
     }
 }

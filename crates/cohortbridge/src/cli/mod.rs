@@ -1,6 +1,7 @@
 //! The command line: `serve` runs the server; every other command is a client of a running
 //! server's HTTP API (`--server`), authenticated with the admin key.
 
+mod bench;
 mod client;
 mod currents;
 mod import;
@@ -75,6 +76,9 @@ pub enum Command {
     /// Inspect and run syncs.
     #[command(subcommand)]
     Syncs(SyncsCommand),
+    /// Measure the server's ingestion speed.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Print Monthly Tracked Users for a calendar month (UTC).
     Mtu {
         /// Month as YYYY-MM.
@@ -89,10 +93,24 @@ pub enum Command {
     },
 }
 
+/// Parses an IANA time zone name for `--source-time-zone`.
+fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
+    name.parse().map_err(|_| {
+        format!("{name:?} is not an IANA time zone name; use a name such as America/New_York")
+    })
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ProjectsCommand {
     /// Print the project's token, API secret and Currents token.
     Show,
+    /// Change project settings.
+    Set {
+        /// Identity mode that resolves distinct ids to users: `simplified` (Simplified ID Merge)
+        /// or `original` (Original ID Merge). Fixed once the project has events.
+        #[arg(long, value_parser = ["simplified", "original"])]
+        identity_mode: String,
+    },
     /// Manage extra `/import` credentials.
     #[command(subcommand)]
     Credentials(CredentialsCommand),
@@ -119,6 +137,11 @@ pub enum ImportCommand {
     Events {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// IANA time zone (such as `America/New_York`) in which the export's `time` values are
+        /// wall-clock times, as in exports of Mixpanel projects created before its switch to
+        /// UTC. Each `time` is converted to UTC before import. Default: times are already UTC.
+        #[arg(long, value_parser = parse_time_zone)]
+        source_time_zone: Option<chrono_tz::Tz>,
     },
     /// Import profiles from engage-export files (`$distinct_id` and `$properties` per record).
     Profiles {
@@ -218,6 +241,9 @@ pub enum SyncsCommand {
 
 /// Runs a client command.
 pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()> {
+    if let Command::Bench(command) = command {
+        return bench::run(&args, command).await;
+    }
     let admin_key = args
         .admin_key
         .clone()
@@ -233,6 +259,7 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
 
     match command {
         Command::Serve(_) => unreachable!("serve is handled by main"),
+        Command::Bench(_) => unreachable!("bench is handled above"),
         Command::Projects(ProjectsCommand::Show) => {
             let project = client.get("").await?;
             if json_output {
@@ -246,6 +273,16 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
                 println!("token:          {}", text(&project["token"]));
                 println!("api secret:     {}", text(&project["api_secret"]));
                 println!("currents token: {}", text(&project["currents_token"]));
+            }
+        }
+        Command::Projects(ProjectsCommand::Set { identity_mode }) => {
+            let reply = client
+                .post("/identity-mode", &json!({"identity_mode": identity_mode}))
+                .await?;
+            if json_output {
+                print_json(&reply);
+            } else {
+                println!("identity mode:  {}", text(&reply["identity_mode"]));
             }
         }
         Command::Projects(ProjectsCommand::Credentials(CredentialsCommand::Add {

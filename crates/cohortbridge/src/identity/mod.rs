@@ -5,6 +5,8 @@
 //! first link of a device wins, so two `$user_id`s are never merged: a later login of another
 //! user on the same device keeps its events on that user and changes no link.
 
+pub mod original;
+
 use std::collections::HashMap;
 
 use serde_json::{Map, Value};

@@ -113,18 +113,47 @@ pub fn parse_update(record: &Value, now_ms: i64) -> Result<ProfileUpdate, FieldE
         _ => ProfileOperation::Delete,
     };
 
-    let ignore_time = matches!(object.get("$ignore_time"), Some(Value::Bool(true)))
-        || matches!(object.get("$ignore_time"), Some(Value::String(s)) if s == "true");
-    let last_seen_ms = if ignore_time {
+    let last_seen_ms = if modifier_flag(object, "$ignore_time")? {
         None
     } else {
         Some(update_time_ms(object.get("$time"), now_ms)?)
     };
+    let ignore_alias = modifier_flag(object, "$ignore_alias")?;
+    // Mixpanel uses `$ip` only to geolocate the profile. cohortbridge never geolocates, so the
+    // value is checked for its type and otherwise ignored.
+    match object.get("$ip") {
+        None | Some(Value::Null | Value::String(_) | Value::Number(_)) => {}
+        Some(other) => {
+            return Err(FieldError::new(
+                "$ip",
+                format!(
+                    "$ip must be an IP address string, found {}",
+                    json_type(other)
+                ),
+            ))
+        }
+    }
     Ok(ProfileUpdate {
         distinct_id,
         operation,
         last_seen_ms,
+        ignore_alias,
     })
+}
+
+/// Reads a boolean modifier such as `$ignore_time`: `true`/`false`, or the strings `"true"` and
+/// `"false"` that some SDKs send. Absent or `null` is false.
+fn modifier_flag(object: &Map<String, Value>, name: &str) -> Result<bool, FieldError> {
+    match object.get(name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(flag)) => Ok(*flag),
+        Some(Value::String(text)) if text == "true" => Ok(true),
+        Some(Value::String(text)) if text == "false" => Ok(false),
+        Some(other) => Err(FieldError::new(
+            name,
+            format!("{name} must be true or false, found {other}"),
+        )),
+    }
 }
 
 fn object_arg(op: &str, value: &Value) -> Result<Map<String, Value>, FieldError> {
@@ -372,6 +401,35 @@ mod tests {
             (json!({"$distinct_id": "u", "$set": {}, "$unset": []}), ""),
         ];
         for (record, field) in cases {
+            let err = parse_update(&record, NOW).unwrap_err();
+            assert_eq!(err.field, field, "{record}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn modifiers_are_read() {
+        let update = parse_update(
+            &json!({"$distinct_id": "u", "$ignore_alias": true, "$ip": "0", "$set": {}}),
+            NOW,
+        )
+        .unwrap();
+        assert!(update.ignore_alias);
+        let update = parse_update(&json!({"$distinct_id": "u", "$set": {}}), NOW).unwrap();
+        assert!(!update.ignore_alias);
+        for (record, field) in [
+            (
+                json!({"$distinct_id": "u", "$ignore_alias": 1, "$set": {}}),
+                "$ignore_alias",
+            ),
+            (
+                json!({"$distinct_id": "u", "$ignore_time": "yes", "$set": {}}),
+                "$ignore_time",
+            ),
+            (
+                json!({"$distinct_id": "u", "$ip": ["1.2.3.4"], "$set": {}}),
+                "$ip",
+            ),
+        ] {
             let err = parse_update(&record, NOW).unwrap_err();
             assert_eq!(err.field, field, "{record}: {}", err.message);
         }

@@ -17,6 +17,12 @@ pub const TRACK_MAX_AGE_MS: i64 = 5 * 24 * 60 * 60 * 1000;
 const MILLISECONDS_THRESHOLD: f64 = 100_000_000_000.0;
 const MAX_INSERT_ID_LEN: usize = 36;
 const MAX_EVENT_NAME_LEN: usize = 255;
+/// Mixpanel's limit on the length of a string property value, in characters. Longer strings,
+/// at any depth inside lists and objects, are cut to this length.
+pub const MAX_STRING_CHARS: usize = 255;
+/// Mixpanel's limit on the number of properties of one event. A record with more is rejected,
+/// counted after the column properties (`time`, `distinct_id`, `$insert_id`, `token`) leave.
+pub const MAX_PROPERTIES: usize = 255;
 
 /// Properties that become columns of the stored event and leave the property map.
 const COLUMN_PROPERTIES: &[&str] = &["time", "distinct_id", "$insert_id", "token"];
@@ -38,6 +44,30 @@ pub struct ValidEvent {
 
 /// Validates a record `{"event": ..., "properties": {...}}` received at `now_ms`.
 pub fn validate(record: &Value, endpoint: Endpoint, now_ms: i64) -> Result<ValidEvent, FieldError> {
+    validate_inner(record, None, endpoint, now_ms)
+}
+
+/// Validates a record like [`validate`], taking ownership so that its properties are moved into
+/// the event instead of copied.
+pub fn validate_owned(
+    mut record: Value,
+    endpoint: Endpoint,
+    now_ms: i64,
+) -> Result<ValidEvent, FieldError> {
+    let taken = match record.get_mut("properties") {
+        Some(Value::Object(map)) => Some(std::mem::take(map)),
+        _ => None,
+    };
+    validate_inner(&record, taken, endpoint, now_ms)
+}
+
+/// Validates `record`, using `taken` as its properties when the caller already moved them out.
+fn validate_inner(
+    record: &Value,
+    taken: Option<Map<String, Value>>,
+    endpoint: Endpoint,
+    now_ms: i64,
+) -> Result<ValidEvent, FieldError> {
     let object = record
         .as_object()
         .ok_or_else(|| FieldError::new("", "record must be a JSON object"))?;
@@ -58,10 +88,11 @@ pub fn validate(record: &Value, endpoint: Endpoint, now_ms: i64) -> Result<Valid
             format!("event name is longer than {MAX_EVENT_NAME_LEN} characters"),
         ));
     }
-    let mut properties: Map<String, Value> = match object.get("properties") {
-        Some(Value::Object(map)) => map.clone(),
-        None | Some(Value::Null) => Map::new(),
-        Some(other) => {
+    let mut properties: Map<String, Value> = match (taken, object.get("properties")) {
+        (Some(map), _) => map,
+        (None, Some(Value::Object(map))) => map.clone(),
+        (None, None | Some(Value::Null)) => Map::new(),
+        (None, Some(other)) => {
             return Err(FieldError::new(
                 "properties",
                 format!("properties must be an object, found {other}"),
@@ -69,7 +100,24 @@ pub fn validate(record: &Value, endpoint: Endpoint, now_ms: i64) -> Result<Valid
         }
     };
 
-    let time_ms = event_time_ms(properties.get("time"), endpoint, now_ms)?;
+    // A `$merge` event names its ids in `$distinct_ids` and often carries no `distinct_id`; it
+    // is stored under the first of them, the id whose cluster remains.
+    if name == "$merge" && !properties.contains_key("distinct_id") {
+        let first = properties
+            .get("$distinct_ids")
+            .and_then(|ids| ids.get(0))
+            .filter(|id| id.is_string())
+            .cloned();
+        if let Some(first) = first {
+            properties.insert("distinct_id".into(), first);
+        }
+    }
+    // Mixpanel's SDKs send `$merge` without `time` (mixpanel-python 4.10 does), so a missing
+    // time on a `$merge` is the arrival time, on `/import` too.
+    let time_ms = match properties.get("time") {
+        None | Some(Value::Null) if name == "$merge" => now_ms,
+        time => event_time_ms(time, endpoint, now_ms)?,
+    };
     let identity = identity::event_identity(&properties, endpoint == Endpoint::Import)?;
     let insert_id = match properties.get("$insert_id") {
         None | Some(Value::Null) => None,
@@ -77,6 +125,18 @@ pub fn validate(record: &Value, endpoint: Endpoint, now_ms: i64) -> Result<Valid
     };
     for key in COLUMN_PROPERTIES {
         properties.remove(*key);
+    }
+    if properties.len() > MAX_PROPERTIES {
+        return Err(FieldError::new(
+            "properties",
+            format!(
+                "event has {} properties; at most {MAX_PROPERTIES} are accepted",
+                properties.len()
+            ),
+        ));
+    }
+    for value in properties.values_mut() {
+        truncate_strings(value);
     }
     let insert_id = insert_id
         .unwrap_or_else(|| derived_insert_id(&name, &identity.distinct_id, time_ms, &properties));
@@ -91,6 +151,52 @@ pub fn validate(record: &Value, endpoint: Endpoint, now_ms: i64) -> Result<Valid
         },
         link: identity.link,
     })
+}
+
+/// Cuts every string inside `value` to [`MAX_STRING_CHARS`] characters.
+pub fn truncate_strings(value: &mut Value) {
+    match value {
+        Value::String(text) => {
+            if let Some((cut, _)) = text.char_indices().nth(MAX_STRING_CHARS) {
+                text.truncate(cut);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(truncate_strings),
+        Value::Object(map) => map.values_mut().for_each(truncate_strings),
+        _ => {}
+    }
+}
+
+/// Facts about the request that carried an event, recorded when it arrived.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    /// The `Host` header of the request, reported as `$mp_api_endpoint`.
+    pub endpoint_host: Option<String>,
+    /// When the request arrived, in milliseconds since the epoch.
+    pub received_ms: i64,
+}
+
+/// Adds the properties Mixpanel's servers add to every event: `$mp_api_endpoint` (the host the
+/// request was sent to), `$mp_api_timestamp_ms` (arrival time), `mp_processing_time_ms`
+/// (processing time), and `$import: true` on `/import`. They replace values the client sent.
+pub fn add_server_properties(
+    event: &mut NewEvent,
+    endpoint: Endpoint,
+    receipt: &Receipt,
+    processed_ms: i64,
+) {
+    let properties = &mut event.properties;
+    if let Some(host) = &receipt.endpoint_host {
+        properties.insert("$mp_api_endpoint".into(), Value::from(host.as_str()));
+    }
+    properties.insert(
+        "$mp_api_timestamp_ms".into(),
+        Value::from(receipt.received_ms),
+    );
+    properties.insert("mp_processing_time_ms".into(), Value::from(processed_ms));
+    if endpoint == Endpoint::Import {
+        properties.insert("$import".into(), Value::Bool(true));
+    }
 }
 
 /// Reads `properties.time` as integer milliseconds. Seconds, milliseconds and fractional
@@ -294,6 +400,87 @@ mod tests {
         let record = json!({"event": "e", "properties": {"time": 1700000000, "distinct_id": "u", "$insert_id": "i", "token": "t", "k": 1}});
         let valid = validate(&record, Endpoint::Import, NOW).unwrap();
         assert_eq!(Value::Object(valid.event.properties), json!({"k": 1}));
+    }
+
+    #[test]
+    fn long_strings_are_truncated() {
+        let long = "é".repeat(300);
+        let record = json!({"event": "e", "properties": {"time": 1700000000, "distinct_id": "u",
+            "s": long, "list": [long], "nested": {"s": long}, "short": "ok"}});
+        let valid = validate(&record, Endpoint::Import, NOW).unwrap();
+        let properties = Value::Object(valid.event.properties);
+        let cut = "é".repeat(MAX_STRING_CHARS);
+        assert_eq!(properties["s"], cut.as_str());
+        assert_eq!(properties["list"][0], cut.as_str());
+        assert_eq!(properties["nested"]["s"], cut.as_str());
+        assert_eq!(properties["short"], "ok");
+    }
+
+    #[test]
+    fn too_many_properties_are_rejected() {
+        let mut properties: Map<String, Value> = (0..MAX_PROPERTIES)
+            .map(|i| (format!("p{i}"), Value::from(i)))
+            .collect();
+        properties.insert("time".into(), json!(1700000000));
+        properties.insert("distinct_id".into(), json!("u"));
+        let record = json!({"event": "e", "properties": properties});
+        assert!(validate(&record, Endpoint::Import, NOW).is_ok());
+
+        properties.insert("one_more".into(), json!(1));
+        let record = json!({"event": "e", "properties": properties});
+        let err = validate(&record, Endpoint::Import, NOW).unwrap_err();
+        assert_eq!(err.field, "properties");
+        assert!(err.message.contains("256 properties"), "{}", err.message);
+    }
+
+    #[test]
+    fn server_properties_are_added() {
+        let record = json!({"event": "e", "properties": {"time": NOW / 1000, "distinct_id": "u",
+            "$import": false, "mp_processing_time_ms": 1}});
+        let receipt = Receipt {
+            endpoint_host: Some("ingest.example.com".into()),
+            received_ms: NOW - 5,
+        };
+        let mut imported = validate(&record, Endpoint::Import, NOW).unwrap().event;
+        add_server_properties(&mut imported, Endpoint::Import, &receipt, NOW);
+        assert_eq!(
+            imported.properties["$mp_api_endpoint"],
+            "ingest.example.com"
+        );
+        assert_eq!(imported.properties["$mp_api_timestamp_ms"], NOW - 5);
+        assert_eq!(imported.properties["mp_processing_time_ms"], NOW);
+        assert_eq!(imported.properties["$import"], true);
+
+        let mut tracked = validate(&record, Endpoint::Track, NOW).unwrap().event;
+        add_server_properties(&mut tracked, Endpoint::Track, &receipt, NOW);
+        assert_eq!(tracked.properties["$import"], false);
+    }
+
+    #[test]
+    fn owned_validation_matches_borrowed() {
+        let records = [
+            json!({"event": "e", "properties": {"time": 1700000000, "distinct_id": "u", "k": [1]}}),
+            json!({"event": "e", "properties": {"time": "soon", "distinct_id": "u"}}),
+            json!({"event": "e", "properties": 5}),
+        ];
+        for record in records {
+            assert_eq!(
+                validate_owned(record.clone(), Endpoint::Import, NOW),
+                validate(&record, Endpoint::Import, NOW),
+                "{record}"
+            );
+        }
+    }
+
+    #[test]
+    fn merge_without_time_gets_arrival_time() {
+        let merge = json!({"event": "$merge", "properties": {"$distinct_ids": ["a", "b"]}});
+        let valid = validate(&merge, Endpoint::Import, NOW).unwrap();
+        assert_eq!(valid.event.time_ms, NOW);
+        assert_eq!(valid.event.distinct_id, "a");
+        let other = json!({"event": "Viewed", "properties": {"distinct_id": "a"}});
+        let err = validate(&other, Endpoint::Import, NOW).unwrap_err();
+        assert_eq!(err.field, "properties.time");
     }
 
     #[test]

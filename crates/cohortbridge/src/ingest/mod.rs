@@ -4,6 +4,8 @@
 pub mod decode;
 pub mod engage;
 pub mod event;
+pub mod groups;
+pub mod local_time;
 
 use serde::Serialize;
 

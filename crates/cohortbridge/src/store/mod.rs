@@ -101,6 +101,58 @@ pub struct ProfileUpdate {
     pub operation: ProfileOperation,
     /// Milliseconds for `$last_seen`, or `None` when `$ignore_time` was set.
     pub last_seen_ms: Option<i64>,
+    /// `$ignore_alias`: the update applies to the distinct id as sent, not to the user that
+    /// the identity links resolve it to.
+    pub ignore_alias: bool,
+}
+
+/// The kind of Original ID Merge event that merges two clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeKind {
+    /// `$identify`: the anonymous id must not be merged yet.
+    Identify,
+    /// `$create_alias`: the alias must not be merged yet.
+    CreateAlias,
+    /// `$merge`: any two clusters.
+    Merge,
+}
+
+/// A merge that an Original ID Merge event requests: the cluster of `from` joins the cluster of
+/// `into`, whose canonical id stays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeRequest {
+    pub event: String,
+    pub insert_id: String,
+    pub distinct_id: String,
+    pub kind: MergeKind,
+    pub from: String,
+    pub into: String,
+}
+
+/// A merge that did not happen, recorded with the event that asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IdentityFailure {
+    pub event: String,
+    pub insert_id: String,
+    pub distinct_id: String,
+    pub reason: String,
+}
+
+/// A recorded identity failure, as the admin API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredIdentityFailure {
+    #[serde(flatten)]
+    pub failure: IdentityFailure,
+    pub failed_at_ms: i64,
+}
+
+/// One `/groups` update, already validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupUpdate {
+    /// The event property that names the group, such as `company`.
+    pub group_key: String,
+    pub group_id: String,
+    pub operation: ProfileOperation,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -269,6 +321,33 @@ pub trait Store: Send + std::marker::Sync + 'static {
         links: Vec<IdentityLink>,
         now_ms: i64,
     ) -> StoreResult<WriteSummary>;
+    /// Stores events under Original ID Merge in one transaction: applies `merges` in order,
+    /// records each merge that fails and each of `failures`, then stores the events. Returns
+    /// every failure recorded.
+    async fn write_events_with_merges(
+        &self,
+        project_id: i64,
+        events: Vec<NewEvent>,
+        merges: Vec<MergeRequest>,
+        failures: Vec<IdentityFailure>,
+        now_ms: i64,
+    ) -> StoreResult<Vec<IdentityFailure>>;
+    /// Identity failures of a project, newest first, at most `limit`.
+    async fn identity_failures(
+        &self,
+        project_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredIdentityFailure>>;
+    /// Events with `from_ms <= time_ms < to_ms`, oldest first, each under its canonical id;
+    /// only the named events when `names` is given, and at most `limit` when given.
+    async fn export_events(
+        &self,
+        project_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+        names: Option<Vec<String>>,
+        limit: Option<i64>,
+    ) -> StoreResult<Vec<NewEvent>>;
     async fn count_events(&self, project_id: i64) -> StoreResult<i64>;
     /// Events of one distinct id, oldest first, at most `limit`.
     async fn events_of(
@@ -290,6 +369,20 @@ pub trait Store: Send + std::marker::Sync + 'static {
         &self,
         project_id: i64,
         distinct_id: &str,
+    ) -> StoreResult<Option<Map<String, Value>>>;
+
+    /// Applies group profile updates in order, in one transaction.
+    async fn apply_group_updates(
+        &self,
+        project_id: i64,
+        updates: Vec<GroupUpdate>,
+        now_ms: i64,
+    ) -> StoreResult<WriteSummary>;
+    async fn group_profile(
+        &self,
+        project_id: i64,
+        group_key: &str,
+        group_id: &str,
     ) -> StoreResult<Option<Map<String, Value>>>;
 
     async fn quarantine_currents(

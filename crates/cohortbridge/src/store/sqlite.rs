@@ -14,8 +14,16 @@ use serde_json::{Map, Value};
 
 use super::*;
 
+mod group_commit;
+
+use group_commit::{PendingWrite, WriteQueue};
+
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("migrations/sqlite/0001_init.sql")),
+    (
+        "0002_ingestion",
+        include_str!("migrations/sqlite/0002_ingestion.sql"),
+    ),
     (
         "0005_import_credentials",
         include_str!("migrations/sqlite/0005_import_credentials.sql"),
@@ -26,6 +34,8 @@ const MIGRATIONS: &[(&str, &str)] = &[
 pub struct SqliteStore {
     writer: Arc<Mutex<SqlConnection>>,
     reader: Arc<Mutex<SqlConnection>>,
+    /// Event writes waiting for a group commit.
+    queue: WriteQueue,
 }
 
 impl SqliteStore {
@@ -33,12 +43,14 @@ impl SqliteStore {
     pub fn open(path: &Path) -> StoreResult<Self> {
         let mut writer = SqlConnection::open(path)?;
         configure(&writer)?;
+        configure_writer(&writer)?;
         migrate(&mut writer)?;
         let reader = SqlConnection::open(path)?;
         configure(&reader)?;
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
+            queue: WriteQueue::default(),
         })
     }
 
@@ -76,6 +88,17 @@ fn configure(conn: &SqlConnection) -> StoreResult<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// Tunes the write connection for large ingestion transactions. A 64 MiB page cache keeps the
+/// index pages of a 2000-event batch in memory instead of spilling them to the WAL mid-way.
+/// Checkpointing every 16,384 WAL pages (64 MiB) instead of SQLite's default 1000 copies each
+/// hot page to the database file less often. Durability is unchanged: `synchronous=FULL` still
+/// syncs the WAL at every commit.
+fn configure_writer(conn: &SqlConnection) -> StoreResult<()> {
+    conn.pragma_update(None, "cache_size", -64 * 1024)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
     Ok(())
 }
 
@@ -233,6 +256,105 @@ fn resolve(conn: &SqlConnection, project_id: i64, distinct_id: &str) -> StoreRes
         )
         .optional()?;
     Ok(canonical.unwrap_or_else(|| distinct_id.to_owned()))
+}
+
+/// Serialises each event's properties, before the writer's lock is taken, so that concurrent
+/// requests do this work in parallel.
+fn serialize_properties(events: &[NewEvent]) -> StoreResult<Vec<String>> {
+    Ok(events
+        .iter()
+        .map(|event| serde_json::to_string(&event.properties))
+        .collect::<Result<_, _>>()?)
+}
+
+/// Inserts events with their serialised properties; a duplicate on Mixpanel's key replaces the
+/// earlier row.
+fn insert_events(
+    conn: &SqlConnection,
+    project_id: i64,
+    events: &[NewEvent],
+    properties: &[String],
+    now_ms: i64,
+) -> StoreResult<()> {
+    let mut event_stmt = conn.prepare_cached(
+        "INSERT INTO events (project_id, event, distinct_id, time_ms, insert_id,
+             partner_id, properties, ingested_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (project_id, event, distinct_id, time_ms, insert_id)
+         DO UPDATE SET properties = excluded.properties,
+                       partner_id = excluded.partner_id,
+                       ingested_at_ms = excluded.ingested_at_ms",
+    )?;
+    for (event, properties) in events.iter().zip(properties) {
+        event_stmt.execute(params![
+            project_id,
+            event.event,
+            event.distinct_id,
+            event.time_ms,
+            event.insert_id,
+            event.partner_id(),
+            properties,
+            now_ms
+        ])?;
+    }
+    Ok(())
+}
+
+/// Number of distinct ids in the cluster whose canonical id is `canonical_id`.
+fn cluster_size(conn: &SqlConnection, project_id: i64, canonical_id: &str) -> StoreResult<i64> {
+    let linked: i64 = conn.query_row(
+        "SELECT count(*) FROM identity_links WHERE project_id = ?1 AND canonical_id = ?2",
+        params![project_id, canonical_id],
+        |row| row.get(0),
+    )?;
+    Ok(linked + 1)
+}
+
+/// Applies one Original ID Merge, or returns why it cannot happen. The cluster of `from` joins
+/// the cluster of `into`: every id that resolved to the old canonical id now resolves to the
+/// new one, so earlier events and cohort membership move with the merge.
+fn apply_merge(
+    conn: &SqlConnection,
+    project_id: i64,
+    merge: &MergeRequest,
+    now_ms: i64,
+) -> StoreResult<Option<String>> {
+    let into = resolve(conn, project_id, &merge.into)?;
+    let from = resolve(conn, project_id, &merge.from)?;
+    if into == from {
+        return Ok(None);
+    }
+    let from_size = cluster_size(conn, project_id, &from)?;
+    let must_be_unmerged = matches!(merge.kind, MergeKind::Identify | MergeKind::CreateAlias);
+    if must_be_unmerged && (from != merge.from || from_size > 1) {
+        return Ok(Some(format!(
+            "{:?} is already merged with other ids (canonical id {from:?}), so it cannot be merged into {:?}",
+            merge.from, merge.into
+        )));
+    }
+    let total = cluster_size(conn, project_id, &into)? + from_size;
+    if total > crate::identity::original::MAX_CLUSTER_SIZE {
+        return Ok(Some(format!(
+            "merging {:?} into {:?} would make a cluster of {total} ids; at most {} are allowed",
+            merge.from,
+            merge.into,
+            crate::identity::original::MAX_CLUSTER_SIZE
+        )));
+    }
+    // NOTE: a profile stored under the old canonical id is not merged into the new one's. It
+    // stays an orphan, as a `$device:` profile does under Simplified ID Merge.
+    conn.execute(
+        "UPDATE identity_links SET canonical_id = ?3, linked_at_ms = ?4
+         WHERE project_id = ?1 AND canonical_id = ?2",
+        params![project_id, from, into, now_ms],
+    )?;
+    conn.execute(
+        "INSERT INTO identity_links (project_id, distinct_id, canonical_id, linked_at_ms)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (project_id, distinct_id) DO UPDATE SET canonical_id = excluded.canonical_id",
+        params![project_id, from, into, now_ms],
+    )?;
+    Ok(None)
 }
 
 #[async_trait]
@@ -400,41 +522,161 @@ impl Store for SqliteStore {
         links: Vec<IdentityLink>,
         now_ms: i64,
     ) -> StoreResult<WriteSummary> {
+        let properties = serialize_properties(&events)?;
+        let (done, mut result) = tokio::sync::oneshot::channel();
+        self.queue.push(PendingWrite {
+            project_id,
+            events,
+            properties,
+            links,
+            now_ms,
+            done,
+        });
+        let (conn, queue) = (self.writer.clone(), self.queue.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Another caller may have committed this write already; otherwise flush until it is.
+            loop {
+                match result.try_recv() {
+                    Ok(outcome) => return outcome,
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                        queue.flush(&mut guard)
+                    }
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                        return Err(StoreError::Task(
+                            "the write was dropped before it was committed".into(),
+                        ))
+                    }
+                }
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    async fn write_events_with_merges(
+        &self,
+        project_id: i64,
+        events: Vec<NewEvent>,
+        merges: Vec<MergeRequest>,
+        failures: Vec<IdentityFailure>,
+        now_ms: i64,
+    ) -> StoreResult<Vec<IdentityFailure>> {
+        let properties = serialize_properties(&events)?;
         self.write(move |conn| {
             let tx = conn.transaction()?;
-            {
-                let mut link_stmt = tx.prepare_cached(
-                    "INSERT INTO identity_links (project_id, distinct_id, canonical_id, linked_at_ms)
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                )?;
-                for link in &links {
-                    link_stmt.execute(params![project_id, link.distinct_id, link.canonical_id, now_ms])?;
+            let mut recorded = failures;
+            for merge in &merges {
+                if let Some(reason) = apply_merge(&tx, project_id, merge, now_ms)? {
+                    recorded.push(IdentityFailure {
+                        event: merge.event.clone(),
+                        insert_id: merge.insert_id.clone(),
+                        distinct_id: merge.distinct_id.clone(),
+                        reason,
+                    });
                 }
-                let mut event_stmt = tx.prepare_cached(
-                    "INSERT INTO events (project_id, event, distinct_id, time_ms, insert_id,
-                         partner_id, properties, ingested_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (project_id, event, distinct_id, time_ms, insert_id)
-                     DO UPDATE SET properties = excluded.properties,
-                                   partner_id = excluded.partner_id,
-                                   ingested_at_ms = excluded.ingested_at_ms",
+            }
+            {
+                let mut failure_stmt = tx.prepare_cached(
+                    "INSERT INTO identity_failures
+                         (project_id, event, insert_id, distinct_id, reason, failed_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
-                for event in &events {
-                    let properties = serde_json::to_string(&event.properties)?;
-                    event_stmt.execute(params![
+                for failure in &recorded {
+                    failure_stmt.execute(params![
                         project_id,
-                        event.event,
-                        event.distinct_id,
-                        event.time_ms,
-                        event.insert_id,
-                        event.partner_id(),
-                        properties,
+                        failure.event,
+                        failure.insert_id,
+                        failure.distinct_id,
+                        failure.reason,
                         now_ms
                     ])?;
                 }
             }
+            insert_events(&tx, project_id, &events, &properties, now_ms)?;
             tx.commit()?;
-            Ok(WriteSummary { written: events.len() })
+            Ok(recorded)
+        })
+        .await
+    }
+
+    async fn identity_failures(
+        &self,
+        project_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredIdentityFailure>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT event, insert_id, distinct_id, reason, failed_at_ms FROM identity_failures
+                 WHERE project_id = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![project_id, limit], |row| {
+                Ok(StoredIdentityFailure {
+                    failure: IdentityFailure {
+                        event: row.get(0)?,
+                        insert_id: row.get(1)?,
+                        distinct_id: row.get(2)?,
+                        reason: row.get(3)?,
+                    },
+                    failed_at_ms: row.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn export_events(
+        &self,
+        project_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+        names: Option<Vec<String>>,
+        limit: Option<i64>,
+    ) -> StoreResult<Vec<NewEvent>> {
+        self.read(move |conn| {
+            let mut sql = String::from(
+                "SELECT e.event, coalesce(l.canonical_id, e.distinct_id), e.time_ms, e.insert_id,
+                        e.properties
+                 FROM events e
+                 LEFT JOIN identity_links l
+                   ON l.project_id = e.project_id AND l.distinct_id = e.distinct_id
+                 WHERE e.project_id = ?1 AND e.time_ms >= ?2 AND e.time_ms < ?3",
+            );
+            let mut values: Vec<rusqlite::types::Value> =
+                vec![project_id.into(), from_ms.into(), to_ms.into()];
+            if let Some(names) = &names {
+                let placeholders: Vec<String> =
+                    (0..names.len()).map(|i| format!("?{}", i + 4)).collect();
+                sql.push_str(&format!(" AND e.event IN ({})", placeholders.join(", ")));
+                values.extend(names.iter().cloned().map(rusqlite::types::Value::from));
+            }
+            sql.push_str(" ORDER BY e.time_ms, e.id");
+            if let Some(limit) = limit {
+                sql.push_str(&format!(" LIMIT {limit}"));
+            }
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(params_from_iter(values), |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                ))
+            })?;
+            let mut events = Vec::new();
+            for row in rows {
+                let (event, distinct_id, time_ms, insert_id, properties) = row?;
+                events.push(NewEvent {
+                    event,
+                    distinct_id,
+                    time_ms,
+                    insert_id,
+                    properties: serde_json::from_str(&properties)?,
+                });
+            }
+            Ok(events)
         })
         .await
     }
@@ -496,7 +738,11 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let tx = conn.transaction()?;
             for update in &updates {
-                let distinct_id = resolve(&tx, project_id, &update.distinct_id)?;
+                let distinct_id = if update.ignore_alias {
+                    update.distinct_id.clone()
+                } else {
+                    resolve(&tx, project_id, &update.distinct_id)?
+                };
                 let current: Option<String> = tx
                     .query_row(
                         "SELECT properties FROM profiles WHERE project_id = ?1 AND distinct_id = ?2",
@@ -549,6 +795,79 @@ impl Store for SqliteStore {
                 .query_row(
                     "SELECT properties FROM profiles WHERE project_id = ?1 AND distinct_id = ?2",
                     params![project_id, distinct_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
+        })
+        .await
+    }
+
+    async fn apply_group_updates(
+        &self,
+        project_id: i64,
+        updates: Vec<GroupUpdate>,
+        now_ms: i64,
+    ) -> StoreResult<WriteSummary> {
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            for update in &updates {
+                let key = params![project_id, update.group_key, update.group_id];
+                let current: Option<String> = tx
+                    .query_row(
+                        "SELECT properties FROM group_profiles
+                         WHERE project_id = ?1 AND group_key = ?2 AND group_id = ?3",
+                        key,
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                let mut properties: Map<String, Value> = match current {
+                    Some(text) => serde_json::from_str(&text)?,
+                    None => Map::new(),
+                };
+                if crate::ingest::engage::apply(&mut properties, &update.operation)
+                    == crate::ingest::engage::Outcome::Deleted
+                {
+                    tx.execute(
+                        "DELETE FROM group_profiles
+                         WHERE project_id = ?1 AND group_key = ?2 AND group_id = ?3",
+                        key,
+                    )?;
+                    continue;
+                }
+                tx.execute(
+                    "INSERT INTO group_profiles (project_id, group_key, group_id, properties, updated_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (project_id, group_key, group_id)
+                     DO UPDATE SET properties = excluded.properties, updated_at_ms = excluded.updated_at_ms",
+                    params![
+                        project_id,
+                        update.group_key,
+                        update.group_id,
+                        serde_json::to_string(&properties)?,
+                        now_ms
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(WriteSummary { written: updates.len() })
+        })
+        .await
+    }
+
+    async fn group_profile(
+        &self,
+        project_id: i64,
+        group_key: &str,
+        group_id: &str,
+    ) -> StoreResult<Option<Map<String, Value>>> {
+        let (group_key, group_id) = (group_key.to_owned(), group_id.to_owned());
+        self.read(move |conn| {
+            let text: Option<String> = conn
+                .query_row(
+                    "SELECT properties FROM group_profiles
+                     WHERE project_id = ?1 AND group_key = ?2 AND group_id = ?3",
+                    params![project_id, group_key, group_id],
                     |row| row.get(0),
                 )
                 .optional()?;
