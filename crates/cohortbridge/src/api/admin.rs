@@ -16,7 +16,7 @@ use crate::braze::instances;
 use crate::cohorts;
 use crate::secrets;
 use crate::store::{Connection, NewConnection, Project, SyncMode};
-use crate::sync::SyncError;
+use crate::sync::{SyncError, Trigger};
 
 /// The user-id property a connection uses when none is given.
 pub const DEFAULT_USER_ID_PROPERTY: &str = "$braze_external_id";
@@ -52,6 +52,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/projects/{project}/syncs/{sync}", get(show_sync))
         .route("/projects/{project}/syncs/{sync}/run", post(run_sync))
         .route("/projects/{project}/mtu", get(mtu))
+        .merge(super::lifecycle::routes())
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -75,7 +76,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn project_or_404(state: &AppState, id: i64) -> Result<Project, ApiError> {
+pub(super) async fn project_or_404(state: &AppState, id: i64) -> Result<Project, ApiError> {
     state
         .store
         .project(id)
@@ -200,7 +201,7 @@ async fn create_cohort(
     Ok((StatusCode::CREATED, Json(json!(cohort))))
 }
 
-fn required_name(value: Option<String>, field: &str) -> Result<String, ApiError> {
+pub(super) fn required_name(value: Option<String>, field: &str) -> Result<String, ApiError> {
     let name = value.ok_or_else(|| ApiError::BadRequest(format!("field `{field}` is missing")))?;
     if name.trim().is_empty() {
         return Err(ApiError::BadRequest(format!("field `{field}` is empty")));
@@ -250,7 +251,7 @@ async fn cohort_members(
     ))
 }
 
-fn connection_json(connection: &Connection) -> Value {
+pub(super) fn connection_json(connection: &Connection) -> Value {
     json!({
         "id": connection.id,
         "name": connection.name,
@@ -258,6 +259,8 @@ fn connection_json(connection: &Connection) -> Value {
         "base_url": connection.base_url,
         "user_id_property": connection.user_id_property,
         "created_at": iso(connection.created_at_ms),
+        "status": if connection.disconnected_at_ms.is_some() { "disconnected" } else { "connected" },
+        "export_menu_name": format!("Braze ({})", connection.name),
     })
 }
 
@@ -309,22 +312,9 @@ async fn create_connection(
         data_import_key_enc: state.secrets.encrypt(&data_import_key),
         user_id_property: user_id_property.clone(),
         created_at_ms: 0,
+        disconnected_at_ms: None,
     };
-    let credentials = state
-        .engine
-        .credentials(&probe_connection)
-        .map_err(ApiError::Conflict)?;
-    match state.braze.probe(&base_url, &credentials).await {
-        Ok(()) => {}
-        Err(BrazeError::Rejected { status, message }) => {
-            return Err(ApiError::BadRequest(format!(
-                "Braze rejected the credentials (HTTP {status}: {message}); check the Data Import Key and the instance"
-            )))
-        }
-        Err(e @ BrazeError::GaveUp { .. }) => {
-            return Err(ApiError::Upstream(format!("could not check the credentials with Braze at {base_url}: {e}")))
-        }
-    }
+    probe_credentials(&state, &probe_connection).await?;
 
     let connection = state
         .store
@@ -342,6 +332,27 @@ async fn create_connection(
         .await?;
     tracing::info!(project_id = id, connection_id = connection.id, instance = %connection.instance, "Braze connection added");
     Ok((StatusCode::CREATED, Json(connection_json(&connection))))
+}
+
+/// Checks a connection's credentials with Braze through an empty `cohort_changes` request.
+pub(super) async fn probe_credentials(
+    state: &AppState,
+    connection: &Connection,
+) -> Result<(), ApiError> {
+    let base_url = &connection.base_url;
+    let credentials = state
+        .engine
+        .credentials(connection)
+        .map_err(ApiError::Conflict)?;
+    match state.braze.probe(base_url, &credentials).await {
+        Ok(()) => Ok(()),
+        Err(BrazeError::Rejected { status, message }) => Err(ApiError::BadRequest(format!(
+            "Braze rejected the credentials (HTTP {status}: {message}); check the Data Import Key and the instance"
+        ))),
+        Err(e @ BrazeError::GaveUp { .. }) => Err(ApiError::Upstream(format!(
+            "could not check the credentials with Braze at {base_url}: {e}"
+        ))),
+    }
 }
 
 /// Resolves the instance name and base URL of a new connection. A base URL outside Braze's instance
@@ -405,6 +416,9 @@ struct NewExportBody {
     connection: Option<String>,
     mode: Option<String>,
     every_secs: Option<i64>,
+    /// Return what the next run would add and remove, without creating or sending anything.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 /// Creates a one-time export or a dynamic sync, runs it once now and returns the run.
@@ -432,6 +446,22 @@ async fn create_export(
                 "connection {connection_name:?} not found in project {id}"
             ))
         })?;
+    if body.dry_run {
+        let plan = state
+            .engine
+            .preview(id, &cohort, &connection)
+            .await
+            .map_err(ApiError::Conflict)?;
+        return Ok((
+            StatusCode::OK,
+            Json(super::lifecycle::plan_json(&cohort, &connection, plan)),
+        ));
+    }
+    if connection.disconnected_at_ms.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "connection {connection_name:?} is disconnected; reconnect it before exporting"
+        )));
+    }
     let (mode, interval) = match body.mode.as_deref() {
         Some("once") => (SyncMode::Once, None),
         Some("dynamic") => {
@@ -440,6 +470,20 @@ async fn create_export(
             if every < min {
                 return Err(ApiError::BadRequest(format!(
                     "field `every_secs` {every} is shorter than the minimum of {min} seconds"
+                )));
+            }
+            let limit = state.engine.limits().max_dynamic_syncs_per_project;
+            let dynamic = state
+                .store
+                .list_syncs(id)
+                .await?
+                .into_iter()
+                .filter(|s| s.mode == SyncMode::Dynamic && s.status != "removed")
+                .count();
+            if dynamic >= limit {
+                return Err(ApiError::Conflict(format!(
+                    "project {id} already has {dynamic} dynamic syncs, the limit is {limit} \
+                     (serve flag --max-dynamic-syncs-per-project); remove one with `syncs remove` first"
                 )));
             }
             (SyncMode::Dynamic, Some(every))
@@ -461,18 +505,23 @@ async fn create_export(
         mode = mode.as_str(),
         "export created"
     );
-    let run = state.engine.run(sync.id).await.map_err(sync_error)?;
+    let run = state
+        .engine
+        .run_triggered(sync.id, Trigger::Export)
+        .await
+        .map_err(sync_error)?;
     let sync = state.store.sync(sync.id).await?.unwrap_or(sync);
     Ok((StatusCode::CREATED, Json(json!({"sync": sync, "run": run}))))
 }
 
-fn sync_error(error: SyncError) -> ApiError {
+pub(super) fn sync_error(error: SyncError) -> ApiError {
     match error {
         SyncError::Store(e) => ApiError::Storage(e),
         SyncError::NotFound(id) => ApiError::NotFound(format!("sync {id} not found")),
         e @ (SyncError::AlreadyRunning(_) | SyncError::NotActive { .. }) => {
             ApiError::Conflict(e.to_string())
         }
+        e @ SyncError::Removal { .. } => ApiError::Upstream(e.to_string()),
     }
 }
 
@@ -489,7 +538,7 @@ async fn list_syncs(
     Ok(Json(json!(list)))
 }
 
-async fn sync_in_project(
+pub(super) async fn sync_in_project(
     state: &AppState,
     id: i64,
     sync_id: i64,
@@ -508,7 +557,14 @@ async fn show_sync(
 ) -> Result<Json<Value>, ApiError> {
     let sync = sync_in_project(&state, id, sync_id).await?;
     let runs = state.store.list_runs(sync_id).await?;
-    Ok(Json(json!({"sync": sync, "runs": runs})))
+    let last_run_at = runs.last().map(|r| iso(r.started_at_ms));
+    Ok(Json(json!({
+        "sync": sync,
+        "cadence_secs": sync.interval_secs,
+        "last_run_at": last_run_at,
+        "next_run_at": sync.next_run_at_ms.map(iso),
+        "runs": runs,
+    })))
 }
 
 async fn run_sync(
@@ -543,11 +599,11 @@ async fn mtu(
     Ok(Json(json!(report)))
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn iso(ms: i64) -> String {
+pub(super) fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()

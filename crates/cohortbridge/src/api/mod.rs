@@ -4,6 +4,7 @@ mod admin;
 mod currents;
 mod error;
 mod ingest;
+mod lifecycle;
 
 use std::sync::Arc;
 
@@ -44,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .merge(currents::routes())
         .nest("/api/v1", admin::routes(state.clone()))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(lifecycle::metrics))
         .layer(body_limit)
         .layer(TraceLayer::new_for_http())
         .with_state(state)

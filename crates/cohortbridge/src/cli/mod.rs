@@ -121,6 +121,22 @@ pub enum CohortsCommand {
     Members {
         id: i64,
     },
+    /// Rename a cohort; the next run of each of its syncs sends the new name to Braze.
+    Rename {
+        id: i64,
+        /// New cohort name, as Braze will show it.
+        #[arg(long)]
+        name: String,
+    },
+    /// Delete a cohort and stop its syncs. Its members stay in Braze unless --remove-members
+    /// is given.
+    Delete {
+        id: i64,
+        /// First remove every member of the cohort from Braze, through each of its syncs. If
+        /// Braze does not accept that, nothing is deleted and the command fails.
+        #[arg(long)]
+        remove_members: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +161,28 @@ pub enum ConnectionsCommand {
         user_id_property: Option<String>,
     },
     List,
+    /// Replace the Data Import Key of a connection after Braze accepts it, and resume the syncs
+    /// that a disconnect or a Braze error paused.
+    Reconnect {
+        /// Connection name or id.
+        connection: String,
+        /// New Braze Data Import Key of the workspace.
+        #[arg(long, env = "COHORTBRIDGE_DATA_IMPORT_KEY", hide_env_values = true)]
+        data_import_key: String,
+    },
+    /// Pause every dynamic sync of a connection, keeping their state, until a reconnect.
+    Disconnect {
+        /// Connection name or id.
+        connection: String,
+    },
+    /// Rename a connection; the export menu shows it as `Braze (<name>)`.
+    Rename {
+        /// Connection name or id.
+        connection: String,
+        /// New connection name, unique in the project.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -154,7 +192,11 @@ pub struct ExportArgs {
     #[arg(long)]
     connection: String,
     /// Export the current members once.
-    #[arg(long, conflicts_with = "dynamic", required_unless_present = "dynamic")]
+    #[arg(
+        long,
+        conflicts_with = "dynamic",
+        required_unless_present_any = ["dynamic", "dry_run"]
+    )]
     once: bool,
     /// Keep Braze in sync, sending only adds and removes.
     #[arg(long)]
@@ -162,6 +204,10 @@ pub struct ExportArgs {
     /// Cadence of a dynamic sync, such as 15m or 1h.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     every: Duration,
+    /// Print who the next run would add and remove, without creating a sync or sending
+    /// anything to Braze.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,6 +219,30 @@ pub enum SyncsCommand {
     /// Run a sync now and print the run.
     Run {
         id: i64,
+    },
+    /// Pause a dynamic sync until `syncs resume`.
+    Pause {
+        id: i64,
+    },
+    /// Resume a paused sync; it runs at the next scheduler tick.
+    Resume {
+        id: i64,
+    },
+    /// Stop a sync for good. Its members stay in Braze unless --remove-members is given.
+    Remove {
+        id: i64,
+        /// First remove every member the sync put in Braze. If Braze does not accept that, the
+        /// sync is kept and the command fails.
+        #[arg(long)]
+        remove_members: bool,
+    },
+    /// List each user of a run: distinct id, Braze id, operation (add, remove, no-op, skipped)
+    /// and the reason for a skip.
+    Operations {
+        run_id: i64,
+        /// Print CSV with a header row.
+        #[arg(long)]
+        csv: bool,
     },
 }
 
@@ -237,6 +307,59 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
                 );
             }
         }
+        Command::Connections(ConnectionsCommand::Reconnect {
+            connection,
+            data_import_key,
+        }) => {
+            let reply = client
+                .post(
+                    &format!("/connections/{}/reconnect", path_segment(&connection)),
+                    &json!({"data_import_key": data_import_key}),
+                )
+                .await?;
+            if json_output {
+                print_json(&reply);
+            } else {
+                println!(
+                    "connection {} reconnected; resumed syncs: {}",
+                    text(&reply["connection"]["name"]),
+                    reply["resumed_syncs"]
+                );
+            }
+        }
+        Command::Connections(ConnectionsCommand::Disconnect { connection }) => {
+            let reply = client
+                .post(
+                    &format!("/connections/{}/disconnect", path_segment(&connection)),
+                    &json!({}),
+                )
+                .await?;
+            if json_output {
+                print_json(&reply);
+            } else {
+                println!(
+                    "connection {} disconnected; its dynamic syncs are paused",
+                    text(&reply["name"])
+                );
+            }
+        }
+        Command::Connections(ConnectionsCommand::Rename { connection, name }) => {
+            let reply = client
+                .post(
+                    &format!("/connections/{}/rename", path_segment(&connection)),
+                    &json!({"name": name}),
+                )
+                .await?;
+            if json_output {
+                print_json(&reply);
+            } else {
+                println!(
+                    "connection {} renamed to {}",
+                    reply["id"],
+                    text(&reply["name"])
+                );
+            }
+        }
         Command::Connections(ConnectionsCommand::List) => {
             let list = client.get("/connections").await?;
             if json_output {
@@ -256,6 +379,19 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
                         text(&c["user_id_property"])
                     );
                 }
+            }
+        }
+        Command::Export(args) if args.dry_run => {
+            let body = json!({
+                "cohort_id": args.cohort_id,
+                "connection": args.connection,
+                "dry_run": true,
+            });
+            let plan = client.post("/exports", &body).await?;
+            if json_output {
+                print_json(&plan);
+            } else {
+                print_plan(&plan);
             }
         }
         Command::Export(args) => {
@@ -347,6 +483,34 @@ async fn cohorts(
                 );
             }
         }
+        CohortsCommand::Rename { id, name } => {
+            let cohort = client
+                .post(&format!("/cohorts/{id}/rename"), &json!({"name": name}))
+                .await?;
+            if json_output {
+                print_json(&cohort);
+            } else {
+                println!("cohort {id} renamed to {}", text(&cohort["name"]));
+            }
+        }
+        CohortsCommand::Delete { id, remove_members } => {
+            let reply = client
+                .delete(&format!("/cohorts/{id}?remove_members={remove_members}"))
+                .await?;
+            if json_output {
+                print_json(&reply);
+            } else {
+                let members = if remove_members {
+                    "its members were removed from Braze"
+                } else {
+                    "its members were left in Braze"
+                };
+                println!(
+                    "cohort {id} deleted; syncs stopped: {}; {members}",
+                    reply["removed_syncs"]
+                );
+            }
+        }
         CohortsCommand::Members { id } => {
             let reply = client.get(&format!("/cohorts/{id}/members")).await?;
             if json_output {
@@ -430,6 +594,44 @@ async fn syncs(
                 print_run(run);
             }
         }
+        SyncsCommand::Pause { id } => {
+            let sync = client
+                .post(&format!("/syncs/{id}/pause"), &json!({}))
+                .await?;
+            if json_output {
+                print_json(&sync);
+            } else {
+                println!("sync {id} paused");
+            }
+        }
+        SyncsCommand::Resume { id } => {
+            let sync = client
+                .post(&format!("/syncs/{id}/resume"), &json!({}))
+                .await?;
+            if json_output {
+                print_json(&sync);
+            } else {
+                println!("sync {id} resumed");
+            }
+        }
+        SyncsCommand::Remove { id, remove_members } => {
+            let sync = client
+                .delete(&format!("/syncs/{id}?remove_members={remove_members}"))
+                .await?;
+            if json_output {
+                print_json(&sync);
+            } else {
+                println!("sync {id} {}", text(&sync["status_reason"]));
+            }
+        }
+        SyncsCommand::Operations { run_id, csv } => {
+            let reply = client.get(&format!("/runs/{run_id}/operations")).await?;
+            if json_output {
+                print_json(&reply);
+            } else {
+                print_operations(&reply["operations"], csv)?;
+            }
+        }
         SyncsCommand::Run { id } => {
             let run = client.post(&format!("/syncs/{id}/run"), &json!({})).await?;
             if json_output {
@@ -447,18 +649,78 @@ async fn syncs(
 
 fn print_run(run: &Value) {
     println!(
-        "  run {}: {} started {} finished {} members {} added {} removed {} skipped {} requests {}{}",
+        "  run {}: {} trigger {} started {} finished {} members {} added {} removed {} unchanged {} skipped {} requests {} retries {}{}",
         run["id"],
         text(&run["status"]),
+        text(&run["trigger"]),
         iso(&run["started_at_ms"]),
         iso(&run["finished_at_ms"]),
         run["members"],
         run["added"],
         run["removed"],
+        run["unchanged"],
         run["skipped"],
         run["requests"],
+        run["retries"],
         run["error"].as_str().map(|e| format!(" error: {e}")).unwrap_or_default()
     );
+}
+
+/// Prints a dry run: one `add <braze id>` or `remove <braze id>` line per change, then the
+/// totals.
+fn print_plan(plan: &Value) {
+    for id in plan["add"].as_array().into_iter().flatten() {
+        println!("add {}", text(id));
+    }
+    for id in plan["remove"].as_array().into_iter().flatten() {
+        println!("remove {}", text(id));
+    }
+    println!(
+        "dry run, nothing sent: {} to add, {} to remove, {} unchanged, {} members skipped",
+        plan["add"].as_array().map_or(0, Vec::len),
+        plan["remove"].as_array().map_or(0, Vec::len),
+        plan["unchanged"],
+        plan["skipped"]
+    );
+}
+
+/// Prints a run's operations as CSV or as aligned text.
+fn print_operations(operations: &Value, csv_output: bool) -> anyhow::Result<()> {
+    let rows = operations.as_array().map(Vec::as_slice).unwrap_or_default();
+    let field = |op: &Value, key: &str| op[key].as_str().unwrap_or_default().to_owned();
+    if csv_output {
+        let mut writer = csv::Writer::from_writer(std::io::stdout().lock());
+        writer.write_record(["distinct_id", "braze_id", "operation", "reason"])?;
+        for op in rows {
+            writer.write_record([
+                field(op, "distinct_id"),
+                field(op, "external_id"),
+                field(op, "operation"),
+                field(op, "reason"),
+            ])?;
+        }
+        writer.flush()?;
+        return Ok(());
+    }
+    println!(
+        "{:<32} {:<32} {:<8} REASON",
+        "DISTINCT ID", "BRAZE ID", "OPERATION"
+    );
+    for op in rows {
+        println!(
+            "{:<32} {:<32} {:<8} {}",
+            text(&op["distinct_id"]),
+            text(&op["external_id"]),
+            text(&op["operation"]),
+            field(op, "reason")
+        );
+    }
+    Ok(())
+}
+
+/// Percent-encodes one URL path segment, such as a connection name.
+fn path_segment(text: &str) -> String {
+    urlencode(text).replace('+', "%20")
 }
 
 fn text(value: &Value) -> String {

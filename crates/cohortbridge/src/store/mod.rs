@@ -118,6 +118,8 @@ pub struct Connection {
     pub data_import_key_enc: String,
     pub user_id_property: String,
     pub created_at_ms: i64,
+    /// Set while the connection is disconnected; its syncs stay paused until a reconnect.
+    pub disconnected_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -153,11 +155,13 @@ pub struct Sync {
     pub connection_id: i64,
     pub mode: SyncMode,
     pub interval_secs: Option<i64>,
-    /// `active`, `paused` or `completed`.
+    /// `active`, `paused`, `completed`, `failed` or `removed`.
     pub status: String,
     pub status_reason: Option<String>,
     pub next_run_at_ms: Option<i64>,
     pub created_at_ms: i64,
+    /// Who paused the sync: `operator`, `connection` or `braze`; `None` unless paused.
+    pub paused_by: Option<String>,
 }
 
 /// The counters of one sync run.
@@ -168,6 +172,10 @@ pub struct RunCounts {
     pub removed: i64,
     pub skipped: i64,
     pub requests: i64,
+    /// Ids already in Braze that the run left alone.
+    pub unchanged: i64,
+    /// Braze requests resent after a retryable failure.
+    pub retries: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -181,6 +189,20 @@ pub struct SyncRun {
     #[serde(flatten)]
     pub counts: RunCounts,
     pub error: Option<String>,
+    /// What started the run: `manual`, `schedule` or `export`.
+    pub trigger: String,
+}
+
+/// What one run planned for one member, or for one id it removed.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RunOperation {
+    /// `None` for a remove, because the member who held the id may no longer exist.
+    pub distinct_id: Option<String>,
+    pub external_id: Option<String>,
+    /// `add`, `remove`, `no-op` or `skipped`.
+    pub operation: String,
+    /// Why a member was skipped.
+    pub reason: Option<String>,
 }
 
 /// Braze's acknowledged record of one cohort in one connection's workspace.
@@ -366,4 +388,39 @@ pub trait Store: Send + std::marker::Sync + 'static {
         added: &[String],
         removed: &[String],
     ) -> StoreResult<()>;
+
+    /// Renames a cohort that is not deleted; `None` when there is none.
+    async fn rename_cohort(
+        &self,
+        project_id: i64,
+        id: i64,
+        name: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<Cohort>>;
+    /// Marks a cohort deleted, so that lookups no longer find it; returns whether it existed.
+    async fn delete_cohort(&self, project_id: i64, id: i64, now_ms: i64) -> StoreResult<bool>;
+
+    async fn rename_connection(&self, id: i64, name: &str) -> StoreResult<Connection>;
+    /// Replaces the encrypted Data Import Key and marks the connection connected.
+    async fn replace_data_import_key(
+        &self,
+        id: i64,
+        data_import_key_enc: &str,
+    ) -> StoreResult<Connection>;
+    /// Marks a connection disconnected and pauses its active and failed dynamic syncs with
+    /// `reason`, in one transaction.
+    async fn disconnect_connection(&self, id: i64, reason: &str, now_ms: i64) -> StoreResult<()>;
+    /// Pauses a sync, recording who paused it: `operator`, `connection` or `braze`.
+    async fn pause_sync(&self, id: i64, reason: &str, paused_by: &str) -> StoreResult<()>;
+
+    /// Records what started a run: `manual`, `schedule` or `export`.
+    async fn set_run_trigger(&self, run_id: i64, trigger: &str) -> StoreResult<()>;
+    async fn run(&self, run_id: i64) -> StoreResult<Option<SyncRun>>;
+    /// Stores the planned operations of a run, in one transaction.
+    async fn record_run_operations(
+        &self,
+        run_id: i64,
+        operations: Vec<RunOperation>,
+    ) -> StoreResult<()>;
+    async fn run_operations(&self, run_id: i64) -> StoreResult<Vec<RunOperation>>;
 }

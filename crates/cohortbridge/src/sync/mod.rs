@@ -7,14 +7,20 @@
 //! sent.
 //! Runs of one connection execute one at a time, and a sync never runs twice at once.
 
+mod metrics;
+mod plan;
+mod removal;
 mod scheduler;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use chrono::{TimeZone, Utc};
 use serde_json::Value;
 
+pub use metrics::SyncMetrics;
+pub use plan::{member_braze_id, plan_changes, Plan};
 pub use scheduler::spawn_scheduler;
 
 use crate::braze::client::{BrazeClient, BrazeError, Credentials, MAX_IDS_PER_REQUEST};
@@ -23,8 +29,50 @@ use crate::cohorts;
 use crate::identity;
 use crate::secrets::SecretBox;
 use crate::store::{
-    BrazeCohort, Connection, RunCounts, Store, StoreError, Sync, SyncMode, SyncRun,
+    BrazeCohort, Cohort, Connection, RunCounts, Store, StoreError, Sync, SyncMode, SyncRun,
 };
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// `syncs run` or the API's run route.
+    Manual,
+    /// The scheduler, when a dynamic sync was due.
+    Schedule,
+    /// The first run of a new export.
+    Export,
+    /// `syncs remove --remove-members` or `cohorts delete --remove-members`.
+    Removal,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Schedule => "schedule",
+            Trigger::Export => "export",
+            Trigger::Removal => "removal",
+        }
+    }
+}
+
+/// Limits that keep one project from overloading the server or its Braze workspace.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncLimits {
+    /// Dynamic syncs per project that are not removed (active, paused or failed).
+    pub max_dynamic_syncs_per_project: usize,
+    /// Members a cohort may have for a run to send anything.
+    pub max_cohort_members: usize,
+}
+
+impl Default for SyncLimits {
+    fn default() -> Self {
+        Self {
+            max_dynamic_syncs_per_project: 60,
+            max_cohort_members: 10_000_000,
+        }
+    }
+}
 
 /// The operator's partner credentials for Braze's partner API.
 #[derive(Clone, Default)]
@@ -65,6 +113,9 @@ pub enum SyncError {
         status: String,
         reason: String,
     },
+    /// Removing the members of a sync from Braze failed; the sync was left in place.
+    #[error("removing the members of sync {id} from Braze failed: {message}")]
+    Removal { id: i64, message: String },
 }
 
 pub struct SyncEngine {
@@ -74,6 +125,8 @@ pub struct SyncEngine {
     partner: PartnerSettings,
     running: Mutex<HashSet<i64>>,
     connection_queues: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+    limits: SyncLimits,
+    metrics: Arc<SyncMetrics>,
 }
 
 /// Removes a sync from the running set when its run ends, however it ends.
@@ -122,14 +175,31 @@ impl SyncEngine {
         secrets: SecretBox,
         partner: PartnerSettings,
     ) -> Self {
+        let metrics = Arc::new(SyncMetrics::new());
         Self {
             store,
-            client,
+            client: client.with_metrics(metrics.clone()),
             secrets,
             partner,
             running: Mutex::new(HashSet::new()),
             connection_queues: Mutex::new(HashMap::new()),
+            limits: SyncLimits::default(),
+            metrics,
         }
+    }
+
+    /// The same engine with other limits.
+    pub fn with_limits(mut self, limits: SyncLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> SyncLimits {
+        self.limits
+    }
+
+    pub fn metrics(&self) -> &SyncMetrics {
+        &self.metrics
     }
 
     pub fn client(&self) -> &BrazeClient {
@@ -166,9 +236,18 @@ impl SyncEngine {
         })
     }
 
+    /// Runs a sync now, as a manual run, and returns the recorded run.
+    pub async fn run(&self, sync_id: i64) -> Result<SyncRun, SyncError> {
+        self.run_triggered(sync_id, Trigger::Manual).await
+    }
+
     /// Runs a sync now and returns the recorded run. Fails without a run when the sync is
     /// already running or is not active.
-    pub async fn run(&self, sync_id: i64) -> Result<SyncRun, SyncError> {
+    pub async fn run_triggered(
+        &self,
+        sync_id: i64,
+        trigger: Trigger,
+    ) -> Result<SyncRun, SyncError> {
         let sync = self
             .store
             .sync(sync_id)
@@ -184,29 +263,13 @@ impl SyncEngine {
                     .unwrap_or_else(|| "no reason recorded".into()),
             });
         }
-        if !self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(sync_id)
-        {
-            return Err(SyncError::AlreadyRunning(sync_id));
-        }
-        let _guard = RunningGuard {
-            engine: self,
-            sync_id,
-        };
-
-        let queue = self
-            .connection_queues
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(sync.connection_id)
-            .or_default()
-            .clone();
+        let _guard = self.claim(sync_id)?;
+        let queue = self.connection_queue(sync.connection_id);
         let _turn = queue.lock().await;
 
+        let started = Instant::now();
         let run = self.store.start_run(sync_id, now_ms()).await?;
+        self.store.set_run_trigger(run.id, trigger.as_str()).await?;
         let span = tracing::info_span!(
             "sync_run",
             project_id = sync.project_id,
@@ -215,7 +278,7 @@ impl SyncEngine {
             run_id = run.id
         );
         let _entered = span.enter();
-        tracing::info!("sync run started");
+        tracing::info!(trigger = trigger.as_str(), "sync run started");
         drop(_entered);
 
         let mut counts = RunCounts::default();
@@ -225,6 +288,37 @@ impl SyncEngine {
             SyncMode::Dynamic => sync.interval_secs.map(|secs| finished_at + secs * 1000),
             SyncMode::Once => None,
         };
+        let outcome_label = if outcome.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        self.metrics
+            .run_duration
+            .with_label_values(&[outcome_label])
+            .observe(started.elapsed().as_secs_f64());
+
+        // An operator may have paused or removed the sync during the run; that state wins.
+        let changed_meanwhile = self
+            .store
+            .sync(sync_id)
+            .await?
+            .is_some_and(|current| current.status != "active");
+        if changed_meanwhile {
+            let (status, error) = match &outcome {
+                Ok(()) => ("succeeded", None),
+                Err(failure) => ("failed", Some(failure.message.as_str())),
+            };
+            tracing::info!(
+                sync_id,
+                run_id = run.id,
+                "sync was paused or removed during the run; its state is kept"
+            );
+            return Ok(self
+                .store
+                .finish_run(run.id, status, &counts, error, finished_at)
+                .await?);
+        }
         let run = match outcome {
             Ok(()) => {
                 let status = if sync.mode == SyncMode::Once {
@@ -258,7 +352,7 @@ impl SyncEngine {
                     tracing::error!(sync_id, run_id = run.id, error = %failure.message, "one-time export failed");
                 } else if failure.pause {
                     self.store
-                        .set_sync_state(sync_id, "paused", Some(&failure.message), None)
+                        .pause_sync(sync_id, &failure.message, "error")
                         .await?;
                     tracing::error!(sync_id, run_id = run.id, error = %failure.message, "sync run failed; sync paused until its connection is fixed");
                 } else {
@@ -279,6 +373,77 @@ impl SyncEngine {
             }
         };
         Ok(run)
+    }
+
+    /// Marks a sync as running, or fails when it already is.
+    fn claim(&self, sync_id: i64) -> Result<RunningGuard<'_>, SyncError> {
+        if !self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sync_id)
+        {
+            return Err(SyncError::AlreadyRunning(sync_id));
+        }
+        Ok(RunningGuard {
+            engine: self,
+            sync_id,
+        })
+    }
+
+    /// The lock that lets one request stream at a time reach a connection's workspace.
+    fn connection_queue(&self, connection_id: i64) -> Arc<tokio::sync::Mutex<()>> {
+        self.connection_queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(connection_id)
+            .or_default()
+            .clone()
+    }
+
+    /// Evaluates a cohort for a run. A failed evaluation, or a cohort over the member limit,
+    /// is an error, so that it never looks like an empty cohort.
+    async fn evaluate_for_sync(
+        &self,
+        project_id: i64,
+        cohort: &Cohort,
+    ) -> Result<cohorts::CohortMembers, String> {
+        let definition = cohorts::parse(&cohort.definition)
+            .map_err(|e| format!("cohort evaluation failed: invalid definition: {e}"))?;
+        let evaluated = cohorts::evaluate(self.store.as_ref(), project_id, &definition, now_ms())
+            .await
+            .map_err(|e| format!("cohort evaluation failed: {e}"))?;
+        let limit = self.limits.max_cohort_members;
+        if evaluated.members.len() > limit {
+            return Err(format!(
+                "cohort {} has {} members, more than the limit of {limit} per cohort \
+                 (serve flag --max-cohort-members); nothing was sent",
+                cohort.id,
+                evaluated.members.len()
+            ));
+        }
+        Ok(evaluated)
+    }
+
+    /// Computes what the next run of `cohort` through `connection` would add and remove,
+    /// without sending anything.
+    pub async fn preview(
+        &self,
+        project_id: i64,
+        cohort: &Cohort,
+        connection: &Connection,
+    ) -> Result<Plan, String> {
+        let evaluated = self.evaluate_for_sync(project_id, cohort).await?;
+        let acknowledged = self
+            .store
+            .braze_members(connection.id, cohort.id)
+            .await
+            .map_err(|e| format!("storage error: {e}"))?;
+        Ok(plan_changes(
+            &evaluated,
+            &connection.user_id_property,
+            &acknowledged,
+        ))
     }
 
     async fn execute(
@@ -307,17 +472,17 @@ impl SyncEngine {
                     sync.connection_id
                 ))
             })?;
+        if connection.disconnected_at_ms.is_some() {
+            return Err(RunFailure::pause(format!(
+                "connection {:?} is disconnected; reconnect it to resume",
+                connection.name
+            )));
+        }
 
-        // A failed evaluation sends nothing: it must never look like an empty cohort.
-        let definition = cohorts::parse(&cohort.definition).map_err(|e| {
-            RunFailure::retry_later(format!("cohort evaluation failed: invalid definition: {e}"))
-        })?;
-        let evaluated =
-            cohorts::evaluate(self.store.as_ref(), sync.project_id, &definition, now_ms())
-                .await
-                .map_err(|e| RunFailure::retry_later(format!("cohort evaluation failed: {e}")))?;
-
-        let desired = external_ids(&evaluated, &connection.user_id_property, counts);
+        let evaluated = self
+            .evaluate_for_sync(sync.project_id, &cohort)
+            .await
+            .map_err(RunFailure::retry_later)?;
         let credentials = self.credentials(&connection).map_err(RunFailure::pause)?;
         let braze_cohort_id = braze_cohort_id(sync.project_id, cohort.id);
 
@@ -332,7 +497,8 @@ impl SyncEngine {
                 .single()
                 .unwrap_or_else(Utc::now)
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            self.client
+            let retries = self
+                .client
                 .create_cohort(
                     &connection.base_url,
                     &credentials,
@@ -343,6 +509,7 @@ impl SyncEngine {
                 .await
                 .map_err(braze_failure)?;
             counts.requests += 1;
+            counts.retries += i64::from(retries);
             let record = BrazeCohort {
                 braze_cohort_id: braze_cohort_id.clone(),
                 name_sent: cohort.name.clone(),
@@ -358,21 +525,24 @@ impl SyncEngine {
             .braze_members(connection.id, cohort.id)
             .await
             .map_err(store_failure)?;
-        let adds: Vec<String> = desired
-            .difference(&acknowledged)
-            .cloned()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let removes: Vec<String> = acknowledged
-            .difference(&desired)
-            .cloned()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let plan = plan_changes(&evaluated, &connection.user_id_property, &acknowledged);
+        drop(evaluated);
+        drop(acknowledged);
+        counts.members = plan.counts.members;
+        counts.skipped = plan.counts.skipped;
+        counts.unchanged = plan.counts.unchanged;
+        self.store
+            .record_run_operations(run_id, plan.operations)
+            .await
+            .map_err(store_failure)?;
+        self.store
+            .update_run_counts(run_id, counts)
+            .await
+            .map_err(store_failure)?;
 
-        for (added, removed) in batches(&adds, &removes, MAX_IDS_PER_REQUEST) {
-            self.client
+        for (added, removed) in batches(&plan.adds, &plan.removes, MAX_IDS_PER_REQUEST) {
+            let retries = self
+                .client
                 .update_members(
                     &connection.base_url,
                     &credentials,
@@ -383,12 +553,21 @@ impl SyncEngine {
                 .await
                 .map_err(braze_failure)?;
             counts.requests += 1;
+            counts.retries += i64::from(retries);
             self.store
                 .record_braze_changes(connection.id, cohort.id, added, removed)
                 .await
                 .map_err(store_failure)?;
             counts.added += added.len() as i64;
             counts.removed += removed.len() as i64;
+            self.metrics
+                .ids_sent
+                .with_label_values(&["add"])
+                .inc_by(added.len() as u64);
+            self.metrics
+                .ids_sent
+                .with_label_values(&["remove"])
+                .inc_by(removed.len() as u64);
             self.store
                 .update_run_counts(run_id, counts)
                 .await

@@ -1,0 +1,28 @@
+-- Connection lifecycle, cohort deletion, operator pauses and per-run detail of cohort syncs.
+
+-- A disconnected connection keeps its key and state; its syncs stay paused until a reconnect.
+ALTER TABLE connections ADD COLUMN disconnected_at_ms INTEGER;
+
+-- A deleted cohort keeps its row so that its syncs and their runs stay readable.
+ALTER TABLE cohorts ADD COLUMN deleted_at_ms INTEGER;
+
+-- Who paused a sync: `operator` (syncs pause), `connection` (disconnect) or `braze` (a 4xx
+-- that resending cannot fix). A reconnect resumes the last two kinds only.
+ALTER TABLE syncs ADD COLUMN paused_by TEXT;
+
+-- `manual`, `schedule` or `export`.
+ALTER TABLE sync_runs ADD COLUMN trigger TEXT NOT NULL DEFAULT 'manual';
+ALTER TABLE sync_runs ADD COLUMN unchanged INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sync_runs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+
+-- What one run planned for each member and each id it removed: `add`, `remove`, `no-op` or
+-- `skipped` (with the reason).
+CREATE TABLE sync_run_operations (
+    run_id       INTEGER NOT NULL REFERENCES sync_runs(id),
+    seq          INTEGER NOT NULL,
+    distinct_id  TEXT,
+    external_id  TEXT,
+    operation    TEXT NOT NULL CHECK (operation IN ('add', 'remove', 'no-op', 'skipped')),
+    reason       TEXT,
+    PRIMARY KEY (run_id, seq)
+);
