@@ -120,6 +120,18 @@ impl TestServer {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn admin_delete(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .http
+            .delete(self.admin_url(path))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// POST a raw body to `/import` with the API secret, returning status and JSON.
     pub async fn import_raw(
         &self,
