@@ -380,7 +380,22 @@ pub trait Store: Send + std::marker::Sync + 'static {
         connection_id: i64,
         cohort_id: i64,
     ) -> StoreResult<HashSet<String>>;
-    /// Records one request's worth of changes that Braze acknowledged, in one transaction.
+    /// Records the ids of a request about to be sent, durably, before it is sent. Recording
+    /// the acknowledged changes of that request clears them again.
+    async fn record_braze_pending(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+        ids: Vec<String>,
+    ) -> StoreResult<()>;
+    /// Ids whose request was sent but never acknowledged; Braze's state for them is unknown.
+    async fn braze_pending(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+    ) -> StoreResult<HashSet<String>>;
+    /// Records one request's worth of changes that Braze acknowledged, in one transaction, and
+    /// clears those ids from the pending ids.
     async fn record_braze_changes(
         &self,
         connection_id: i64,

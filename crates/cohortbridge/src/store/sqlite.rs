@@ -962,6 +962,44 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn record_braze_pending(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+        ids: Vec<String>,
+    ) -> StoreResult<()> {
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO braze_pending (connection_id, cohort_id, external_id)
+                     VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                )?;
+                for id in &ids {
+                    insert.execute(params![connection_id, cohort_id, id])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn braze_pending(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+    ) -> StoreResult<HashSet<String>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT external_id FROM braze_pending WHERE connection_id = ?1 AND cohort_id = ?2",
+            )?;
+            let rows = stmt.query_map(params![connection_id, cohort_id], |row| row.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     async fn record_braze_changes(
         &self,
         connection_id: i64,
@@ -986,6 +1024,13 @@ impl Store for SqliteStore {
                 )?;
                 for id in &removed {
                     delete.execute(params![connection_id, cohort_id, id])?;
+                }
+                let mut settle = tx.prepare_cached(
+                    "DELETE FROM braze_pending
+                     WHERE connection_id = ?1 AND cohort_id = ?2 AND external_id = ?3",
+                )?;
+                for id in added.iter().chain(&removed) {
+                    settle.execute(params![connection_id, cohort_id, id])?;
                 }
             }
             tx.commit()?;

@@ -434,15 +434,22 @@ impl SyncEngine {
         connection: &Connection,
     ) -> Result<Plan, String> {
         let evaluated = self.evaluate_for_sync(project_id, cohort).await?;
+        let storage = |e: StoreError| format!("storage error: {e}");
         let acknowledged = self
             .store
             .braze_members(connection.id, cohort.id)
             .await
-            .map_err(|e| format!("storage error: {e}"))?;
+            .map_err(storage)?;
+        let pending = self
+            .store
+            .braze_pending(connection.id, cohort.id)
+            .await
+            .map_err(storage)?;
         Ok(plan_changes(
             &evaluated,
             &connection.user_id_property,
             &acknowledged,
+            &pending,
         ))
     }
 
@@ -525,7 +532,17 @@ impl SyncEngine {
             .braze_members(connection.id, cohort.id)
             .await
             .map_err(store_failure)?;
-        let plan = plan_changes(&evaluated, &connection.user_id_property, &acknowledged);
+        let pending = self
+            .store
+            .braze_pending(connection.id, cohort.id)
+            .await
+            .map_err(store_failure)?;
+        let plan = plan_changes(
+            &evaluated,
+            &connection.user_id_property,
+            &acknowledged,
+            &pending,
+        );
         drop(evaluated);
         drop(acknowledged);
         counts.members = plan.counts.members;
@@ -541,6 +558,12 @@ impl SyncEngine {
             .map_err(store_failure)?;
 
         for (added, removed) in batches(&plan.adds, &plan.removes, MAX_IDS_PER_REQUEST) {
+            // Recorded first, so that a crash while the request is in flight leaves these ids
+            // marked as unknown, and the next run sends them again.
+            self.store
+                .record_braze_pending(connection.id, cohort.id, [added, removed].concat())
+                .await
+                .map_err(store_failure)?;
             let retries = self
                 .client
                 .update_members(

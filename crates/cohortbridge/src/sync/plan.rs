@@ -3,6 +3,10 @@
 //! The diff is keyed by the Braze id value, not by the distinct id. A member whose id changed is
 //! one remove of the old id and one add of the new, and two members sharing one id keep it in
 //! the cohort while either qualifies. Ids are compared and sent byte-exact.
+//!
+//! Ids whose last request was never acknowledged (pending) have an unknown state in Braze, so
+//! each is sent again: an add when it is desired, a remove when it is not. Both are no-ops in
+//! Braze when they repeat what it already did.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -58,11 +62,12 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
-/// Diffs the cohort's members against the ids Braze acknowledged.
+/// Diffs the cohort's members against the ids Braze acknowledged and the pending ids.
 pub fn plan_changes(
     evaluated: &CohortMembers,
     user_id_property: &str,
     acknowledged: &HashSet<String>,
+    pending: &HashSet<String>,
 ) -> Plan {
     let mut plan = Plan::default();
     plan.counts.members = evaluated.members.len() as i64;
@@ -83,10 +88,11 @@ pub fn plan_changes(
     let adds: BTreeSet<&str> = desired
         .iter()
         .copied()
-        .filter(|id| !acknowledged.contains(*id))
+        .filter(|id| !acknowledged.contains(*id) || pending.contains(*id))
         .collect();
     let removes: BTreeSet<&str> = acknowledged
         .iter()
+        .chain(pending)
         .map(String::as_str)
         .filter(|id| !desired.contains(id))
         .collect();
@@ -145,7 +151,12 @@ mod tests {
     fn changed_id_is_one_remove_and_one_add() {
         let evaluated = members(&[("u1", json!({"$braze_external_id": "new"}))]);
         let acknowledged = HashSet::from(["old".to_owned()]);
-        let plan = plan_changes(&evaluated, "$braze_external_id", &acknowledged);
+        let plan = plan_changes(
+            &evaluated,
+            "$braze_external_id",
+            &acknowledged,
+            &HashSet::new(),
+        );
         assert_eq!(plan.adds, ["new"]);
         assert_eq!(plan.removes, ["old"]);
         assert_eq!(plan.counts.unchanged, 0);
@@ -158,7 +169,12 @@ mod tests {
             ("u2", json!({"$braze_external_id": "shared"})),
         ]);
         let acknowledged = HashSet::from(["shared".to_owned()]);
-        let plan = plan_changes(&evaluated, "$braze_external_id", &acknowledged);
+        let plan = plan_changes(
+            &evaluated,
+            "$braze_external_id",
+            &acknowledged,
+            &HashSet::new(),
+        );
         assert!(plan.adds.is_empty());
         assert!(plan.removes.is_empty());
         assert_eq!(plan.counts.unchanged, 1);
@@ -174,11 +190,30 @@ mod tests {
             ("c", json!({"$braze_external_id": "Y"})),
         ]);
         let acknowledged = HashSet::from(["Y".to_owned(), "Z".to_owned()]);
-        let plan = plan_changes(&evaluated, "$braze_external_id", &acknowledged);
+        let plan = plan_changes(
+            &evaluated,
+            "$braze_external_id",
+            &acknowledged,
+            &HashSet::new(),
+        );
         assert_eq!(plan.adds, ["X"]);
         assert_eq!(plan.removes, ["Z"]);
         let adds: HashSet<_> = plan.adds.iter().collect();
         assert!(plan.removes.iter().all(|id| !adds.contains(id)));
+    }
+
+    #[test]
+    fn pending_ids_are_sent_again() {
+        let evaluated = members(&[
+            ("a", json!({"$braze_external_id": "kept"})),
+            ("b", json!({"$braze_external_id": "in-doubt-member"})),
+        ]);
+        let acknowledged = HashSet::from(["kept".to_owned(), "in-doubt-member".to_owned()]);
+        let pending = HashSet::from(["in-doubt-member".to_owned(), "in-doubt-gone".to_owned()]);
+        let plan = plan_changes(&evaluated, "$braze_external_id", &acknowledged, &pending);
+        assert_eq!(plan.adds, ["in-doubt-member"]);
+        assert_eq!(plan.removes, ["in-doubt-gone"]);
+        assert_eq!(plan.counts.unchanged, 1);
     }
 
     #[test]
@@ -191,7 +226,12 @@ mod tests {
             ("no-profile", Value::Null),
             ("ok", json!({"$braze_external_id": " Ok "})),
         ]);
-        let plan = plan_changes(&evaluated, "$braze_external_id", &HashSet::new());
+        let plan = plan_changes(
+            &evaluated,
+            "$braze_external_id",
+            &HashSet::new(),
+            &HashSet::new(),
+        );
         assert_eq!(plan.adds, [" Ok "]);
         assert_eq!(plan.counts.skipped, 5);
         let reason = |member: &str| {

@@ -70,12 +70,16 @@ impl SyncEngine {
             // The cohort never reached Braze, so it has no members there.
             return Ok(());
         };
-        let mut members: Vec<String> = self
+        let mut members = self
             .store
             .braze_members(connection.id, sync.cohort_id)
-            .await?
-            .into_iter()
-            .collect();
+            .await?;
+        members.extend(
+            self.store
+                .braze_pending(connection.id, sync.cohort_id)
+                .await?,
+        );
+        let mut members: Vec<String> = members.into_iter().collect();
         members.sort();
 
         let run = self.store.start_run(sync.id, now_ms()).await?;
@@ -108,6 +112,10 @@ impl SyncEngine {
     ) -> Result<(), String> {
         let credentials = self.credentials(connection)?;
         for removed in members.chunks(MAX_IDS_PER_REQUEST) {
+            self.store
+                .record_braze_pending(connection.id, cohort_id, removed.to_vec())
+                .await
+                .map_err(|e| format!("storage error: {e}"))?;
             let retries = self
                 .client
                 .update_members(

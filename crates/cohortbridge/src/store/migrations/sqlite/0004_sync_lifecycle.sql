@@ -26,3 +26,13 @@ CREATE TABLE sync_run_operations (
     reason       TEXT,
     PRIMARY KEY (run_id, seq)
 );
+
+-- Ids of a request sent to Braze whose acknowledgement was never recorded (the process stopped
+-- while the request was in flight). Braze may or may not have applied it, so the next run sends
+-- each of these ids again: an add if it is still a member, a remove otherwise.
+CREATE TABLE braze_pending (
+    connection_id  INTEGER NOT NULL,
+    cohort_id      INTEGER NOT NULL,
+    external_id    TEXT NOT NULL,
+    PRIMARY KEY (connection_id, cohort_id, external_id)
+);
