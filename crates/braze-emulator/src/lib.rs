@@ -205,6 +205,18 @@ impl Emulator {
             if !action.delay.is_zero() {
                 tokio::time::sleep(action.delay).await;
             }
+            if action.drop_connection {
+                // Status 0 in the log marks a request that got no response.
+                let mut entry = describe_request(config, path, StatusCode::OK, &parsed);
+                entry.status = 0;
+                entry.injected = true;
+                info!(path, "partner request dropped by injected fault");
+                self.lock().store.record(entry);
+                // Unwinding out of the handler ends the connection's task, so the socket is
+                // closed without a byte of response. `resume_unwind` skips the panic hook, so
+                // nothing is printed.
+                std::panic::resume_unwind(Box::new("injected dropped connection"));
+            }
             if let Some(response) = action.response {
                 let mut entry = describe_request(config, path, response.status, &parsed);
                 entry.injected = true;
