@@ -590,6 +590,15 @@ async fn syncs(
             if let Some(reason) = sync["status_reason"].as_str() {
                 println!("reason: {reason}");
             }
+            let cadence = sync["interval_secs"]
+                .as_u64()
+                .map(|secs| humantime::format_duration(Duration::from_secs(secs)).to_string())
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "cadence: {cadence}, last run: {}, next run: {}",
+                text(&reply["last_run_at"]),
+                text(&reply["next_run_at"])
+            );
             for run in reply["runs"].as_array().into_iter().flatten() {
                 print_run(run);
             }
