@@ -261,6 +261,8 @@ pub(super) fn connection_json(connection: &Connection) -> Value {
         "created_at": iso(connection.created_at_ms),
         "status": if connection.disconnected_at_ms.is_some() { "disconnected" } else { "connected" },
         "export_menu_name": format!("Braze ({})", connection.name),
+        "delivery": connection.delivery,
+        "attribute_name": connection.attribute_name,
     })
 }
 
@@ -271,7 +273,16 @@ struct NewConnectionBody {
     base_url: Option<String>,
     data_import_key: Option<String>,
     user_id_property: Option<String>,
+    /// `cohort_import` (default) or `attributes`.
+    delivery: Option<String>,
+    /// The customer REST API key, required in `attributes` mode.
+    rest_api_key: Option<String>,
+    /// The array custom attribute in `attributes` mode (default `mixpanel_cohorts`).
+    attribute_name: Option<String>,
 }
+
+/// The array custom attribute that holds cohort names when a connection names none.
+pub const DEFAULT_ATTRIBUTE_NAME: &str = "mixpanel_cohorts";
 
 /// Adds a connection after Braze accepts its credentials.
 async fn create_connection(
@@ -287,12 +298,29 @@ async fn create_connection(
         )));
     }
     let (instance, base_url) = resolve_instance(&state, body.instance, body.base_url)?;
-    let data_import_key = body
-        .data_import_key
+    let delivery = body.delivery.unwrap_or_else(|| "cohort_import".into());
+    let (key_field, key, attribute_name) = match delivery.as_str() {
+        "cohort_import" => ("data_import_key", body.data_import_key, None),
+        "attributes" => {
+            let attribute = body
+                .attribute_name
+                .unwrap_or_else(|| DEFAULT_ATTRIBUTE_NAME.to_owned());
+            if attribute.trim().is_empty() || attribute.starts_with('$') {
+                return Err(ApiError::BadRequest(format!(
+                    "field `attribute_name` {attribute:?} is invalid; expected a custom attribute name not starting with $"
+                )));
+            }
+            ("rest_api_key", body.rest_api_key, Some(attribute))
+        }
+        other => {
+            return Err(ApiError::BadRequest(format!(
+            "field `delivery` {other:?} is invalid; expected \"cohort_import\" or \"attributes\""
+        )))
+        }
+    };
+    let data_import_key = key
         .filter(|k| !k.trim().is_empty())
-        .ok_or_else(|| {
-            ApiError::BadRequest("field `data_import_key` is missing or empty".into())
-        })?;
+        .ok_or_else(|| ApiError::BadRequest(format!("field `{key_field}` is missing or empty")))?;
     let user_id_property = match body.user_id_property {
         None => DEFAULT_USER_ID_PROPERTY.to_owned(),
         Some(p) if p.trim().is_empty() => {
@@ -313,6 +341,8 @@ async fn create_connection(
         user_id_property: user_id_property.clone(),
         created_at_ms: 0,
         disconnected_at_ms: None,
+        delivery: delivery.clone(),
+        attribute_name: attribute_name.clone(),
     };
     probe_credentials(&state, &probe_connection).await?;
 
@@ -326,6 +356,8 @@ async fn create_connection(
                 base_url,
                 data_import_key_enc: probe_connection.data_import_key_enc,
                 user_id_property,
+                delivery,
+                attribute_name,
             },
             now_ms(),
         )
@@ -344,7 +376,12 @@ pub(super) async fn probe_credentials(
         .engine
         .credentials(connection)
         .map_err(ApiError::Conflict)?;
-    match state.braze.probe(base_url, &credentials).await {
+    let probe = if connection.delivery == "attributes" {
+        state.braze.probe_users_track(base_url, &credentials).await
+    } else {
+        state.braze.probe(base_url, &credentials).await
+    };
+    match probe {
         Ok(()) => Ok(()),
         Err(BrazeError::Rejected { status, message }) => Err(ApiError::BadRequest(format!(
             "Braze rejected the credentials (HTTP {status}: {message}); check the Data Import Key and the instance"

@@ -80,6 +80,8 @@ async fn connection_in_project(
 #[derive(Deserialize)]
 struct ReconnectBody {
     data_import_key: Option<String>,
+    /// The new key of a connection in `attributes` mode.
+    rest_api_key: Option<String>,
 }
 
 /// Replaces the Data Import Key after Braze accepts it, marks the connection connected and
@@ -91,12 +93,14 @@ async fn reconnect(
     Json(body): Json<ReconnectBody>,
 ) -> Result<Json<Value>, ApiError> {
     let connection = connection_in_project(&state, id, &segment).await?;
-    let data_import_key = body
-        .data_import_key
+    let (key_field, key) = if connection.delivery == "attributes" {
+        ("rest_api_key", body.rest_api_key)
+    } else {
+        ("data_import_key", body.data_import_key)
+    };
+    let data_import_key = key
         .filter(|k| !k.trim().is_empty())
-        .ok_or_else(|| {
-            ApiError::BadRequest("field `data_import_key` is missing or empty".into())
-        })?;
+        .ok_or_else(|| ApiError::BadRequest(format!("field `{key_field}` is missing or empty")))?;
     let mut candidate = connection.clone();
     candidate.data_import_key_enc = state.secrets.encrypt(&data_import_key);
     probe_credentials(&state, &candidate).await?;

@@ -75,9 +75,13 @@ pub struct BrazeClient {
 }
 
 enum Attempt {
-    Done,
+    /// Success, with the response body.
+    Done(String),
     Fatal(BrazeError),
-    Retry { delay: Duration, reason: String },
+    Retry {
+        delay: Duration,
+        reason: String,
+    },
 }
 
 impl BrazeClient {
@@ -107,6 +111,8 @@ impl BrazeClient {
                 "cohorts/users"
             } else if url.ends_with("/cohorts") {
                 "cohorts"
+            } else if url.ends_with("/users/track") {
+                "users/track"
             } else {
                 "other"
             };
@@ -203,11 +209,25 @@ impl BrazeClient {
         body: Value,
         credentials: &Credentials,
     ) -> Result<u32, BrazeError> {
+        self.post_with(url, body, credentials, None)
+            .await
+            .map(|(retries, _)| retries)
+    }
+
+    /// Sends `body` with the retry rules, optionally with `Authorization: Bearer <bearer>`.
+    /// Returns the retries made and the body of the successful response.
+    pub(crate) async fn post_with(
+        &self,
+        url: &str,
+        body: Value,
+        credentials: &Credentials,
+        bearer: Option<&str>,
+    ) -> Result<(u32, String), BrazeError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.attempt(url, &body, credentials, attempt).await {
-                Attempt::Done => return Ok(attempt - 1),
+            match self.attempt(url, &body, credentials, bearer, attempt).await {
+                Attempt::Done(text) => return Ok((attempt - 1, text)),
                 Attempt::Fatal(error) => return Err(error),
                 Attempt::Retry { reason, .. } if attempt >= self.policy.max_attempts => {
                     return Err(BrazeError::GaveUp {
@@ -237,9 +257,14 @@ impl BrazeClient {
         url: &str,
         body: &Value,
         credentials: &Credentials,
+        bearer: Option<&str>,
         attempt: u32,
     ) -> Attempt {
-        let response = match self.http.post(url).json(body).send().await {
+        let mut request = self.http.post(url).json(body);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        let response = match request.send().await {
             Ok(response) => response,
             Err(e) => {
                 let kind = if e.is_timeout() {
@@ -260,7 +285,7 @@ impl BrazeClient {
         let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();
         if status.is_success() {
-            return Attempt::Done;
+            return Attempt::Done(text);
         }
         let message = redact(&braze_message(&text), credentials);
         if status == StatusCode::TOO_MANY_REQUESTS {

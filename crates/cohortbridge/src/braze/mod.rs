@@ -4,3 +4,4 @@
 pub mod client;
 pub mod currents;
 pub mod instances;
+pub mod users_track;

@@ -153,12 +153,24 @@ pub enum ConnectionsCommand {
         /// allow it with --allow-custom-braze-url.
         #[arg(long, conflicts_with = "instance")]
         base_url: Option<String>,
-        /// Braze Data Import Key of the workspace.
+        /// Braze Data Import Key of the workspace, for the cohort_import delivery.
         #[arg(long, env = "COHORTBRIDGE_DATA_IMPORT_KEY", hide_env_values = true)]
-        data_import_key: String,
+        data_import_key: Option<String>,
         /// Profile property holding the Braze external id.
         #[arg(long)]
         user_id_property: Option<String>,
+        /// How membership reaches Braze: `cohort_import` (partner cohort import API, needs the
+        /// server's partner key) or `attributes` (an array custom attribute through
+        /// /users/track, needs only a REST API key).
+        #[arg(long, default_value = "cohort_import", value_parser = ["cohort_import", "attributes"])]
+        delivery: String,
+        /// Customer REST API key with users.track permission, for the attributes delivery.
+        #[arg(long, env = "COHORTBRIDGE_REST_API_KEY", hide_env_values = true)]
+        rest_api_key: Option<String>,
+        /// Array custom attribute that holds cohort names, for the attributes delivery
+        /// (default mixpanel_cohorts).
+        #[arg(long)]
+        attribute_name: Option<String>,
     },
     List,
     /// Replace the Data Import Key of a connection after Braze accepts it, and resume the syncs
@@ -166,9 +178,12 @@ pub enum ConnectionsCommand {
     Reconnect {
         /// Connection name or id.
         connection: String,
-        /// New Braze Data Import Key of the workspace.
+        /// New Braze Data Import Key of the workspace (cohort_import delivery).
         #[arg(long, env = "COHORTBRIDGE_DATA_IMPORT_KEY", hide_env_values = true)]
-        data_import_key: String,
+        data_import_key: Option<String>,
+        /// New REST API key of the workspace (attributes delivery).
+        #[arg(long, env = "COHORTBRIDGE_REST_API_KEY", hide_env_values = true)]
+        rest_api_key: Option<String>,
     },
     /// Pause every dynamic sync of a connection, keeping their state, until a reconnect.
     Disconnect {
@@ -286,6 +301,9 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
             base_url,
             data_import_key,
             user_id_property,
+            delivery,
+            rest_api_key,
+            attribute_name,
         }) => {
             let body = json!({
                 "name": name,
@@ -293,6 +311,9 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
                 "base_url": base_url,
                 "data_import_key": data_import_key,
                 "user_id_property": user_id_property,
+                "delivery": delivery,
+                "rest_api_key": rest_api_key,
+                "attribute_name": attribute_name,
             });
             let connection = client.post("/connections", &body).await?;
             if json_output {
@@ -310,11 +331,12 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
         Command::Connections(ConnectionsCommand::Reconnect {
             connection,
             data_import_key,
+            rest_api_key,
         }) => {
             let reply = client
                 .post(
                     &format!("/connections/{}/reconnect", path_segment(&connection)),
-                    &json!({"data_import_key": data_import_key}),
+                    &json!({"data_import_key": data_import_key, "rest_api_key": rest_api_key}),
                 )
                 .await?;
             if json_output {

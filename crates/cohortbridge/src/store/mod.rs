@@ -120,6 +120,11 @@ pub struct Connection {
     pub created_at_ms: i64,
     /// Set while the connection is disconnected; its syncs stay paused until a reconnect.
     pub disconnected_at_ms: Option<i64>,
+    /// `cohort_import` or `attributes`. In `attributes` mode `data_import_key_enc` holds the
+    /// workspace's REST API key.
+    pub delivery: String,
+    /// The array custom attribute that holds cohort names, in `attributes` mode.
+    pub attribute_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +134,9 @@ pub struct NewConnection {
     pub base_url: String,
     pub data_import_key_enc: String,
     pub user_id_property: String,
+    /// `cohort_import` or `attributes`.
+    pub delivery: String,
+    pub attribute_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

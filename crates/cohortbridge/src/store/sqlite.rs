@@ -157,7 +157,7 @@ fn parse_cohort((mut cohort, definition): (Cohort, String)) -> StoreResult<Cohor
 }
 
 const CONNECTION_COLUMNS: &str =
-    "id, project_id, name, instance, base_url, data_import_key_enc, user_id_property, created_at_ms, disconnected_at_ms";
+    "id, project_id, name, instance, base_url, data_import_key_enc, user_id_property, created_at_ms, disconnected_at_ms, delivery, attribute_name";
 
 fn connection_from_row(row: &Row<'_>) -> rusqlite::Result<Connection> {
     Ok(Connection {
@@ -170,6 +170,8 @@ fn connection_from_row(row: &Row<'_>) -> rusqlite::Result<Connection> {
         user_id_property: row.get(6)?,
         created_at_ms: row.get(7)?,
         disconnected_at_ms: row.get(8)?,
+        delivery: row.get(9)?,
+        attribute_name: row.get(10)?,
     })
 }
 
@@ -668,8 +670,8 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let inserted = conn.execute(
                 "INSERT INTO connections (project_id, name, instance, base_url,
-                     data_import_key_enc, user_id_property, created_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                     data_import_key_enc, user_id_property, created_at_ms, delivery, attribute_name)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     project_id,
                     connection.name,
@@ -677,7 +679,9 @@ impl Store for SqliteStore {
                     connection.base_url,
                     connection.data_import_key_enc,
                     connection.user_id_property,
-                    now_ms
+                    now_ms,
+                    connection.delivery,
+                    connection.attribute_name
                 ],
             );
             match inserted {

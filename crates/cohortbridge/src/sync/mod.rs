@@ -7,6 +7,7 @@
 //! sent.
 //! Runs of one connection execute one at a time, and a sync never runs twice at once.
 
+mod attributes;
 mod metrics;
 mod plan;
 mod removal;
@@ -219,7 +220,12 @@ impl SyncEngine {
 
     /// Credentials for requests through `connection`.
     pub fn credentials(&self, connection: &Connection) -> Result<Credentials, String> {
-        let partner_api_key = self.partner.api_key_for(&connection.base_url)?.to_owned();
+        // The attribute mode needs only the workspace's REST API key.
+        let partner_api_key = if connection.delivery == "attributes" {
+            String::new()
+        } else {
+            self.partner.api_key_for(&connection.base_url)?.to_owned()
+        };
         let data_import_key = self
             .secrets
             .decrypt(&connection.data_import_key_enc)
@@ -491,6 +497,18 @@ impl SyncEngine {
             .await
             .map_err(RunFailure::retry_later)?;
         let credentials = self.credentials(&connection).map_err(RunFailure::pause)?;
+        if connection.delivery == "attributes" {
+            return self
+                .deliver_attributes(
+                    run_id,
+                    counts,
+                    &cohort,
+                    &connection,
+                    evaluated,
+                    &credentials,
+                )
+                .await;
+        }
         let braze_cohort_id = braze_cohort_id(sync.project_id, cohort.id);
 
         let known = self
@@ -652,6 +670,8 @@ pub fn batches<'a>(
     out
 }
 
+/// Maps a Braze error to a run failure: rejected requests pause the sync, exhausted retries
+/// leave it for the next run.
 fn braze_failure(error: BrazeError) -> RunFailure {
     match error {
         BrazeError::Rejected {

@@ -111,22 +111,56 @@ impl SyncEngine {
         counts: &mut RunCounts,
     ) -> Result<(), String> {
         let credentials = self.credentials(connection)?;
-        for removed in members.chunks(MAX_IDS_PER_REQUEST) {
+        let attributes = connection.delivery == "attributes";
+        let chunk_size = if attributes {
+            crate::braze::users_track::MAX_ATTRIBUTE_OBJECTS
+        } else {
+            MAX_IDS_PER_REQUEST
+        };
+        for removed in members.chunks(chunk_size) {
             self.store
                 .record_braze_pending(connection.id, cohort_id, removed.to_vec())
                 .await
                 .map_err(|e| format!("storage error: {e}"))?;
-            let retries = self
-                .client
-                .update_members(
-                    &connection.base_url,
-                    &credentials,
-                    &known.braze_cohort_id,
-                    &[],
-                    removed,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+            let retries = if attributes {
+                // In this mode `braze_cohort_id` is the attribute and `name_sent` the value.
+                let objects = removed
+                    .iter()
+                    .map(|id| {
+                        crate::braze::users_track::attribute_object(
+                            id,
+                            &known.braze_cohort_id,
+                            &[],
+                            &[known.name_sent.as_str()],
+                        )
+                    })
+                    .collect();
+                let outcome = self
+                    .client
+                    .track_attributes(&connection.base_url, &credentials, objects)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !outcome.rejected.is_empty() {
+                    return Err(format!(
+                        "Braze rejected {} of {} attribute objects; first reason: {}",
+                        outcome.rejected.len(),
+                        removed.len(),
+                        outcome.rejected[0].1
+                    ));
+                }
+                outcome.retries
+            } else {
+                self.client
+                    .update_members(
+                        &connection.base_url,
+                        &credentials,
+                        &known.braze_cohort_id,
+                        &[],
+                        removed,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+            };
             counts.requests += 1;
             counts.retries += i64::from(retries);
             self.store

@@ -36,3 +36,9 @@ CREATE TABLE braze_pending (
     external_id    TEXT NOT NULL,
     PRIMARY KEY (connection_id, cohort_id, external_id)
 );
+
+-- How a connection delivers membership: `cohort_import` (partner cohort import API, with the
+-- Data Import Key) or `attributes` (an array custom attribute through /users/track, with a REST
+-- API key stored encrypted in data_import_key_enc).
+ALTER TABLE connections ADD COLUMN delivery TEXT NOT NULL DEFAULT 'cohort_import';
+ALTER TABLE connections ADD COLUMN attribute_name TEXT;
