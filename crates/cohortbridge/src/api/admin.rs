@@ -281,7 +281,7 @@ struct NewConnectionBody {
     attribute_name: Option<String>,
 }
 
-/// The array custom attribute that holds cohort names when a connection names none.
+/// The array custom attribute of cohort names when a connection names none.
 pub const DEFAULT_ATTRIBUTE_NAME: &str = "mixpanel_cohorts";
 
 /// Adds a connection after Braze accepts its credentials.

@@ -322,7 +322,7 @@ async fn remove_sync(
     Ok(Json(json!(sync_in_project(&state, id, sync_id).await?)))
 }
 
-/// Every operation of one run: each member (add, no-op or skipped with the reason) and each
+/// Lists every operation of one run: each member (add, no-op or skipped with the reason) and each
 /// removed id.
 async fn run_operations(
     State(state): State<AppState>,
@@ -340,7 +340,7 @@ async fn run_operations(
     Ok(Json(json!({"run": run, "operations": operations})))
 }
 
-/// The reply of a dry run: who the next run would add and remove, and who it skips.
+/// Builds the reply of a dry run: who the next run would add and remove, and who it skips.
 pub(super) fn plan_json(cohort: &Cohort, connection: &Connection, plan: Plan) -> Value {
     let changes: Vec<_> = plan
         .operations

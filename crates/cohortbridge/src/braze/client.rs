@@ -99,7 +99,7 @@ impl BrazeClient {
         }
     }
 
-    /// The same client, counting its requests and retries in `metrics`.
+    /// Makes the client count its requests and retries in `metrics`.
     pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::sync::SyncMetrics>) -> Self {
         self.metrics = Some(metrics);
         self

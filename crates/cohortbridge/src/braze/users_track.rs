@@ -45,7 +45,7 @@ pub fn attribute_object(
 
 impl BrazeClient {
     /// Sends attribute objects in one request with the REST API key in `credentials`
-    /// (`data_import_key` holds it in this mode).
+    /// (`data_import_key` contains it in this mode).
     ///
     /// # Panics
     ///
@@ -83,7 +83,7 @@ impl BrazeClient {
     }
 }
 
-/// The `attributes` entries of a reply's `errors` array, as (index, reason).
+/// Extracts the `attributes` entries of a reply's `errors` array, as (index, reason).
 fn rejected_objects(text: &str) -> Vec<(usize, String)> {
     let Ok(reply) = serde_json::from_str::<Value>(text) else {
         return Vec::new();

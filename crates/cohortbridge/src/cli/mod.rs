@@ -159,15 +159,15 @@ pub enum ConnectionsCommand {
         /// Profile property holding the Braze external id.
         #[arg(long)]
         user_id_property: Option<String>,
-        /// How membership reaches Braze: `cohort_import` (partner cohort import API, needs the
-        /// server's partner key) or `attributes` (an array custom attribute through
-        /// /users/track, needs only a REST API key).
+        /// Delivery mode: `cohort_import` (partner cohort import API, needs the server's
+        /// partner key) or `attributes` (an array custom attribute through /users/track, needs
+        /// only a REST API key).
         #[arg(long, default_value = "cohort_import", value_parser = ["cohort_import", "attributes"])]
         delivery: String,
         /// Customer REST API key with users.track permission, for the attributes delivery.
         #[arg(long, env = "COHORTBRIDGE_REST_API_KEY", hide_env_values = true)]
         rest_api_key: Option<String>,
-        /// Array custom attribute that holds cohort names, for the attributes delivery
+        /// Array custom attribute that contains cohort names, for the attributes delivery
         /// (default mixpanel_cohorts).
         #[arg(long)]
         attribute_name: Option<String>,

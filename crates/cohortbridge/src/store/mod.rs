@@ -120,10 +120,10 @@ pub struct Connection {
     pub created_at_ms: i64,
     /// Set while the connection is disconnected; its syncs stay paused until a reconnect.
     pub disconnected_at_ms: Option<i64>,
-    /// `cohort_import` or `attributes`. In `attributes` mode `data_import_key_enc` holds the
+    /// `cohort_import` or `attributes`. In `attributes` mode `data_import_key_enc` contains the
     /// workspace's REST API key.
     pub delivery: String,
-    /// The array custom attribute that holds cohort names, in `attributes` mode.
+    /// The array custom attribute that contains cohort names, in `attributes` mode.
     pub attribute_name: Option<String>,
 }
 
@@ -168,7 +168,7 @@ pub struct Sync {
     pub status_reason: Option<String>,
     pub next_run_at_ms: Option<i64>,
     pub created_at_ms: i64,
-    /// Who paused the sync: `operator`, `connection` or `braze`; `None` unless paused.
+    /// Cause of a pause: `operator`, `connection` or `error`, and `None` unless paused.
     pub paused_by: Option<String>,
 }
 
@@ -197,11 +197,11 @@ pub struct SyncRun {
     #[serde(flatten)]
     pub counts: RunCounts,
     pub error: Option<String>,
-    /// What started the run: `manual`, `schedule` or `export`.
+    /// Cause of the run: `manual`, `schedule`, `export` or `removal`.
     pub trigger: String,
 }
 
-/// What one run planned for one member, or for one id it removed.
+/// One planned operation of a run, for one member or for one removed id.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct RunOperation {
     /// `None` for a remove, because the member who held the id may no longer exist.
@@ -209,7 +209,7 @@ pub struct RunOperation {
     pub external_id: Option<String>,
     /// `add`, `remove`, `no-op` or `skipped`.
     pub operation: String,
-    /// Why a member was skipped.
+    /// Reason a member was skipped.
     pub reason: Option<String>,
 }
 
@@ -433,7 +433,7 @@ pub trait Store: Send + std::marker::Sync + 'static {
     /// Marks a connection disconnected and pauses its active and failed dynamic syncs with
     /// `reason`, in one transaction.
     async fn disconnect_connection(&self, id: i64, reason: &str, now_ms: i64) -> StoreResult<()>;
-    /// Pauses a sync, recording who paused it: `operator`, `connection` or `braze`.
+    /// Pauses a sync, recording the cause: `operator`, `connection` or `error`.
     async fn pause_sync(&self, id: i64, reason: &str, paused_by: &str) -> StoreResult<()>;
 
     /// Records what started a run: `manual`, `schedule` or `export`.

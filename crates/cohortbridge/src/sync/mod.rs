@@ -33,7 +33,7 @@ use crate::store::{
     BrazeCohort, Cohort, Connection, RunCounts, Store, StoreError, Sync, SyncMode, SyncRun,
 };
 
-/// What started a run.
+/// Cause of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     /// `syncs run` or the API's run route.
@@ -189,7 +189,7 @@ impl SyncEngine {
         }
     }
 
-    /// The same engine with other limits.
+    /// Replaces the limits.
     pub fn with_limits(mut self, limits: SyncLimits) -> Self {
         self.limits = limits;
         self
@@ -397,7 +397,7 @@ impl SyncEngine {
         })
     }
 
-    /// The lock that lets one request stream at a time reach a connection's workspace.
+    /// Returns the lock that lets one run at a time reach a connection's workspace.
     fn connection_queue(&self, connection_id: i64) -> Arc<tokio::sync::Mutex<()>> {
         self.connection_queues
             .lock()

@@ -9,7 +9,7 @@ use super::*;
 
 impl SyncEngine {
     /// Stops a sync for good. With `remove_members`, first removes from Braze every id the
-    /// sync's cohort holds in the connection's workspace, and fails without stopping the sync
+    /// sync's cohort has in the connection's workspace, and fails without stopping the sync
     /// when Braze does not accept that.
     pub async fn remove_sync(&self, sync_id: i64, remove_members: bool) -> Result<(), SyncError> {
         let sync = self

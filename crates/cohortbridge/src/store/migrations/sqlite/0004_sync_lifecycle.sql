@@ -6,11 +6,11 @@ ALTER TABLE connections ADD COLUMN disconnected_at_ms INTEGER;
 -- A deleted cohort keeps its row so that its syncs and their runs stay readable.
 ALTER TABLE cohorts ADD COLUMN deleted_at_ms INTEGER;
 
--- Who paused a sync: `operator` (syncs pause), `connection` (disconnect) or `braze` (a 4xx
--- that resending cannot fix). A reconnect resumes the last two kinds only.
+-- Cause of a pause: `operator` (syncs pause), `connection` (disconnect) or `error` (a Braze
+-- reply that resending cannot fix). A reconnect resumes the last two kinds only.
 ALTER TABLE syncs ADD COLUMN paused_by TEXT;
 
--- `manual`, `schedule` or `export`.
+-- `manual`, `schedule`, `export` or `removal`.
 ALTER TABLE sync_runs ADD COLUMN trigger TEXT NOT NULL DEFAULT 'manual';
 ALTER TABLE sync_runs ADD COLUMN unchanged INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE sync_runs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
