@@ -151,6 +151,7 @@ async fn exhausted_retries_fail_the_run_only() {
     let error = body["error"].as_str().unwrap();
     assert!(error.contains("after 3 attempts"), "{error}");
     assert!(error.contains("connection failed"), "{error}");
+    assert_eq!(body["retries"], 2, "two resends before giving up: {body}");
     let shown = server.admin_get(&format!("/syncs/{sync_id}")).await;
     assert_eq!(shown["sync"]["status"], "active", "the next run retries");
 

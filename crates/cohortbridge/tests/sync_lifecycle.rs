@@ -1,6 +1,6 @@
-//! Connections, cohorts and syncs after creation, against the Braze emulator: reconnect,
-//! disconnect and rename; cohort rename and deletion; sync pause, resume and removal; limits;
-//! dry runs, per-run operations and metrics.
+//! Connections, cohorts and syncs after creation, against the Braze emulator. Covers
+//! connection reconnect, disconnect and rename, cohort rename and deletion, sync pause, resume
+//! and removal, both limits, dry runs, per-run operations and metrics.
 
 mod common;
 
@@ -185,6 +185,22 @@ async fn operator_pause_survives_reconnect() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "active");
     assert!(body["next_run_at_ms"].is_i64(), "{body}");
+
+    // The resumed sync is due at once, so the scheduler runs it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let last_trigger = loop {
+        let shown = server.admin_get(&format!("/syncs/{sync_id}")).await;
+        let runs = shown["runs"].as_array().unwrap().clone();
+        if runs.len() > 1 && runs.last().unwrap()["status"] != "running" {
+            break runs.last().unwrap()["trigger"].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduler never ran the resumed sync"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(last_trigger, "schedule");
     server.stop().await;
 }
 

@@ -112,7 +112,7 @@ impl SyncEngine {
                 .client
                 .track_attributes(&connection.base_url, credentials, objects)
                 .await
-                .map_err(braze_failure)?;
+                .map_err(|e| braze_failure_counted(e, counts))?;
             counts.requests += 1;
             counts.retries += i64::from(outcome.retries);
 

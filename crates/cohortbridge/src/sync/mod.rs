@@ -532,7 +532,7 @@ impl SyncEngine {
                     &created_at,
                 )
                 .await
-                .map_err(braze_failure)?;
+                .map_err(|e| braze_failure_counted(e, counts))?;
             counts.requests += 1;
             counts.retries += i64::from(retries);
             let record = BrazeCohort {
@@ -592,7 +592,7 @@ impl SyncEngine {
                     removed,
                 )
                 .await
-                .map_err(braze_failure)?;
+                .map_err(|e| braze_failure_counted(e, counts))?;
             counts.requests += 1;
             counts.retries += i64::from(retries);
             self.store
@@ -668,6 +668,14 @@ pub fn batches<'a>(
         r += take_removes;
     }
     out
+}
+
+/// Adds the resends of a request that gave up to the run's retries, then maps the error.
+fn braze_failure_counted(error: BrazeError, counts: &mut RunCounts) -> RunFailure {
+    if let BrazeError::GaveUp { attempts, .. } = &error {
+        counts.retries += i64::from(attempts.saturating_sub(1));
+    }
+    braze_failure(error)
 }
 
 /// Maps a Braze error to a run failure: rejected requests pause the sync, exhausted retries
