@@ -94,6 +94,7 @@ impl SyncEngine {
         let old: Vec<&str> = old_name.iter().map(String::as_str).collect();
         let mut all_names = vec![name];
         all_names.extend(old.iter().copied());
+        let mut last_progress = Instant::now();
         for (added, removed) in batches(&adds, &plan.removes, MAX_ATTRIBUTE_OBJECTS) {
             let objects: Vec<Value> = added
                 .iter()
@@ -150,10 +151,15 @@ impl SyncEngine {
                 .ids_sent
                 .with_label_values(&["remove"])
                 .inc_by(accepted_removes.len() as u64);
-            self.store
-                .update_run_counts(run_id, counts)
-                .await
-                .map_err(store_failure)?;
+            // The counts are progress for `syncs show`, not state that a crash must keep, so
+            // they are written at most once a second; `finish_run` writes the final ones.
+            if last_progress.elapsed() >= PROGRESS_INTERVAL {
+                self.store
+                    .update_run_counts(run_id, counts)
+                    .await
+                    .map_err(store_failure)?;
+                last_progress = Instant::now();
+            }
         }
 
         if old_name.is_some() {

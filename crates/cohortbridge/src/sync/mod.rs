@@ -575,6 +575,7 @@ impl SyncEngine {
             .await
             .map_err(store_failure)?;
 
+        let mut last_progress = Instant::now();
         for (added, removed) in batches(&plan.adds, &plan.removes, MAX_IDS_PER_REQUEST) {
             // Recorded first, so that a crash while the request is in flight leaves these ids
             // marked as unknown, and the next run sends them again.
@@ -609,14 +610,22 @@ impl SyncEngine {
                 .ids_sent
                 .with_label_values(&["remove"])
                 .inc_by(removed.len() as u64);
-            self.store
-                .update_run_counts(run_id, counts)
-                .await
-                .map_err(store_failure)?;
+            // The counts are progress for `syncs show`, not state that a crash must keep, so
+            // they are written at most once a second; `finish_run` writes the final ones.
+            if last_progress.elapsed() >= PROGRESS_INTERVAL {
+                self.store
+                    .update_run_counts(run_id, counts)
+                    .await
+                    .map_err(store_failure)?;
+                last_progress = Instant::now();
+            }
         }
         Ok(())
     }
 }
+
+/// Least time between two writes of a run's counts while it sends.
+const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Builds the id a cohort has in Braze. It carries the project id so two projects exporting to one
 /// workspace never share a Braze cohort.
