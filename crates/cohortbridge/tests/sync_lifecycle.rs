@@ -550,3 +550,36 @@ async fn metrics_count_requests_and_ids() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn shared_id_stays_while_either_qualifies() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    connect(&server, &emulator, "emu").await;
+    set_profile(&server, "phone", "pro", Some("Shared-ID")).await;
+    set_profile(&server, "laptop", "pro", Some("Shared-ID")).await;
+    set_profile(&server, "other", "pro", Some(" shared-id ")).await;
+    let cohort = server.create_cohort("Pro", pro_definition()).await;
+    let body = export_dynamic(&server, cohort, "emu").await;
+    assert_eq!(
+        body["run"]["added"], 2,
+        "one add per distinct id value: {body}"
+    );
+    let sync_id = body["sync"]["id"].as_i64().unwrap();
+    assert_eq!(
+        emulator.members(BRAZE_COHORT).await,
+        vec![" shared-id ", "Shared-ID"],
+        "ids are sent byte-exact"
+    );
+
+    set_profile(&server, "phone", "free", Some("Shared-ID")).await;
+    let (_, run) = run_sync(&server, sync_id).await;
+    assert_eq!(run["removed"], 0, "laptop still qualifies: {run}");
+    assert_eq!(run["requests"], 0, "{run}");
+
+    set_profile(&server, "laptop", "free", Some("Shared-ID")).await;
+    let (_, run) = run_sync(&server, sync_id).await;
+    assert_eq!(run["removed"], 1, "{run}");
+    assert_eq!(emulator.members(BRAZE_COHORT).await, vec![" shared-id "]);
+    server.stop().await;
+}
