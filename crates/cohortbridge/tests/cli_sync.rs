@@ -160,6 +160,8 @@ async fn sync_commands_end_to_end() {
         &["cohorts", "rename", &cohort, "--name", "Pro users"],
     )
     .await;
+    // The reconnect made the sync due, so the scheduler may be running it.
+    server.wait_until_idle(1).await;
     run_ok(&server, &["syncs", "run", "1"]).await;
     assert_eq!(
         emulator.get("/_emulator/cohorts").await[0]["name"],

@@ -196,8 +196,17 @@ async fn client_errors_pause_with_reason() {
             .admin_post(&format!("/syncs/{sync_id}/resume"), &json!({}))
             .await;
         assert_eq!(code, 200);
-        let body = run(&server, sync_id).await;
-        assert_eq!(body["status"], "succeeded", "{status}: {body}");
+        // The resumed sync is due at once, so the scheduler runs it.
+        server.wait_until_idle(sync_id).await;
+        let shown = server.admin_get(&format!("/syncs/{sync_id}")).await;
+        let last = shown["runs"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["status"], "succeeded", "{status}: {shown}");
+        assert_eq!(last["trigger"], "schedule", "{status}: {shown}");
+        assert_eq!(
+            emulator.members(BRAZE_COHORT).await,
+            vec!["ext-ann", "ext-bob", "ext-cid"],
+            "{status}"
+        );
         server.stop().await;
     }
 }

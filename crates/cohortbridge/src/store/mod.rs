@@ -433,6 +433,16 @@ pub trait Store: Send + std::marker::Sync + 'static {
     /// Marks a connection disconnected and pauses its active and failed dynamic syncs with
     /// `reason`, in one transaction.
     async fn disconnect_connection(&self, id: i64, reason: &str, now_ms: i64) -> StoreResult<()>;
+    /// Sets a sync's state at the end of a run, but only while the sync is still `active`;
+    /// returns whether it was. A pause or removal made during the run is kept.
+    async fn settle_sync(
+        &self,
+        id: i64,
+        status: &str,
+        reason: Option<&str>,
+        paused_by: Option<&str>,
+        next_run_at_ms: Option<i64>,
+    ) -> StoreResult<bool>;
     /// Pauses a sync, recording the cause: `operator`, `connection` or `error`.
     async fn pause_sync(&self, id: i64, reason: &str, paused_by: &str) -> StoreResult<()>;
 

@@ -1152,6 +1152,31 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn settle_sync(
+        &self,
+        id: i64,
+        status: &str,
+        reason: Option<&str>,
+        paused_by: Option<&str>,
+        next_run_at_ms: Option<i64>,
+    ) -> StoreResult<bool> {
+        let (status, reason, paused_by) = (
+            status.to_owned(),
+            reason.map(str::to_owned),
+            paused_by.map(str::to_owned),
+        );
+        self.write(move |conn| {
+            let changed = conn.execute(
+                "UPDATE syncs SET status = ?2, status_reason = ?3, paused_by = ?4,
+                     next_run_at_ms = ?5
+                 WHERE id = ?1 AND status = 'active'",
+                params![id, status, reason, paused_by, next_run_at_ms],
+            )?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
     async fn pause_sync(&self, id: i64, reason: &str, paused_by: &str) -> StoreResult<()> {
         let (reason, paused_by) = (reason.to_owned(), paused_by.to_owned());
         self.write(move |conn| {

@@ -304,37 +304,35 @@ impl SyncEngine {
             .with_label_values(&[outcome_label])
             .observe(started.elapsed().as_secs_f64());
 
-        // An operator may have paused or removed the sync during the run; that state wins.
-        let changed_meanwhile = self
+        let (status, reason, paused_by, next) = match &outcome {
+            Ok(()) if sync.mode == SyncMode::Once => ("completed", None, None, None),
+            Ok(()) => ("active", None, None, next_run),
+            Err(failure) if sync.mode == SyncMode::Once => {
+                ("failed", Some(failure.message.as_str()), None, None)
+            }
+            Err(failure) if failure.pause => (
+                "paused",
+                Some(failure.message.as_str()),
+                Some("error"),
+                None,
+            ),
+            Err(failure) => ("active", Some(failure.message.as_str()), None, next_run),
+        };
+        // Only a sync that is still active is updated: an operator may have paused or removed
+        // it during the run, and that state wins.
+        let settled = self
             .store
-            .sync(sync_id)
-            .await?
-            .is_some_and(|current| current.status != "active");
-        if changed_meanwhile {
-            let (status, error) = match &outcome {
-                Ok(()) => ("succeeded", None),
-                Err(failure) => ("failed", Some(failure.message.as_str())),
-            };
+            .settle_sync(sync_id, status, reason, paused_by, next)
+            .await?;
+        if !settled {
             tracing::info!(
                 sync_id,
                 run_id = run.id,
                 "sync was paused or removed during the run; its state is kept"
             );
-            return Ok(self
-                .store
-                .finish_run(run.id, status, &counts, error, finished_at)
-                .await?);
         }
         let run = match outcome {
             Ok(()) => {
-                let status = if sync.mode == SyncMode::Once {
-                    "completed"
-                } else {
-                    "active"
-                };
-                self.store
-                    .set_sync_state(sync_id, status, None, next_run)
-                    .await?;
                 let run = self
                     .store
                     .finish_run(run.id, "succeeded", &counts, None, finished_at)
@@ -352,19 +350,10 @@ impl SyncEngine {
             }
             Err(failure) => {
                 if sync.mode == SyncMode::Once {
-                    self.store
-                        .set_sync_state(sync_id, "failed", Some(&failure.message), None)
-                        .await?;
                     tracing::error!(sync_id, run_id = run.id, error = %failure.message, "one-time export failed");
                 } else if failure.pause {
-                    self.store
-                        .pause_sync(sync_id, &failure.message, "error")
-                        .await?;
-                    tracing::error!(sync_id, run_id = run.id, error = %failure.message, "sync run failed; sync paused until its connection is fixed");
+                    tracing::error!(sync_id, run_id = run.id, error = %failure.message, "sync run failed; sync paused until it is resumed or its connection is reconnected");
                 } else {
-                    self.store
-                        .set_sync_state(sync_id, "active", Some(&failure.message), next_run)
-                        .await?;
                     tracing::error!(sync_id, run_id = run.id, error = %failure.message, "sync run failed; the next run retries");
                 }
                 self.store
