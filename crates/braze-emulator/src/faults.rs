@@ -25,6 +25,9 @@ pub(crate) struct FaultSpec {
     pub times: Option<u32>,
     /// Delay in milliseconds before the response is sent.
     pub delay_ms: Option<u64>,
+    /// Close the connection after the delay without sending any response.
+    #[serde(default)]
+    pub drop_connection: bool,
 }
 
 /// A validated fault with the number of requests it still applies to.
@@ -32,6 +35,7 @@ pub(crate) struct FaultSpec {
 pub(crate) struct Fault {
     response: Option<FaultResponse>,
     delay: Duration,
+    drop_connection: bool,
     remaining: u32,
 }
 
@@ -55,6 +59,8 @@ pub(crate) struct FaultAction {
     pub delay: Duration,
     /// `None` when the fault only delays the request.
     pub response: Option<FaultResponse>,
+    /// Whether to close the connection without a response.
+    pub drop_connection: bool,
 }
 
 impl FaultSpec {
@@ -64,8 +70,15 @@ impl FaultSpec {
         if times == 0 {
             return Err("times must be at least 1".to_owned());
         }
-        if self.status.is_none() && self.delay_ms.is_none() {
-            return Err("a fault needs a status, a delay_ms, or both".to_owned());
+        if self.drop_connection && self.status.is_some() {
+            return Err(
+                "a fault with drop_connection sends no response, so it takes no status".to_owned(),
+            );
+        }
+        if self.status.is_none() && self.delay_ms.is_none() && !self.drop_connection {
+            return Err(
+                "a fault needs a status, a delay_ms, drop_connection, or a combination".to_owned(),
+            );
         }
         let delay = Duration::from_millis(self.delay_ms.unwrap_or(0));
         let response = match self.status {
@@ -75,6 +88,7 @@ impl FaultSpec {
         Ok(Fault {
             response,
             delay,
+            drop_connection: self.drop_connection,
             remaining: times,
         })
     }
@@ -144,6 +158,7 @@ impl FaultQueue {
         let action = FaultAction {
             delay: front.delay,
             response: front.response.clone(),
+            drop_connection: front.drop_connection,
         };
         front.remaining -= 1;
         if front.remaining == 0 {
@@ -164,6 +179,7 @@ mod tests {
             body: String::new(),
             times,
             delay_ms,
+            drop_connection: false,
         }
     }
 

@@ -23,12 +23,36 @@ pub(crate) fn routes() -> Router<Emulator> {
         .route("/_emulator/cohorts", get(list_cohorts))
         .route("/_emulator/cohorts/{cohort_id}/members", get(list_members))
         .route("/_emulator/requests", get(list_requests))
+        .route(
+            "/_emulator/attributes/{attribute}/{value}",
+            get(list_attribute_holders),
+        )
         .route("/_emulator/faults", post(add_fault).delete(clear_faults))
         .route("/_emulator/reset", post(reset))
 }
 
 fn error_response(status: StatusCode, message: String) -> Response {
     (status, Json(json!({ "message": message }))).into_response()
+}
+
+/// Lists the external ids whose array attribute contains the value; query `workspace`
+/// (default 0).
+async fn list_attribute_holders(
+    State(emulator): State<Emulator>,
+    Path((attribute, value)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let workspace = match query.get("workspace").map(|w| w.parse::<usize>()) {
+        None => 0,
+        Some(Ok(workspace)) => workspace,
+        Some(Err(_)) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("workspace {:?} is not a number", query["workspace"]),
+            )
+        }
+    };
+    Json(emulator.attribute_holders(workspace, &attribute, &value)).into_response()
 }
 
 async fn list_cohorts(State(emulator): State<Emulator>) -> Response {

@@ -26,8 +26,10 @@ mod faults;
 mod inspect;
 mod rate_limit;
 mod state;
+mod users_track;
 mod validate;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -43,6 +45,7 @@ use tracing::{error, info, warn};
 
 pub use error::ApiError;
 pub use state::{CohortSummary, MemberKind, Members, RecordedRequest};
+pub use users_track::MAX_ATTRIBUTE_OBJECTS;
 pub use validate::{UserAlias, MAX_IDS_PER_REQUEST};
 
 use faults::FaultQueue;
@@ -102,6 +105,11 @@ struct Shared {
     store: Store,
     faults: FaultQueue,
     rate_limiter: Option<RateLimiter>,
+    attributes: users_track::UserAttributes,
+    /// REST API keys for `/users/track`; each is the workspace of the same position.
+    rest_api_keys: Vec<String>,
+    /// External ids that exist in every workspace; `None` means every id exists.
+    known_users: Option<BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +135,58 @@ impl Emulator {
         self
     }
 
+    /// Accepts `keys` as REST API keys of `/users/track`; key `i` belongs to workspace `i`.
+    pub fn with_rest_api_keys(self, keys: Vec<String>) -> Self {
+        self.lock().rest_api_keys = keys;
+        self
+    }
+
+    /// Makes only `users` exist in every workspace. Other ids in cohort changes and in
+    /// `/users/track` objects are ignored without an error, as Braze does.
+    pub fn with_known_users(self, users: BTreeSet<String>) -> Self {
+        self.lock().known_users = Some(users);
+        self
+    }
+
+    /// External ids whose array attribute `attribute` contains `value`, sorted.
+    pub fn attribute_holders(&self, workspace: usize, attribute: &str, value: &str) -> Vec<String> {
+        self.lock().attributes.holders(workspace, attribute, value)
+    }
+
+    fn rest_workspace_of(&self, key: &str) -> Option<usize> {
+        self.lock().rest_api_keys.iter().position(|k| k == key)
+    }
+
+    fn with_attributes<T>(
+        &self,
+        f: impl FnOnce(&mut users_track::UserAttributes, Option<&BTreeSet<String>>) -> T,
+    ) -> T {
+        let mut shared = self.lock();
+        let shared = &mut *shared;
+        f(&mut shared.attributes, shared.known_users.as_ref())
+    }
+
+    /// Applies the next queued fault to a request that is not a partner request: waits its
+    /// delay, then drops the connection or returns its response. `None` means the request
+    /// proceeds normally.
+    async fn apply_fault(&self, path: &str) -> Option<Response> {
+        let action = self.lock().faults.take_next()?;
+        if !action.delay.is_zero() {
+            tokio::time::sleep(action.delay).await;
+        }
+        if action.drop_connection {
+            info!(path, "request dropped by injected fault");
+            std::panic::resume_unwind(Box::new("injected dropped connection"));
+        }
+        let response = action.response?;
+        info!(
+            path,
+            status = response.status.as_u16(),
+            "request answered by injected fault"
+        );
+        Some(response.into_response())
+    }
+
     /// Builds the router with the partner and `/_emulator/` endpoints.
     pub fn router(&self) -> Router {
         Router::new()
@@ -135,6 +195,7 @@ impl Emulator {
                 "/partners/{partner_name}/cohorts/users",
                 post(post_cohort_users),
             )
+            .route("/users/track", post(users_track::post_users_track))
             .merge(inspect::routes())
             .with_state(self.clone())
     }
@@ -175,6 +236,7 @@ impl Emulator {
         let mut shared = self.lock();
         shared.store.clear();
         shared.faults.clear();
+        shared.attributes.clear();
         if let Some(limiter) = shared.rate_limiter.as_mut() {
             limiter.reset();
         }
@@ -204,6 +266,18 @@ impl Emulator {
         if let Some(action) = fault {
             if !action.delay.is_zero() {
                 tokio::time::sleep(action.delay).await;
+            }
+            if action.drop_connection {
+                // Status 0 in the log marks a request that got no response.
+                let mut entry = describe_request(config, path, StatusCode::OK, &parsed);
+                entry.status = 0;
+                entry.injected = true;
+                info!(path, "partner request dropped by injected fault");
+                self.lock().store.record(entry);
+                // Unwinding out of the handler ends the connection's task, so the socket is
+                // closed without a byte of response. `resume_unwind` skips the panic hook, so
+                // nothing is printed.
+                std::panic::resume_unwind(Box::new("injected dropped connection"));
             }
             if let Some(response) = action.response {
                 let mut entry = describe_request(config, path, response.status, &parsed);
@@ -312,7 +386,14 @@ impl Shared {
                     .get_mut(&(workspace, cohort_id.clone()))
                     .ok_or(ApiError::UnknownCohort(cohort_id))?;
                 for change in &changes {
-                    cohort.apply(change);
+                    match &self.known_users {
+                        Some(users) => {
+                            let mut known = change.clone();
+                            known.user_ids.retain(|id| users.contains(id));
+                            cohort.apply(&known);
+                        }
+                        None => cohort.apply(change),
+                    }
                 }
             }
         }

@@ -53,6 +53,21 @@ struct Cli {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     rate_limit_per_minute: Option<u32>,
+
+    /// Accepted REST API key of `/users/track` (`Authorization: Bearer`). Each key is the
+    /// workspace of the same position as a data import key.
+    #[arg(
+        long = "rest-api-key",
+        env = "BRAZE_EMULATOR_REST_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    rest_api_keys: Vec<String>,
+
+    /// File with one external id per line: the users that exist in every workspace. Other
+    /// ids are ignored without an error. Without it, every id exists.
+    #[arg(long, env = "BRAZE_EMULATOR_USERS_FILE")]
+    users_file: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -83,6 +98,21 @@ async fn main() -> anyhow::Result<()> {
     let mut emulator = Emulator::new(config);
     if let Some(limit) = cli.rate_limit_per_minute {
         emulator = emulator.with_rate_limit_per_minute(limit);
+    }
+    if cli.rest_api_keys.iter().any(String::is_empty) {
+        bail!("--rest-api-key must not be empty; check for a stray comma in BRAZE_EMULATOR_REST_API_KEYS");
+    }
+    emulator = emulator.with_rest_api_keys(cli.rest_api_keys);
+    if let Some(path) = &cli.users_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --users-file {}", path.display()))?;
+        let users = text
+            .lines()
+            .map(str::trim_end)
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect();
+        emulator = emulator.with_known_users(users);
     }
 
     let addr = emulator

@@ -108,6 +108,22 @@ pub struct ServeConfig {
         default_values_t = default_partner_outreach())]
     pub mtu_partner_outreach: Vec<String>,
 
+    /// Dynamic syncs a project may have that are not removed; creating one more is rejected.
+    #[arg(
+        long,
+        env = "COHORTBRIDGE_MAX_DYNAMIC_SYNCS_PER_PROJECT",
+        default_value_t = 60
+    )]
+    pub max_dynamic_syncs_per_project: usize,
+
+    /// Members a cohort may have; a run of a larger cohort sends nothing and fails.
+    #[arg(
+        long,
+        env = "COHORTBRIDGE_MAX_COHORT_MEMBERS",
+        default_value_t = 10_000_000
+    )]
+    pub max_cohort_members: usize,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "COHORTBRIDGE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -133,6 +149,8 @@ impl ServeConfig {
             braze_rate_limit_floor_ms: 1000,
             braze_max_rate_limit_wait_secs: 300,
             braze_timeout_secs: 30,
+            max_dynamic_syncs_per_project: 60,
+            max_cohort_members: 10_000_000,
             log_format: "text".into(),
             mtu_never_qualifying: default_never_qualifying(),
             mtu_partner_outreach: default_partner_outreach(),

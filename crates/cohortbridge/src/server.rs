@@ -86,12 +86,14 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         api_key: config.braze_partner_api_key.clone(),
         api_key_eu: config.braze_partner_api_key_eu.clone(),
     };
-    let engine = Arc::new(SyncEngine::new(
-        store.clone(),
-        braze.clone(),
-        secret_box.clone(),
-        partner,
-    ));
+    let engine = Arc::new(
+        SyncEngine::new(store.clone(), braze.clone(), secret_box.clone(), partner).with_limits(
+            sync::SyncLimits {
+                max_dynamic_syncs_per_project: config.max_dynamic_syncs_per_project,
+                max_cohort_members: config.max_cohort_members,
+            },
+        ),
+    );
     let state = AppState {
         store,
         secrets: secret_box,

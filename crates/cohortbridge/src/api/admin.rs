@@ -17,7 +17,7 @@ use crate::braze::instances;
 use crate::cohorts;
 use crate::secrets;
 use crate::store::{Connection, NewConnection, Project, SyncMode};
-use crate::sync::SyncError;
+use crate::sync::{SyncError, Trigger};
 
 /// The user-id property a connection uses when none is given.
 pub const DEFAULT_USER_ID_PROPERTY: &str = "$braze_external_id";
@@ -74,6 +74,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/projects/{project}/syncs/{sync}/run", post(run_sync))
         .route("/projects/{project}/mtu", get(mtu))
         .route("/mtu", get(mtu_default_project))
+        .merge(super::lifecycle::routes())
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -97,7 +98,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn project_or_404(state: &AppState, id: i64) -> Result<Project, ApiError> {
+pub(super) async fn project_or_404(state: &AppState, id: i64) -> Result<Project, ApiError> {
     state
         .store
         .project(id)
@@ -294,7 +295,7 @@ async fn create_cohort(
     Ok((StatusCode::CREATED, Json(json!(cohort))))
 }
 
-fn required_name(value: Option<String>, field: &str) -> Result<String, ApiError> {
+pub(super) fn required_name(value: Option<String>, field: &str) -> Result<String, ApiError> {
     let name = value.ok_or_else(|| ApiError::BadRequest(format!("field `{field}` is missing")))?;
     if name.trim().is_empty() {
         return Err(ApiError::BadRequest(format!("field `{field}` is empty")));
@@ -344,7 +345,7 @@ async fn cohort_members(
     ))
 }
 
-fn connection_json(connection: &Connection) -> Value {
+pub(super) fn connection_json(connection: &Connection) -> Value {
     json!({
         "id": connection.id,
         "name": connection.name,
@@ -352,6 +353,10 @@ fn connection_json(connection: &Connection) -> Value {
         "base_url": connection.base_url,
         "user_id_property": connection.user_id_property,
         "created_at": iso(connection.created_at_ms),
+        "status": if connection.disconnected_at_ms.is_some() { "disconnected" } else { "connected" },
+        "export_menu_name": format!("Braze ({})", connection.name),
+        "delivery": connection.delivery,
+        "attribute_name": connection.attribute_name,
     })
 }
 
@@ -362,7 +367,16 @@ struct NewConnectionBody {
     base_url: Option<String>,
     data_import_key: Option<String>,
     user_id_property: Option<String>,
+    /// `cohort_import` (default) or `attributes`.
+    delivery: Option<String>,
+    /// The customer REST API key, required in `attributes` mode.
+    rest_api_key: Option<String>,
+    /// The array custom attribute in `attributes` mode (default `mixpanel_cohorts`).
+    attribute_name: Option<String>,
 }
+
+/// The array custom attribute of cohort names when a connection names none.
+pub const DEFAULT_ATTRIBUTE_NAME: &str = "mixpanel_cohorts";
 
 /// Adds a connection after Braze accepts its credentials.
 async fn create_connection(
@@ -378,12 +392,29 @@ async fn create_connection(
         )));
     }
     let (instance, base_url) = resolve_instance(&state, body.instance, body.base_url)?;
-    let data_import_key = body
-        .data_import_key
+    let delivery = body.delivery.unwrap_or_else(|| "cohort_import".into());
+    let (key_field, key, attribute_name) = match delivery.as_str() {
+        "cohort_import" => ("data_import_key", body.data_import_key, None),
+        "attributes" => {
+            let attribute = body
+                .attribute_name
+                .unwrap_or_else(|| DEFAULT_ATTRIBUTE_NAME.to_owned());
+            if attribute.trim().is_empty() || attribute.starts_with('$') {
+                return Err(ApiError::BadRequest(format!(
+                    "field `attribute_name` {attribute:?} is invalid; expected a custom attribute name not starting with $"
+                )));
+            }
+            ("rest_api_key", body.rest_api_key, Some(attribute))
+        }
+        other => {
+            return Err(ApiError::BadRequest(format!(
+            "field `delivery` {other:?} is invalid; expected \"cohort_import\" or \"attributes\""
+        )))
+        }
+    };
+    let data_import_key = key
         .filter(|k| !k.trim().is_empty())
-        .ok_or_else(|| {
-            ApiError::BadRequest("field `data_import_key` is missing or empty".into())
-        })?;
+        .ok_or_else(|| ApiError::BadRequest(format!("field `{key_field}` is missing or empty")))?;
     let user_id_property = match body.user_id_property {
         None => DEFAULT_USER_ID_PROPERTY.to_owned(),
         Some(p) if p.trim().is_empty() => {
@@ -403,22 +434,11 @@ async fn create_connection(
         data_import_key_enc: state.secrets.encrypt(&data_import_key),
         user_id_property: user_id_property.clone(),
         created_at_ms: 0,
+        disconnected_at_ms: None,
+        delivery: delivery.clone(),
+        attribute_name: attribute_name.clone(),
     };
-    let credentials = state
-        .engine
-        .credentials(&probe_connection)
-        .map_err(ApiError::Conflict)?;
-    match state.braze.probe(&base_url, &credentials).await {
-        Ok(()) => {}
-        Err(BrazeError::Rejected { status, message }) => {
-            return Err(ApiError::BadRequest(format!(
-                "Braze rejected the credentials (HTTP {status}: {message}); check the Data Import Key and the instance"
-            )))
-        }
-        Err(e @ (BrazeError::GaveUp { .. } | BrazeError::RateLimited { .. })) => {
-            return Err(ApiError::Upstream(format!("could not check the credentials with Braze at {base_url}: {e}")))
-        }
-    }
+    probe_credentials(&state, &probe_connection).await?;
 
     let connection = state
         .store
@@ -430,12 +450,40 @@ async fn create_connection(
                 base_url,
                 data_import_key_enc: probe_connection.data_import_key_enc,
                 user_id_property,
+                delivery,
+                attribute_name,
             },
             now_ms(),
         )
         .await?;
     tracing::info!(project_id = id, connection_id = connection.id, instance = %connection.instance, "Braze connection added");
     Ok((StatusCode::CREATED, Json(connection_json(&connection))))
+}
+
+/// Checks a connection's credentials with Braze through an empty `cohort_changes` request.
+pub(super) async fn probe_credentials(
+    state: &AppState,
+    connection: &Connection,
+) -> Result<(), ApiError> {
+    let base_url = &connection.base_url;
+    let credentials = state
+        .engine
+        .credentials(connection)
+        .map_err(ApiError::Conflict)?;
+    let probe = if connection.delivery == "attributes" {
+        state.braze.probe_users_track(base_url, &credentials).await
+    } else {
+        state.braze.probe(base_url, &credentials).await
+    };
+    match probe {
+        Ok(()) => Ok(()),
+        Err(BrazeError::Rejected { status, message }) => Err(ApiError::BadRequest(format!(
+            "Braze rejected the credentials (HTTP {status}: {message}); check the Data Import Key and the instance"
+        ))),
+        Err(e @ (BrazeError::GaveUp { .. } | BrazeError::RateLimited { .. })) => Err(ApiError::Upstream(format!(
+            "could not check the credentials with Braze at {base_url}: {e}"
+        ))),
+    }
 }
 
 /// Resolves the instance name and base URL of a new connection. A base URL outside Braze's instance
@@ -499,6 +547,9 @@ struct NewExportBody {
     connection: Option<String>,
     mode: Option<String>,
     every_secs: Option<i64>,
+    /// Return what the next run would add and remove, without creating or sending anything.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 /// Creates a one-time export or a dynamic sync, runs it once now and returns the run.
@@ -526,6 +577,22 @@ async fn create_export(
                 "connection {connection_name:?} not found in project {id}"
             ))
         })?;
+    if body.dry_run {
+        let plan = state
+            .engine
+            .preview(id, &cohort, &connection)
+            .await
+            .map_err(ApiError::Conflict)?;
+        return Ok((
+            StatusCode::OK,
+            Json(super::lifecycle::plan_json(&cohort, &connection, plan)),
+        ));
+    }
+    if connection.disconnected_at_ms.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "connection {connection_name:?} is disconnected; reconnect it before exporting"
+        )));
+    }
     let (mode, interval) = match body.mode.as_deref() {
         Some("once") => (SyncMode::Once, None),
         Some("dynamic") => {
@@ -539,6 +606,20 @@ async fn create_export(
             if every > MAX_SYNC_INTERVAL_SECS {
                 return Err(ApiError::BadRequest(format!(
                     "field `every_secs` {every} is longer than the maximum of {MAX_SYNC_INTERVAL_SECS} seconds (366 days)"
+                )));
+            }
+            let limit = state.engine.limits().max_dynamic_syncs_per_project;
+            let dynamic = state
+                .store
+                .list_syncs(id)
+                .await?
+                .into_iter()
+                .filter(|s| s.mode == SyncMode::Dynamic && s.status != "removed")
+                .count();
+            if dynamic >= limit {
+                return Err(ApiError::Conflict(format!(
+                    "project {id} already has {dynamic} dynamic syncs, the limit is {limit} \
+                     (serve flag --max-dynamic-syncs-per-project); remove one with `syncs remove` first"
                 )));
             }
             (SyncMode::Dynamic, Some(every))
@@ -570,7 +651,10 @@ async fn create_export(
             mode = mode.as_str(),
             "export created"
         );
-        let run = engine.run(sync.id).await.map_err(sync_error)?;
+        let run = engine
+            .run_triggered(sync.id, Trigger::Export)
+            .await
+            .map_err(sync_error)?;
         let sync = store.sync(sync.id).await?.unwrap_or(sync);
         Ok::<_, ApiError>(json!({"sync": sync, "run": run}))
     });
@@ -590,13 +674,14 @@ async fn run_detached(state: &AppState, sync_id: i64) -> Result<crate::store::Sy
         .map_err(sync_error)
 }
 
-fn sync_error(error: SyncError) -> ApiError {
+pub(super) fn sync_error(error: SyncError) -> ApiError {
     match error {
         SyncError::Store(e) => ApiError::Storage(e),
         SyncError::NotFound(id) => ApiError::NotFound(format!("sync {id} not found")),
         e @ (SyncError::AlreadyRunning(_) | SyncError::NotActive { .. }) => {
             ApiError::Conflict(e.to_string())
         }
+        e @ SyncError::Removal { .. } => ApiError::Upstream(e.to_string()),
     }
 }
 
@@ -613,7 +698,7 @@ async fn list_syncs(
     Ok(Json(json!(list)))
 }
 
-async fn sync_in_project(
+pub(super) async fn sync_in_project(
     state: &AppState,
     id: i64,
     sync_id: i64,
@@ -632,7 +717,14 @@ async fn show_sync(
 ) -> Result<Json<Value>, ApiError> {
     let sync = sync_in_project(&state, id, sync_id).await?;
     let runs = state.store.list_runs(sync_id).await?;
-    Ok(Json(json!({"sync": sync, "runs": runs})))
+    let last_run_at = runs.last().map(|r| iso(r.started_at_ms));
+    Ok(Json(json!({
+        "sync": sync,
+        "cadence_secs": sync.interval_secs,
+        "last_run_at": last_run_at,
+        "next_run_at": sync.next_run_at_ms.map(iso),
+        "runs": runs,
+    })))
 }
 
 async fn run_sync(
@@ -696,11 +788,11 @@ async fn mtu_for_project(
     Ok(Json(body))
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn iso(ms: i64) -> String {
+pub(super) fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()

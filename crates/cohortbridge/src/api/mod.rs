@@ -8,6 +8,7 @@ mod extract;
 mod groups;
 mod identity;
 mod ingest;
+mod lifecycle;
 mod query;
 mod query_where;
 
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .merge(query::routes())
         .nest("/api/v1", admin::routes(state.clone()))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(lifecycle::metrics))
         .layer(body_limit)
         .layer(TraceLayer::new_for_http())
         .with_state(state)

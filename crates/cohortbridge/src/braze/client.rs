@@ -78,12 +78,17 @@ pub enum BrazeError {
 pub struct BrazeClient {
     http: reqwest::Client,
     policy: RetryPolicy,
+    metrics: Option<std::sync::Arc<crate::sync::SyncMetrics>>,
 }
 
 enum Attempt {
-    Done,
+    /// Success, with the response body.
+    Done(String),
     Fatal(BrazeError),
-    Retry { delay: Duration, reason: String },
+    Retry {
+        delay: Duration,
+        reason: String,
+    },
 }
 
 impl BrazeClient {
@@ -94,10 +99,39 @@ impl BrazeClient {
             .user_agent(concat!("cohortbridge/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("a client with a timeout and no redirects builds");
-        Self { http, policy }
+        Self {
+            http,
+            policy,
+            metrics: None,
+        }
     }
 
-    /// Creates the cohort, or renames it when it exists.
+    /// Makes the client count its requests and retries in `metrics`.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::sync::SyncMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count_request(&self, url: &str, status: &str) {
+        if let Some(metrics) = &self.metrics {
+            let endpoint = if url.ends_with("/cohorts/users") {
+                "cohorts/users"
+            } else if url.ends_with("/cohorts") {
+                "cohorts"
+            } else if url.ends_with("/users/track") {
+                "users/track"
+            } else {
+                "other"
+            };
+            metrics
+                .braze_requests
+                .with_label_values(&[endpoint, status])
+                .inc();
+        }
+    }
+
+    /// Creates the cohort, or renames it when it exists. Returns how many times the request
+    /// was resent after a retryable failure.
     pub async fn create_cohort(
         &self,
         base_url: &str,
@@ -105,7 +139,7 @@ impl BrazeClient {
         cohort_id: &str,
         name: &str,
         created_at: &str,
-    ) -> Result<(), BrazeError> {
+    ) -> Result<u32, BrazeError> {
         let body = json!({
             "partner_api_key": credentials.partner_api_key,
             "client_secret": credentials.data_import_key,
@@ -122,7 +156,13 @@ impl BrazeClient {
     }
 
     /// Sends one batch of membership changes: adds and removes as separate `cohort_changes`
-    /// objects, at most `MAX_IDS_PER_REQUEST` ids in total.
+    /// objects, at most `MAX_IDS_PER_REQUEST` ids in total. Returns how many times the request
+    /// was resent after a retryable failure.
+    ///
+    /// # Panics
+    ///
+    /// When the batch is over the limit, or an id appears twice in it (in one list, or in both),
+    /// because Braze would apply such a request in an order the caller did not choose.
     pub async fn update_members(
         &self,
         base_url: &str,
@@ -130,11 +170,12 @@ impl BrazeClient {
         cohort_id: &str,
         added: &[String],
         removed: &[String],
-    ) -> Result<(), BrazeError> {
+    ) -> Result<u32, BrazeError> {
         assert!(
             added.len() + removed.len() <= MAX_IDS_PER_REQUEST,
             "callers split changes into requests of at most {MAX_IDS_PER_REQUEST} ids"
         );
+        assert_distinct_ids(added, removed);
         let mut changes = Vec::new();
         if !added.is_empty() {
             changes.push(json!({"user_ids": added}));
@@ -166,6 +207,7 @@ impl BrazeClient {
             &[],
         )
         .await
+        .map(|_| ())
     }
 
     async fn post(
@@ -173,12 +215,26 @@ impl BrazeClient {
         url: &str,
         body: Value,
         credentials: &Credentials,
-    ) -> Result<(), BrazeError> {
+    ) -> Result<u32, BrazeError> {
+        self.post_with(url, body, credentials, None)
+            .await
+            .map(|(retries, _)| retries)
+    }
+
+    /// Sends `body` with the retry rules, optionally with `Authorization: Bearer <bearer>`.
+    /// Returns the retries made and the body of the successful response.
+    pub(crate) async fn post_with(
+        &self,
+        url: &str,
+        body: Value,
+        credentials: &Credentials,
+        bearer: Option<&str>,
+    ) -> Result<(u32, String), BrazeError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.attempt(url, &body, credentials, attempt).await {
-                Attempt::Done => return Ok(()),
+            match self.attempt(url, &body, credentials, bearer, attempt).await {
+                Attempt::Done(text) => return Ok((attempt - 1, text)),
                 Attempt::Fatal(error) => return Err(error),
                 Attempt::Retry { reason, .. } if attempt >= self.policy.max_attempts => {
                     return Err(BrazeError::GaveUp {
@@ -187,6 +243,9 @@ impl BrazeClient {
                     });
                 }
                 Attempt::Retry { delay, reason } => {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.retries.inc();
+                    }
                     tracing::warn!(
                         url,
                         attempt,
@@ -205,14 +264,21 @@ impl BrazeClient {
         url: &str,
         body: &Value,
         credentials: &Credentials,
+        bearer: Option<&str>,
         attempt: u32,
     ) -> Attempt {
-        let response = match self.http.post(url).json(body).send().await {
+        let mut request = self.http.post(url).json(body);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        let response = match request.send().await {
             Ok(response) => response,
             Err(e) => {
                 let kind = if e.is_timeout() {
+                    self.count_request(url, "timeout");
                     "timed out"
                 } else {
+                    self.count_request(url, "connection_error");
                     "connection failed"
                 };
                 return Attempt::Retry {
@@ -222,10 +288,11 @@ impl BrazeClient {
             }
         };
         let status = response.status();
+        self.count_request(url, status.as_str());
         let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();
         if status.is_success() {
-            return Attempt::Done;
+            return Attempt::Done(text);
         }
         let message = redact(&braze_message(&text), credentials);
         if status == StatusCode::TOO_MANY_REQUESTS {
@@ -263,6 +330,17 @@ impl BrazeClient {
             .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
             .min(self.policy.max_delay);
         Duration::from_millis(rand::thread_rng().gen_range(0..=cap.as_millis() as u64))
+    }
+}
+
+/// Panics when an id appears twice among `added` and `removed` together.
+fn assert_distinct_ids(added: &[String], removed: &[String]) {
+    let mut seen = std::collections::HashSet::with_capacity(added.len() + removed.len());
+    for id in added.iter().chain(removed) {
+        assert!(
+            seen.insert(id.as_str()),
+            "external id {id:?} appears twice in one cohort_changes request"
+        );
     }
 }
 
@@ -400,6 +478,17 @@ mod tests {
             "<html>upstream unavailable</html>"
         );
         assert_eq!(braze_message(""), "no message in the response");
+    }
+
+    #[test]
+    #[should_panic(expected = "appears twice")]
+    fn id_in_add_and_remove_panics() {
+        assert_distinct_ids(&["a".into(), "b".into()], &["b".into()]);
+    }
+
+    #[test]
+    fn distinct_ids_pass() {
+        assert_distinct_ids(&["a".into(), "b".into()], &["c".into()]);
     }
 
     #[test]

@@ -5,3 +5,4 @@ pub mod client;
 pub mod currents;
 pub mod currents_avro;
 pub mod instances;
+pub mod users_track;

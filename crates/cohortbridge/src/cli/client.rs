@@ -40,6 +40,12 @@ impl AdminClient {
         Self::send(request, &url).await
     }
 
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        let url = self.url(path);
+        let request = self.http.delete(&url).bearer_auth(&self.admin_key);
+        Self::send(request, &url).await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/api/v1/projects/{}{path}", self.server, self.project)
     }

@@ -184,6 +184,22 @@ pub enum CohortsCommand {
     Members {
         id: i64,
     },
+    /// Rename a cohort; the next run of each of its syncs sends the new name to Braze.
+    Rename {
+        id: i64,
+        /// New cohort name, as Braze will show it.
+        #[arg(long)]
+        name: String,
+    },
+    /// Delete a cohort and stop its syncs. Its members stay in Braze unless --remove-members
+    /// is given.
+    Delete {
+        id: i64,
+        /// First remove every member of the cohort from Braze, through each of its syncs. If
+        /// Braze does not accept that, nothing is deleted and the command fails.
+        #[arg(long)]
+        remove_members: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,14 +216,51 @@ pub enum ConnectionsCommand {
         /// allow it with --allow-custom-braze-url.
         #[arg(long, conflicts_with = "instance")]
         base_url: Option<String>,
-        /// Braze Data Import Key of the workspace.
+        /// Braze Data Import Key of the workspace, for the cohort_import delivery.
         #[arg(long, env = "COHORTBRIDGE_DATA_IMPORT_KEY", hide_env_values = true)]
-        data_import_key: String,
+        data_import_key: Option<String>,
         /// Profile property holding the Braze external id.
         #[arg(long)]
         user_id_property: Option<String>,
+        /// Delivery mode: `cohort_import` (partner cohort import API, needs the server's
+        /// partner key) or `attributes` (an array custom attribute through /users/track, needs
+        /// only a REST API key).
+        #[arg(long, default_value = "cohort_import", value_parser = ["cohort_import", "attributes"])]
+        delivery: String,
+        /// Customer REST API key with users.track permission, for the attributes delivery.
+        #[arg(long, env = "COHORTBRIDGE_REST_API_KEY", hide_env_values = true)]
+        rest_api_key: Option<String>,
+        /// Array custom attribute that contains cohort names, for the attributes delivery
+        /// (default mixpanel_cohorts).
+        #[arg(long)]
+        attribute_name: Option<String>,
     },
     List,
+    /// Replace the Data Import Key of a connection after Braze accepts it, and resume the syncs
+    /// that a disconnect or a Braze error paused.
+    Reconnect {
+        /// Connection name or id.
+        connection: String,
+        /// New Braze Data Import Key of the workspace (cohort_import delivery).
+        #[arg(long, env = "COHORTBRIDGE_DATA_IMPORT_KEY", hide_env_values = true)]
+        data_import_key: Option<String>,
+        /// New REST API key of the workspace (attributes delivery).
+        #[arg(long, env = "COHORTBRIDGE_REST_API_KEY", hide_env_values = true)]
+        rest_api_key: Option<String>,
+    },
+    /// Pause every dynamic sync of a connection, keeping their state, until a reconnect.
+    Disconnect {
+        /// Connection name or id.
+        connection: String,
+    },
+    /// Rename a connection; the export menu shows it as `Braze (<name>)`.
+    Rename {
+        /// Connection name or id.
+        connection: String,
+        /// New connection name, unique in the project.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -217,7 +270,11 @@ pub struct ExportArgs {
     #[arg(long)]
     connection: String,
     /// Export the current members once.
-    #[arg(long, conflicts_with = "dynamic", required_unless_present = "dynamic")]
+    #[arg(
+        long,
+        conflicts_with = "dynamic",
+        required_unless_present_any = ["dynamic", "dry_run"]
+    )]
     once: bool,
     /// Keep Braze in sync, sending only adds and removes.
     #[arg(long)]
@@ -225,6 +282,10 @@ pub struct ExportArgs {
     /// Cadence of a dynamic sync, such as 15m or 1h.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     every: Duration,
+    /// Print who the next run would add and remove, without creating a sync or sending
+    /// anything to Braze.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,6 +297,30 @@ pub enum SyncsCommand {
     /// Run a sync now and print the run.
     Run {
         id: i64,
+    },
+    /// Pause a dynamic sync until `syncs resume`.
+    Pause {
+        id: i64,
+    },
+    /// Resume a paused sync; it runs at the next scheduler tick.
+    Resume {
+        id: i64,
+    },
+    /// Stop a sync for good. Its members stay in Braze unless --remove-members is given.
+    Remove {
+        id: i64,
+        /// First remove every member the sync put in Braze. If Braze does not accept that, the
+        /// sync is kept and the command fails.
+        #[arg(long)]
+        remove_members: bool,
+    },
+    /// List each user of a run: distinct id, Braze id, operation (add, remove, no-op, skipped)
+    /// and the reason for a skip.
+    Operations {
+        run_id: i64,
+        /// Print CSV with a header row.
+        #[arg(long)]
+        csv: bool,
     },
 }
 
@@ -343,6 +428,9 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
             base_url,
             data_import_key,
             user_id_property,
+            delivery,
+            rest_api_key,
+            attribute_name,
         }) => {
             let body = json!({
                 "name": name,
@@ -350,6 +438,9 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
                 "base_url": base_url,
                 "data_import_key": data_import_key,
                 "user_id_property": user_id_property,
+                "delivery": delivery,
+                "rest_api_key": rest_api_key,
+                "attribute_name": attribute_name,
             });
             let connection = client.post("/connections", &body).await?;
             if json_output {
@@ -361,6 +452,60 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
                     text(&connection["name"]),
                     text(&connection["base_url"]),
                     text(&connection["user_id_property"])
+                );
+            }
+        }
+        Command::Connections(ConnectionsCommand::Reconnect {
+            connection,
+            data_import_key,
+            rest_api_key,
+        }) => {
+            let reply = client
+                .post(
+                    &format!("/connections/{}/reconnect", path_segment(&connection)),
+                    &json!({"data_import_key": data_import_key, "rest_api_key": rest_api_key}),
+                )
+                .await?;
+            if json_output {
+                print_json(&reply);
+            } else {
+                println!(
+                    "connection {} reconnected; resumed syncs: {}",
+                    text(&reply["connection"]["name"]),
+                    reply["resumed_syncs"]
+                );
+            }
+        }
+        Command::Connections(ConnectionsCommand::Disconnect { connection }) => {
+            let reply = client
+                .post(
+                    &format!("/connections/{}/disconnect", path_segment(&connection)),
+                    &json!({}),
+                )
+                .await?;
+            if json_output {
+                print_json(&reply);
+            } else {
+                println!(
+                    "connection {} disconnected; its dynamic syncs are paused",
+                    text(&reply["name"])
+                );
+            }
+        }
+        Command::Connections(ConnectionsCommand::Rename { connection, name }) => {
+            let reply = client
+                .post(
+                    &format!("/connections/{}/rename", path_segment(&connection)),
+                    &json!({"name": name}),
+                )
+                .await?;
+            if json_output {
+                print_json(&reply);
+            } else {
+                println!(
+                    "connection {} renamed to {}",
+                    reply["id"],
+                    text(&reply["name"])
                 );
             }
         }
@@ -383,6 +528,19 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
                         text(&c["user_id_property"])
                     );
                 }
+            }
+        }
+        Command::Export(args) if args.dry_run => {
+            let body = json!({
+                "cohort_id": args.cohort_id,
+                "connection": args.connection,
+                "dry_run": true,
+            });
+            let plan = client.post("/exports", &body).await?;
+            if json_output {
+                print_json(&plan);
+            } else {
+                print_plan(&plan);
             }
         }
         Command::Export(args) => {
@@ -484,6 +642,34 @@ async fn cohorts(
                 );
             }
         }
+        CohortsCommand::Rename { id, name } => {
+            let cohort = client
+                .post(&format!("/cohorts/{id}/rename"), &json!({"name": name}))
+                .await?;
+            if json_output {
+                print_json(&cohort);
+            } else {
+                println!("cohort {id} renamed to {}", text(&cohort["name"]));
+            }
+        }
+        CohortsCommand::Delete { id, remove_members } => {
+            let reply = client
+                .delete(&format!("/cohorts/{id}?remove_members={remove_members}"))
+                .await?;
+            if json_output {
+                print_json(&reply);
+            } else {
+                let members = if remove_members {
+                    "its members were removed from Braze"
+                } else {
+                    "its members were left in Braze"
+                };
+                println!(
+                    "cohort {id} deleted; syncs stopped: {}; {members}",
+                    reply["removed_syncs"]
+                );
+            }
+        }
         CohortsCommand::Members { id } => {
             let reply = client.get(&format!("/cohorts/{id}/members")).await?;
             if json_output {
@@ -563,8 +749,55 @@ async fn syncs(
             if let Some(reason) = sync["status_reason"].as_str() {
                 println!("reason: {reason}");
             }
+            let cadence = sync["interval_secs"]
+                .as_u64()
+                .map(|secs| humantime::format_duration(Duration::from_secs(secs)).to_string())
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "cadence: {cadence}, last run: {}, next run: {}",
+                text(&reply["last_run_at"]),
+                text(&reply["next_run_at"])
+            );
             for run in reply["runs"].as_array().into_iter().flatten() {
                 print_run(run);
+            }
+        }
+        SyncsCommand::Pause { id } => {
+            let sync = client
+                .post(&format!("/syncs/{id}/pause"), &json!({}))
+                .await?;
+            if json_output {
+                print_json(&sync);
+            } else {
+                println!("sync {id} paused");
+            }
+        }
+        SyncsCommand::Resume { id } => {
+            let sync = client
+                .post(&format!("/syncs/{id}/resume"), &json!({}))
+                .await?;
+            if json_output {
+                print_json(&sync);
+            } else {
+                println!("sync {id} resumed");
+            }
+        }
+        SyncsCommand::Remove { id, remove_members } => {
+            let sync = client
+                .delete(&format!("/syncs/{id}?remove_members={remove_members}"))
+                .await?;
+            if json_output {
+                print_json(&sync);
+            } else {
+                println!("sync {id} {}", text(&sync["status_reason"]));
+            }
+        }
+        SyncsCommand::Operations { run_id, csv } => {
+            let reply = client.get(&format!("/runs/{run_id}/operations")).await?;
+            if json_output {
+                print_json(&reply);
+            } else {
+                print_operations(&reply["operations"], csv)?;
             }
         }
         SyncsCommand::Run { id } => {
@@ -628,18 +861,78 @@ fn print_mtu_explanation(explanation: &Value) {
 
 fn print_run(run: &Value) {
     println!(
-        "  run {}: {} started {} finished {} members {} added {} removed {} skipped {} requests {}{}",
+        "  run {}: {} trigger {} started {} finished {} members {} added {} removed {} unchanged {} skipped {} requests {} retries {}{}",
         run["id"],
         text(&run["status"]),
+        text(&run["trigger"]),
         iso(&run["started_at_ms"]),
         iso(&run["finished_at_ms"]),
         run["members"],
         run["added"],
         run["removed"],
+        run["unchanged"],
         run["skipped"],
         run["requests"],
+        run["retries"],
         run["error"].as_str().map(|e| format!(" error: {e}")).unwrap_or_default()
     );
+}
+
+/// Prints a dry run: one `add <braze id>` or `remove <braze id>` line per change, then the
+/// totals.
+fn print_plan(plan: &Value) {
+    for id in plan["add"].as_array().into_iter().flatten() {
+        println!("add {}", text(id));
+    }
+    for id in plan["remove"].as_array().into_iter().flatten() {
+        println!("remove {}", text(id));
+    }
+    println!(
+        "dry run, nothing sent: {} to add, {} to remove, {} unchanged, {} members skipped",
+        plan["add"].as_array().map_or(0, Vec::len),
+        plan["remove"].as_array().map_or(0, Vec::len),
+        plan["unchanged"],
+        plan["skipped"]
+    );
+}
+
+/// Prints a run's operations as CSV or as aligned text.
+fn print_operations(operations: &Value, csv_output: bool) -> anyhow::Result<()> {
+    let rows = operations.as_array().map(Vec::as_slice).unwrap_or_default();
+    let field = |op: &Value, key: &str| op[key].as_str().unwrap_or_default().to_owned();
+    if csv_output {
+        let mut writer = csv::Writer::from_writer(std::io::stdout().lock());
+        writer.write_record(["distinct_id", "braze_id", "operation", "reason"])?;
+        for op in rows {
+            writer.write_record([
+                field(op, "distinct_id"),
+                field(op, "external_id"),
+                field(op, "operation"),
+                field(op, "reason"),
+            ])?;
+        }
+        writer.flush()?;
+        return Ok(());
+    }
+    println!(
+        "{:<32} {:<32} {:<8} REASON",
+        "DISTINCT ID", "BRAZE ID", "OPERATION"
+    );
+    for op in rows {
+        println!(
+            "{:<32} {:<32} {:<8} {}",
+            text(&op["distinct_id"]),
+            text(&op["external_id"]),
+            text(&op["operation"]),
+            field(op, "reason")
+        );
+    }
+    Ok(())
+}
+
+/// Percent-encodes one URL path segment, such as a connection name.
+fn path_segment(text: &str) -> String {
+    urlencode(text).replace('+', "%20")
 }
 
 fn text(value: &Value) -> String {

@@ -188,6 +188,13 @@ pub struct Connection {
     pub data_import_key_enc: String,
     pub user_id_property: String,
     pub created_at_ms: i64,
+    /// Set while the connection is disconnected; its syncs stay paused until a reconnect.
+    pub disconnected_at_ms: Option<i64>,
+    /// `cohort_import` or `attributes`. In `attributes` mode `data_import_key_enc` contains the
+    /// workspace's REST API key.
+    pub delivery: String,
+    /// The array custom attribute that contains cohort names, in `attributes` mode.
+    pub attribute_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -197,6 +204,9 @@ pub struct NewConnection {
     pub base_url: String,
     pub data_import_key_enc: String,
     pub user_id_property: String,
+    /// `cohort_import` or `attributes`.
+    pub delivery: String,
+    pub attribute_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -223,11 +233,13 @@ pub struct Sync {
     pub connection_id: i64,
     pub mode: SyncMode,
     pub interval_secs: Option<i64>,
-    /// `active`, `paused` or `completed`.
+    /// `active`, `paused`, `completed`, `failed` or `removed`.
     pub status: String,
     pub status_reason: Option<String>,
     pub next_run_at_ms: Option<i64>,
     pub created_at_ms: i64,
+    /// Cause of a pause: `operator`, `connection` or `error`, and `None` unless paused.
+    pub paused_by: Option<String>,
 }
 
 /// The counters of one sync run.
@@ -238,6 +250,10 @@ pub struct RunCounts {
     pub removed: i64,
     pub skipped: i64,
     pub requests: i64,
+    /// Ids already in Braze that the run left alone.
+    pub unchanged: i64,
+    /// Braze requests resent after a retryable failure.
+    pub retries: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -251,6 +267,20 @@ pub struct SyncRun {
     #[serde(flatten)]
     pub counts: RunCounts,
     pub error: Option<String>,
+    /// Cause of the run: `manual`, `schedule`, `export` or `removal`.
+    pub trigger: String,
+}
+
+/// One planned operation of a run, for one member or for one removed id.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RunOperation {
+    /// `None` for a remove, because the member who held the id may no longer exist.
+    pub distinct_id: Option<String>,
+    pub external_id: Option<String>,
+    /// `add`, `remove`, `no-op` or `skipped`.
+    pub operation: String,
+    /// Reason a member was skipped.
+    pub reason: Option<String>,
 }
 
 /// Braze's acknowledged record of one cohort in one connection's workspace.
@@ -488,7 +518,22 @@ pub trait Store: Send + std::marker::Sync + 'static {
         connection_id: i64,
         cohort_id: i64,
     ) -> StoreResult<HashSet<String>>;
-    /// Records one request's worth of changes that Braze acknowledged, in one transaction.
+    /// Records the ids of a request about to be sent, durably, before it is sent. Recording
+    /// the acknowledged changes of that request clears them again.
+    async fn record_braze_pending(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+        ids: Vec<String>,
+    ) -> StoreResult<()>;
+    /// Ids whose request was sent but never acknowledged; Braze's state for them is unknown.
+    async fn braze_pending(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+    ) -> StoreResult<HashSet<String>>;
+    /// Records one request's worth of changes that Braze acknowledged, in one transaction, and
+    /// clears those ids from the pending ids.
     async fn record_braze_changes(
         &self,
         connection_id: i64,
@@ -496,4 +541,49 @@ pub trait Store: Send + std::marker::Sync + 'static {
         added: &[String],
         removed: &[String],
     ) -> StoreResult<()>;
+
+    /// Renames a cohort that is not deleted; `None` when there is none.
+    async fn rename_cohort(
+        &self,
+        project_id: i64,
+        id: i64,
+        name: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<Cohort>>;
+    /// Marks a cohort deleted, so that lookups no longer find it; returns whether it existed.
+    async fn delete_cohort(&self, project_id: i64, id: i64, now_ms: i64) -> StoreResult<bool>;
+
+    async fn rename_connection(&self, id: i64, name: &str) -> StoreResult<Connection>;
+    /// Replaces the encrypted Data Import Key and marks the connection connected.
+    async fn replace_data_import_key(
+        &self,
+        id: i64,
+        data_import_key_enc: &str,
+    ) -> StoreResult<Connection>;
+    /// Marks a connection disconnected and pauses its active and failed dynamic syncs with
+    /// `reason`, in one transaction.
+    async fn disconnect_connection(&self, id: i64, reason: &str, now_ms: i64) -> StoreResult<()>;
+    /// Sets a sync's state at the end of a run, but only while the sync is still `active`;
+    /// returns whether it was. A pause or removal made during the run is kept.
+    async fn settle_sync(
+        &self,
+        id: i64,
+        status: &str,
+        reason: Option<&str>,
+        paused_by: Option<&str>,
+        next_run_at_ms: Option<i64>,
+    ) -> StoreResult<bool>;
+    /// Pauses a sync, recording the cause: `operator`, `connection` or `error`.
+    async fn pause_sync(&self, id: i64, reason: &str, paused_by: &str) -> StoreResult<()>;
+
+    /// Records what started a run: `manual`, `schedule` or `export`.
+    async fn set_run_trigger(&self, run_id: i64, trigger: &str) -> StoreResult<()>;
+    async fn run(&self, run_id: i64) -> StoreResult<Option<SyncRun>>;
+    /// Stores the planned operations of a run, in one transaction.
+    async fn record_run_operations(
+        &self,
+        run_id: i64,
+        operations: Vec<RunOperation>,
+    ) -> StoreResult<()>;
+    async fn run_operations(&self, run_id: i64) -> StoreResult<Vec<RunOperation>>;
 }

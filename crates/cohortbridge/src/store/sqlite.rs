@@ -25,6 +25,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("migrations/sqlite/0002_ingestion.sql"),
     ),
     (
+        "0004_sync_lifecycle",
+        include_str!("migrations/sqlite/0004_sync_lifecycle.sql"),
+    ),
+    (
         "0005_import_credentials",
         include_str!("migrations/sqlite/0005_import_credentials.sql"),
     ),
@@ -180,7 +184,7 @@ fn parse_cohort((mut cohort, definition): (Cohort, String)) -> StoreResult<Cohor
 }
 
 const CONNECTION_COLUMNS: &str =
-    "id, project_id, name, instance, base_url, data_import_key_enc, user_id_property, created_at_ms";
+    "id, project_id, name, instance, base_url, data_import_key_enc, user_id_property, created_at_ms, disconnected_at_ms, delivery, attribute_name";
 
 fn connection_from_row(row: &Row<'_>) -> rusqlite::Result<Connection> {
     Ok(Connection {
@@ -192,10 +196,13 @@ fn connection_from_row(row: &Row<'_>) -> rusqlite::Result<Connection> {
         data_import_key_enc: row.get(5)?,
         user_id_property: row.get(6)?,
         created_at_ms: row.get(7)?,
+        disconnected_at_ms: row.get(8)?,
+        delivery: row.get(9)?,
+        attribute_name: row.get(10)?,
     })
 }
 
-const SYNC_COLUMNS: &str = "id, project_id, cohort_id, connection_id, mode, interval_secs, status, status_reason, next_run_at_ms, created_at_ms";
+const SYNC_COLUMNS: &str = "id, project_id, cohort_id, connection_id, mode, interval_secs, status, status_reason, next_run_at_ms, created_at_ms, paused_by";
 
 fn sync_from_row(row: &Row<'_>) -> rusqlite::Result<Sync> {
     let mode: String = row.get(4)?;
@@ -214,10 +221,11 @@ fn sync_from_row(row: &Row<'_>) -> rusqlite::Result<Sync> {
         status_reason: row.get(7)?,
         next_run_at_ms: row.get(8)?,
         created_at_ms: row.get(9)?,
+        paused_by: row.get(10)?,
     })
 }
 
-const RUN_COLUMNS: &str = "id, sync_id, started_at_ms, finished_at_ms, status, members, added, removed, skipped, requests, error";
+const RUN_COLUMNS: &str = "id, sync_id, started_at_ms, finished_at_ms, status, members, added, removed, skipped, requests, error, unchanged, retries, trigger";
 
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<SyncRun> {
     Ok(SyncRun {
@@ -232,8 +240,11 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<SyncRun> {
             removed: row.get(7)?,
             skipped: row.get(8)?,
             requests: row.get(9)?,
+            unchanged: row.get(11)?,
+            retries: row.get(12)?,
         },
         error: row.get(10)?,
+        trigger: row.get(13)?,
     })
 }
 
@@ -1026,7 +1037,7 @@ impl Store for SqliteStore {
     async fn list_cohorts(&self, project_id: i64) -> StoreResult<Vec<Cohort>> {
         self.read(move |conn| {
             let sql =
-                format!("SELECT {COHORT_COLUMNS} FROM cohorts WHERE project_id = ?1 ORDER BY id");
+                format!("SELECT {COHORT_COLUMNS} FROM cohorts WHERE project_id = ?1 AND deleted_at_ms IS NULL ORDER BY id");
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map([project_id], cohort_from_row)?;
             rows.map(|row| parse_cohort(row?)).collect()
@@ -1037,7 +1048,7 @@ impl Store for SqliteStore {
     async fn cohort(&self, project_id: i64, id: i64) -> StoreResult<Option<Cohort>> {
         self.read(move |conn| {
             let sql =
-                format!("SELECT {COHORT_COLUMNS} FROM cohorts WHERE project_id = ?1 AND id = ?2");
+                format!("SELECT {COHORT_COLUMNS} FROM cohorts WHERE project_id = ?1 AND id = ?2 AND deleted_at_ms IS NULL");
             conn.query_row(&sql, params![project_id, id], cohort_from_row)
                 .optional()?
                 .map(parse_cohort)
@@ -1055,8 +1066,8 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let inserted = conn.execute(
                 "INSERT INTO connections (project_id, name, instance, base_url,
-                     data_import_key_enc, user_id_property, created_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                     data_import_key_enc, user_id_property, created_at_ms, delivery, attribute_name)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     project_id,
                     connection.name,
@@ -1064,7 +1075,9 @@ impl Store for SqliteStore {
                     connection.base_url,
                     connection.data_import_key_enc,
                     connection.user_id_property,
-                    now_ms
+                    now_ms,
+                    connection.delivery,
+                    connection.attribute_name
                 ],
             );
             match inserted {
@@ -1178,7 +1191,9 @@ impl Store for SqliteStore {
         let (status, reason) = (status.to_owned(), reason.map(str::to_owned));
         self.write(move |conn| {
             conn.execute(
-                "UPDATE syncs SET status = ?2, status_reason = ?3, next_run_at_ms = ?4 WHERE id = ?1",
+                "UPDATE syncs SET status = ?2, status_reason = ?3, next_run_at_ms = ?4,
+                     paused_by = CASE WHEN ?2 = 'paused' THEN paused_by ELSE NULL END
+                 WHERE id = ?1",
                 params![id, status, reason, next_run_at_ms],
             )?;
             Ok(())
@@ -1217,14 +1232,16 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             conn.execute(
                 "UPDATE sync_runs SET members = ?2, added = ?3, removed = ?4, skipped = ?5,
-                     requests = ?6 WHERE id = ?1",
+                     requests = ?6, unchanged = ?7, retries = ?8 WHERE id = ?1",
                 params![
                     run_id,
                     counts.members,
                     counts.added,
                     counts.removed,
                     counts.skipped,
-                    counts.requests
+                    counts.requests,
+                    counts.unchanged,
+                    counts.retries
                 ],
             )?;
             Ok(())
@@ -1244,7 +1261,8 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             conn.execute(
                 "UPDATE sync_runs SET status = ?2, members = ?3, added = ?4, removed = ?5,
-                     skipped = ?6, requests = ?7, error = ?8, finished_at_ms = ?9 WHERE id = ?1",
+                     skipped = ?6, requests = ?7, error = ?8, finished_at_ms = ?9,
+                     unchanged = ?10, retries = ?11 WHERE id = ?1",
                 params![
                     run_id,
                     status,
@@ -1254,7 +1272,9 @@ impl Store for SqliteStore {
                     counts.skipped,
                     counts.requests,
                     error,
-                    now_ms
+                    now_ms,
+                    counts.unchanged,
+                    counts.retries
                 ],
             )?;
             run_by_id(conn, run_id)
@@ -1342,6 +1362,44 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn record_braze_pending(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+        ids: Vec<String>,
+    ) -> StoreResult<()> {
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO braze_pending (connection_id, cohort_id, external_id)
+                     VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                )?;
+                for id in &ids {
+                    insert.execute(params![connection_id, cohort_id, id])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn braze_pending(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+    ) -> StoreResult<HashSet<String>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT external_id FROM braze_pending WHERE connection_id = ?1 AND cohort_id = ?2",
+            )?;
+            let rows = stmt.query_map(params![connection_id, cohort_id], |row| row.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     async fn record_braze_changes(
         &self,
         connection_id: i64,
@@ -1367,9 +1425,234 @@ impl Store for SqliteStore {
                 for id in &removed {
                     delete.execute(params![connection_id, cohort_id, id])?;
                 }
+                let mut settle = tx.prepare_cached(
+                    "DELETE FROM braze_pending
+                     WHERE connection_id = ?1 AND cohort_id = ?2 AND external_id = ?3",
+                )?;
+                for id in added.iter().chain(&removed) {
+                    settle.execute(params![connection_id, cohort_id, id])?;
+                }
             }
             tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn rename_cohort(
+        &self,
+        project_id: i64,
+        id: i64,
+        name: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<Cohort>> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            let changed = conn.execute(
+                "UPDATE cohorts SET name = ?3, updated_at_ms = ?4
+                 WHERE project_id = ?1 AND id = ?2 AND deleted_at_ms IS NULL",
+                params![project_id, id, name, now_ms],
+            )?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            let sql = format!("SELECT {COHORT_COLUMNS} FROM cohorts WHERE id = ?1");
+            Ok(Some(parse_cohort(conn.query_row(
+                &sql,
+                [id],
+                cohort_from_row,
+            )?)?))
+        })
+        .await
+    }
+
+    async fn delete_cohort(&self, project_id: i64, id: i64, now_ms: i64) -> StoreResult<bool> {
+        self.write(move |conn| {
+            let changed = conn.execute(
+                "UPDATE cohorts SET deleted_at_ms = ?3
+                 WHERE project_id = ?1 AND id = ?2 AND deleted_at_ms IS NULL",
+                params![project_id, id, now_ms],
+            )?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn rename_connection(&self, id: i64, name: &str) -> StoreResult<Connection> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            match conn.execute(
+                "UPDATE connections SET name = ?2 WHERE id = ?1",
+                params![id, name],
+            ) {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Conflict {
+                        what: "connection",
+                        value: name.clone(),
+                    })
+                }
+                other => other?,
+            };
+            let sql = format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE id = ?1");
+            conn.query_row(&sql, [id], connection_from_row)
+                .optional()?
+                .ok_or(StoreError::NotFound {
+                    what: "connection",
+                    id: id.to_string(),
+                })
+        })
+        .await
+    }
+
+    async fn replace_data_import_key(
+        &self,
+        id: i64,
+        data_import_key_enc: &str,
+    ) -> StoreResult<Connection> {
+        let key = data_import_key_enc.to_owned();
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE connections SET data_import_key_enc = ?2, disconnected_at_ms = NULL
+                 WHERE id = ?1",
+                params![id, key],
+            )?;
+            let sql = format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE id = ?1");
+            conn.query_row(&sql, [id], connection_from_row)
+                .optional()?
+                .ok_or(StoreError::NotFound {
+                    what: "connection",
+                    id: id.to_string(),
+                })
+        })
+        .await
+    }
+
+    async fn disconnect_connection(&self, id: i64, reason: &str, now_ms: i64) -> StoreResult<()> {
+        let reason = reason.to_owned();
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "UPDATE connections SET disconnected_at_ms = ?2 WHERE id = ?1",
+                params![id, now_ms],
+            )?;
+            tx.execute(
+                "UPDATE syncs SET status = 'paused', status_reason = ?2, paused_by = 'connection',
+                     next_run_at_ms = NULL
+                 WHERE connection_id = ?1 AND mode = 'dynamic' AND status IN ('active', 'paused')
+                   AND (paused_by IS NULL OR paused_by <> 'operator')",
+                params![id, reason],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn settle_sync(
+        &self,
+        id: i64,
+        status: &str,
+        reason: Option<&str>,
+        paused_by: Option<&str>,
+        next_run_at_ms: Option<i64>,
+    ) -> StoreResult<bool> {
+        let (status, reason, paused_by) = (
+            status.to_owned(),
+            reason.map(str::to_owned),
+            paused_by.map(str::to_owned),
+        );
+        self.write(move |conn| {
+            let changed = conn.execute(
+                "UPDATE syncs SET status = ?2, status_reason = ?3, paused_by = ?4,
+                     next_run_at_ms = ?5
+                 WHERE id = ?1 AND status = 'active'",
+                params![id, status, reason, paused_by, next_run_at_ms],
+            )?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn pause_sync(&self, id: i64, reason: &str, paused_by: &str) -> StoreResult<()> {
+        let (reason, paused_by) = (reason.to_owned(), paused_by.to_owned());
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE syncs SET status = 'paused', status_reason = ?2, paused_by = ?3,
+                     next_run_at_ms = NULL
+                 WHERE id = ?1",
+                params![id, reason, paused_by],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_run_trigger(&self, run_id: i64, trigger: &str) -> StoreResult<()> {
+        let trigger = trigger.to_owned();
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE sync_runs SET trigger = ?2 WHERE id = ?1",
+                params![run_id, trigger],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn run(&self, run_id: i64) -> StoreResult<Option<SyncRun>> {
+        self.read(move |conn| match run_by_id(conn, run_id) {
+            Ok(run) => Ok(Some(run)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+    }
+
+    async fn record_run_operations(
+        &self,
+        run_id: i64,
+        operations: Vec<RunOperation>,
+    ) -> StoreResult<()> {
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO sync_run_operations
+                         (run_id, seq, distinct_id, external_id, operation, reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for (seq, op) in operations.iter().enumerate() {
+                    insert.execute(params![
+                        run_id,
+                        seq as i64,
+                        op.distinct_id,
+                        op.external_id,
+                        op.operation,
+                        op.reason
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn run_operations(&self, run_id: i64) -> StoreResult<Vec<RunOperation>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT distinct_id, external_id, operation, reason FROM sync_run_operations
+                 WHERE run_id = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([run_id], |row| {
+                Ok(RunOperation {
+                    distinct_id: row.get(0)?,
+                    external_id: row.get(1)?,
+                    operation: row.get(2)?,
+                    reason: row.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
     }

@@ -7,14 +7,21 @@
 //! sent.
 //! Runs of one connection execute one at a time, and a sync never runs twice at once.
 
+mod attributes;
+mod metrics;
+mod plan;
+mod removal;
 mod scheduler;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use chrono::{TimeZone, Utc};
 use serde_json::Value;
 
+pub use metrics::SyncMetrics;
+pub use plan::{member_braze_id, plan_changes, Plan};
 pub use scheduler::spawn_scheduler;
 
 use crate::braze::client::{BrazeClient, BrazeError, Credentials, MAX_IDS_PER_REQUEST};
@@ -23,8 +30,50 @@ use crate::cohorts;
 use crate::identity;
 use crate::secrets::SecretBox;
 use crate::store::{
-    BrazeCohort, Connection, RunCounts, Store, StoreError, Sync, SyncMode, SyncRun,
+    BrazeCohort, Cohort, Connection, RunCounts, Store, StoreError, Sync, SyncMode, SyncRun,
 };
+
+/// Cause of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// `syncs run` or the API's run route.
+    Manual,
+    /// The scheduler, when a dynamic sync was due.
+    Schedule,
+    /// The first run of a new export.
+    Export,
+    /// `syncs remove --remove-members` or `cohorts delete --remove-members`.
+    Removal,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Schedule => "schedule",
+            Trigger::Export => "export",
+            Trigger::Removal => "removal",
+        }
+    }
+}
+
+/// Limits that keep one project from overloading the server or its Braze workspace.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncLimits {
+    /// Dynamic syncs per project that are not removed (active, paused or failed).
+    pub max_dynamic_syncs_per_project: usize,
+    /// Members a cohort may have for a run to send anything.
+    pub max_cohort_members: usize,
+}
+
+impl Default for SyncLimits {
+    fn default() -> Self {
+        Self {
+            max_dynamic_syncs_per_project: 60,
+            max_cohort_members: 10_000_000,
+        }
+    }
+}
 
 /// The operator's partner credentials for Braze's partner API.
 #[derive(Clone, Default)]
@@ -65,6 +114,9 @@ pub enum SyncError {
         status: String,
         reason: String,
     },
+    /// Removing the members of a sync from Braze failed; the sync was left in place.
+    #[error("removing the members of sync {id} from Braze failed: {message}")]
+    Removal { id: i64, message: String },
 }
 
 pub struct SyncEngine {
@@ -74,6 +126,8 @@ pub struct SyncEngine {
     partner: PartnerSettings,
     running: Mutex<HashSet<i64>>,
     connection_queues: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+    limits: SyncLimits,
+    metrics: Arc<SyncMetrics>,
 }
 
 /// Removes a sync from the running set when its run ends, however it ends.
@@ -122,14 +176,31 @@ impl SyncEngine {
         secrets: SecretBox,
         partner: PartnerSettings,
     ) -> Self {
+        let metrics = Arc::new(SyncMetrics::new());
         Self {
             store,
-            client,
+            client: client.with_metrics(metrics.clone()),
             secrets,
             partner,
             running: Mutex::new(HashSet::new()),
             connection_queues: Mutex::new(HashMap::new()),
+            limits: SyncLimits::default(),
+            metrics,
         }
+    }
+
+    /// Replaces the limits.
+    pub fn with_limits(mut self, limits: SyncLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> SyncLimits {
+        self.limits
+    }
+
+    pub fn metrics(&self) -> &SyncMetrics {
+        &self.metrics
     }
 
     pub fn client(&self) -> &BrazeClient {
@@ -149,7 +220,12 @@ impl SyncEngine {
 
     /// Credentials for requests through `connection`.
     pub fn credentials(&self, connection: &Connection) -> Result<Credentials, String> {
-        let partner_api_key = self.partner.api_key_for(&connection.base_url)?.to_owned();
+        // The attribute mode needs only the workspace's REST API key.
+        let partner_api_key = if connection.delivery == "attributes" {
+            String::new()
+        } else {
+            self.partner.api_key_for(&connection.base_url)?.to_owned()
+        };
         let data_import_key = self
             .secrets
             .decrypt(&connection.data_import_key_enc)
@@ -166,9 +242,18 @@ impl SyncEngine {
         })
     }
 
+    /// Runs a sync now, as a manual run, and returns the recorded run.
+    pub async fn run(&self, sync_id: i64) -> Result<SyncRun, SyncError> {
+        self.run_triggered(sync_id, Trigger::Manual).await
+    }
+
     /// Runs a sync now and returns the recorded run. Fails without a run when the sync is
     /// already running or is not active.
-    pub async fn run(&self, sync_id: i64) -> Result<SyncRun, SyncError> {
+    pub async fn run_triggered(
+        &self,
+        sync_id: i64,
+        trigger: Trigger,
+    ) -> Result<SyncRun, SyncError> {
         let sync = self
             .store
             .sync(sync_id)
@@ -184,29 +269,13 @@ impl SyncEngine {
                     .unwrap_or_else(|| "no reason recorded".into()),
             });
         }
-        if !self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(sync_id)
-        {
-            return Err(SyncError::AlreadyRunning(sync_id));
-        }
-        let _guard = RunningGuard {
-            engine: self,
-            sync_id,
-        };
-
-        let queue = self
-            .connection_queues
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(sync.connection_id)
-            .or_default()
-            .clone();
+        let _guard = self.claim(sync_id)?;
+        let queue = self.connection_queue(sync.connection_id);
         let _turn = queue.lock().await;
 
+        let started = Instant::now();
         let run = self.store.start_run(sync_id, now_ms()).await?;
+        self.store.set_run_trigger(run.id, trigger.as_str()).await?;
         let span = tracing::info_span!(
             "sync_run",
             project_id = sync.project_id,
@@ -215,7 +284,7 @@ impl SyncEngine {
             run_id = run.id
         );
         let _entered = span.enter();
-        tracing::info!("sync run started");
+        tracing::info!(trigger = trigger.as_str(), "sync run started");
         drop(_entered);
 
         let mut counts = RunCounts::default();
@@ -225,16 +294,45 @@ impl SyncEngine {
             SyncMode::Dynamic => sync.interval_secs.map(|secs| finished_at + secs * 1000),
             SyncMode::Once => None,
         };
+        let outcome_label = if outcome.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        self.metrics
+            .run_duration
+            .with_label_values(&[outcome_label])
+            .observe(started.elapsed().as_secs_f64());
+
+        let (status, reason, paused_by, next) = match &outcome {
+            Ok(()) if sync.mode == SyncMode::Once => ("completed", None, None, None),
+            Ok(()) => ("active", None, None, next_run),
+            Err(failure) if sync.mode == SyncMode::Once => {
+                ("failed", Some(failure.message.as_str()), None, None)
+            }
+            Err(failure) if failure.pause => (
+                "paused",
+                Some(failure.message.as_str()),
+                Some("error"),
+                None,
+            ),
+            Err(failure) => ("active", Some(failure.message.as_str()), None, next_run),
+        };
+        // Only a sync that is still active is updated: an operator may have paused or removed
+        // it during the run, and that state wins.
+        let settled = self
+            .store
+            .settle_sync(sync_id, status, reason, paused_by, next)
+            .await?;
+        if !settled {
+            tracing::info!(
+                sync_id,
+                run_id = run.id,
+                "sync was paused or removed during the run; its state is kept"
+            );
+        }
         let run = match outcome {
             Ok(()) => {
-                let status = if sync.mode == SyncMode::Once {
-                    "completed"
-                } else {
-                    "active"
-                };
-                self.store
-                    .set_sync_state(sync_id, status, None, next_run)
-                    .await?;
                 let run = self
                     .store
                     .finish_run(run.id, "succeeded", &counts, None, finished_at)
@@ -252,19 +350,10 @@ impl SyncEngine {
             }
             Err(failure) => {
                 if sync.mode == SyncMode::Once {
-                    self.store
-                        .set_sync_state(sync_id, "failed", Some(&failure.message), None)
-                        .await?;
                     tracing::error!(sync_id, run_id = run.id, error = %failure.message, "one-time export failed");
                 } else if failure.pause {
-                    self.store
-                        .set_sync_state(sync_id, "paused", Some(&failure.message), None)
-                        .await?;
-                    tracing::error!(sync_id, run_id = run.id, error = %failure.message, "sync run failed; sync paused until its connection is fixed");
+                    tracing::error!(sync_id, run_id = run.id, error = %failure.message, "sync run failed; sync paused until it is resumed or its connection is reconnected");
                 } else {
-                    self.store
-                        .set_sync_state(sync_id, "active", Some(&failure.message), next_run)
-                        .await?;
                     tracing::error!(sync_id, run_id = run.id, error = %failure.message, "sync run failed; the next run retries");
                 }
                 self.store
@@ -279,6 +368,84 @@ impl SyncEngine {
             }
         };
         Ok(run)
+    }
+
+    /// Marks a sync as running, or fails when it already is.
+    fn claim(&self, sync_id: i64) -> Result<RunningGuard<'_>, SyncError> {
+        if !self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sync_id)
+        {
+            return Err(SyncError::AlreadyRunning(sync_id));
+        }
+        Ok(RunningGuard {
+            engine: self,
+            sync_id,
+        })
+    }
+
+    /// Returns the lock that lets one run at a time reach a connection's workspace.
+    fn connection_queue(&self, connection_id: i64) -> Arc<tokio::sync::Mutex<()>> {
+        self.connection_queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(connection_id)
+            .or_default()
+            .clone()
+    }
+
+    /// Evaluates a cohort for a run. A failed evaluation, or a cohort over the member limit,
+    /// is an error, so that it never looks like an empty cohort.
+    async fn evaluate_for_sync(
+        &self,
+        project_id: i64,
+        cohort: &Cohort,
+    ) -> Result<cohorts::CohortMembers, String> {
+        let definition = cohorts::parse(&cohort.definition)
+            .map_err(|e| format!("cohort evaluation failed: invalid definition: {e}"))?;
+        let evaluated = cohorts::evaluate(self.store.as_ref(), project_id, &definition, now_ms())
+            .await
+            .map_err(|e| format!("cohort evaluation failed: {e}"))?;
+        let limit = self.limits.max_cohort_members;
+        if evaluated.members.len() > limit {
+            return Err(format!(
+                "cohort {} has {} members, more than the limit of {limit} per cohort \
+                 (serve flag --max-cohort-members); nothing was sent",
+                cohort.id,
+                evaluated.members.len()
+            ));
+        }
+        Ok(evaluated)
+    }
+
+    /// Computes what the next run of `cohort` through `connection` would add and remove,
+    /// without sending anything.
+    pub async fn preview(
+        &self,
+        project_id: i64,
+        cohort: &Cohort,
+        connection: &Connection,
+    ) -> Result<Plan, String> {
+        let evaluated = self.evaluate_for_sync(project_id, cohort).await?;
+        let storage = |e: StoreError| format!("storage error: {e}");
+        let acknowledged = self
+            .store
+            .braze_members(connection.id, cohort.id)
+            .await
+            .map_err(storage)?;
+        let pending = self
+            .store
+            .braze_pending(connection.id, cohort.id)
+            .await
+            .map_err(storage)?;
+        Ok(plan_changes(
+            &evaluated,
+            &connection.user_id_property,
+            &acknowledged,
+            &pending,
+        ))
     }
 
     async fn execute(
@@ -307,18 +474,30 @@ impl SyncEngine {
                     sync.connection_id
                 ))
             })?;
+        if connection.disconnected_at_ms.is_some() {
+            return Err(RunFailure::pause(format!(
+                "connection {:?} is disconnected; reconnect it to resume",
+                connection.name
+            )));
+        }
 
-        // A failed evaluation sends nothing: it must never look like an empty cohort.
-        let definition = cohorts::parse(&cohort.definition).map_err(|e| {
-            RunFailure::retry_later(format!("cohort evaluation failed: invalid definition: {e}"))
-        })?;
-        let evaluated =
-            cohorts::evaluate(self.store.as_ref(), sync.project_id, &definition, now_ms())
-                .await
-                .map_err(|e| RunFailure::retry_later(format!("cohort evaluation failed: {e}")))?;
-
-        let desired = external_ids(&evaluated, &connection.user_id_property, counts);
+        let evaluated = self
+            .evaluate_for_sync(sync.project_id, &cohort)
+            .await
+            .map_err(RunFailure::retry_later)?;
         let credentials = self.credentials(&connection).map_err(RunFailure::pause)?;
+        if connection.delivery == "attributes" {
+            return self
+                .deliver_attributes(
+                    run_id,
+                    counts,
+                    &cohort,
+                    &connection,
+                    evaluated,
+                    &credentials,
+                )
+                .await;
+        }
         let braze_cohort_id = braze_cohort_id(sync.project_id, cohort.id);
 
         let known = self
@@ -332,7 +511,8 @@ impl SyncEngine {
                 .single()
                 .unwrap_or_else(Utc::now)
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            self.client
+            let retries = self
+                .client
                 .create_cohort(
                     &connection.base_url,
                     &credentials,
@@ -341,8 +521,9 @@ impl SyncEngine {
                     &created_at,
                 )
                 .await
-                .map_err(braze_failure)?;
+                .map_err(|e| braze_failure_counted(e, counts))?;
             counts.requests += 1;
+            counts.retries += i64::from(retries);
             let record = BrazeCohort {
                 braze_cohort_id: braze_cohort_id.clone(),
                 name_sent: cohort.name.clone(),
@@ -358,21 +539,41 @@ impl SyncEngine {
             .braze_members(connection.id, cohort.id)
             .await
             .map_err(store_failure)?;
-        let adds: Vec<String> = desired
-            .difference(&acknowledged)
-            .cloned()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let removes: Vec<String> = acknowledged
-            .difference(&desired)
-            .cloned()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let pending = self
+            .store
+            .braze_pending(connection.id, cohort.id)
+            .await
+            .map_err(store_failure)?;
+        let plan = plan_changes(
+            &evaluated,
+            &connection.user_id_property,
+            &acknowledged,
+            &pending,
+        );
+        drop(evaluated);
+        drop(acknowledged);
+        counts.members = plan.counts.members;
+        counts.skipped = plan.counts.skipped;
+        counts.unchanged = plan.counts.unchanged;
+        self.store
+            .record_run_operations(run_id, plan.operations)
+            .await
+            .map_err(store_failure)?;
+        self.store
+            .update_run_counts(run_id, counts)
+            .await
+            .map_err(store_failure)?;
 
-        for (added, removed) in batches(&adds, &removes, MAX_IDS_PER_REQUEST) {
-            self.client
+        let mut last_progress = Instant::now();
+        for (added, removed) in batches(&plan.adds, &plan.removes, MAX_IDS_PER_REQUEST) {
+            // Recorded first, so that a crash while the request is in flight leaves these ids
+            // marked as unknown, and the next run sends them again.
+            self.store
+                .record_braze_pending(connection.id, cohort.id, [added, removed].concat())
+                .await
+                .map_err(store_failure)?;
+            let retries = self
+                .client
                 .update_members(
                     &connection.base_url,
                     &credentials,
@@ -381,22 +582,39 @@ impl SyncEngine {
                     removed,
                 )
                 .await
-                .map_err(braze_failure)?;
+                .map_err(|e| braze_failure_counted(e, counts))?;
             counts.requests += 1;
+            counts.retries += i64::from(retries);
             self.store
                 .record_braze_changes(connection.id, cohort.id, added, removed)
                 .await
                 .map_err(store_failure)?;
             counts.added += added.len() as i64;
             counts.removed += removed.len() as i64;
-            self.store
-                .update_run_counts(run_id, counts)
-                .await
-                .map_err(store_failure)?;
+            self.metrics
+                .ids_sent
+                .with_label_values(&["add"])
+                .inc_by(added.len() as u64);
+            self.metrics
+                .ids_sent
+                .with_label_values(&["remove"])
+                .inc_by(removed.len() as u64);
+            // The counts are progress for `syncs show`, not state that a crash must keep, so
+            // they are written at most once a second; `finish_run` writes the final ones.
+            if last_progress.elapsed() >= PROGRESS_INTERVAL {
+                self.store
+                    .update_run_counts(run_id, counts)
+                    .await
+                    .map_err(store_failure)?;
+                last_progress = Instant::now();
+            }
         }
         Ok(())
     }
 }
+
+/// Least time between two writes of a run's counts while it sends.
+const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Builds the id a cohort has in Braze. It carries the project id so two projects exporting to one
 /// workspace never share a Braze cohort.
@@ -450,6 +668,16 @@ pub fn batches<'a>(
     out
 }
 
+/// Adds the resends of a request that gave up to the run's retries, then maps the error.
+fn braze_failure_counted(error: BrazeError, counts: &mut RunCounts) -> RunFailure {
+    if let BrazeError::GaveUp { attempts, .. } = &error {
+        counts.retries += i64::from(attempts.saturating_sub(1));
+    }
+    braze_failure(error)
+}
+
+/// Maps a Braze error to a run failure: rejected requests pause the sync, exhausted retries
+/// leave it for the next run.
 fn braze_failure(error: BrazeError) -> RunFailure {
     match error {
         BrazeError::Rejected {

@@ -37,7 +37,10 @@ pub fn spawn_scheduler(
                 }
                 let engine = engine.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = engine.run(sync.id).await {
+                    if let Err(e) = engine
+                        .run_triggered(sync.id, super::Trigger::Schedule)
+                        .await
+                    {
                         tracing::warn!(sync_id = sync.id, error = %e, "scheduled sync run did not start");
                     }
                 });

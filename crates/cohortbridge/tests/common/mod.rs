@@ -121,6 +121,44 @@ impl TestServer {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn admin_delete(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .http
+            .delete(self.admin_url(path))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until sync `sync_id` is neither running nor due, so that a manual run cannot
+    /// collide with one the scheduler starts.
+    pub async fn wait_until_idle(&self, sync_id: i64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let shown = self.admin_get(&format!("/syncs/{sync_id}")).await;
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let due = shown["sync"]["next_run_at_ms"]
+                .as_i64()
+                .is_some_and(|at| at <= now_ms);
+            let running = shown["runs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|run| run["status"] == "running");
+            if !due && !running {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sync {sync_id} never became idle: {shown}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// POST a raw body to `/import` with the API secret, returning status and JSON.
     pub async fn import_raw(
         &self,

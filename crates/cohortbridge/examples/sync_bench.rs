@@ -1,0 +1,264 @@
+//! Benchmark of one dynamic sync: a cohort of N exportable members (default 1,000,000) synced
+//! into the Braze emulator, then a run after 1% churn (half leave, as many new users join).
+//!
+//! Run with `cargo run --release -p cohortbridge --example sync_bench [-- MEMBERS]`.
+//!
+//! Profiles are written straight through the `Store` trait, because loading a million through
+//! `/engage` measures ingestion, not sync. The emulator runs in the same process, so the peak
+//! memory printed includes the emulator's copy of the members. Peak memory is Linux's VmHWM,
+//! reset after loading through `/proc/self/clear_refs`, so each figure covers one run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use braze_emulator::{Config as EmulatorConfig, Emulator, MemberKind, Members};
+use cohortbridge::braze::client::{BrazeClient, RetryPolicy};
+use cohortbridge::secrets::SecretBox;
+use cohortbridge::store::{
+    NewConnection, NewProject, ProfileOperation, ProfileUpdate, SqliteStore, Store, SyncMode,
+};
+use cohortbridge::sync::{PartnerSettings, SyncEngine, SyncLimits};
+use serde_json::{json, Map, Value};
+
+const PARTNER_KEY: &str = "bench-partner-key";
+const DATA_IMPORT_KEY: &str = "bench-data-import-key";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let members: usize = match std::env::args().nth(1) {
+        Some(text) => text
+            .parse()
+            .map_err(|e| anyhow::anyhow!("MEMBERS {text:?} is not a count: {e}"))?,
+        None => 1_000_000,
+    };
+    let churn = members / 100;
+    let data_dir = tempfile::tempdir()?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.path().join("bench.db"))?);
+    let secrets = SecretBox::load_or_create(data_dir.path(), None)?;
+
+    let emulator = Emulator::new(EmulatorConfig {
+        partner_name: "cohortbridge".into(),
+        partner_api_keys: vec![PARTNER_KEY.into()],
+        data_import_keys: vec![DATA_IMPORT_KEY.into()],
+    });
+    let addr = emulator
+        .clone()
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await?;
+
+    let project = store
+        .create_project(NewProject {
+            name: "bench".into(),
+            token: "bench-token".into(),
+            api_secret_enc: secrets.encrypt("s"),
+            api_secret_hash: "h1".into(),
+            currents_token_enc: secrets.encrypt("c"),
+            currents_token_hash: "h2".into(),
+        })
+        .await?;
+    let started = Instant::now();
+    load_profiles(store.as_ref(), project.id, 0..members, "pro").await?;
+    println!("loaded {members} profiles in {:.1?}", started.elapsed());
+
+    let connection = store
+        .create_connection(
+            project.id,
+            NewConnection {
+                name: "emulator".into(),
+                instance: "custom".into(),
+                base_url: format!("http://{addr}"),
+                data_import_key_enc: secrets.encrypt(DATA_IMPORT_KEY),
+                user_id_property: "$braze_external_id".into(),
+                delivery: "cohort_import".into(),
+                attribute_name: None,
+            },
+            0,
+        )
+        .await?;
+    let definition = json!({"profile": "plan", "op": "eq", "value": "pro"});
+    let cohort = store
+        .create_cohort(project.id, "Bench", &definition, 0)
+        .await?;
+    let sync = store
+        .create_sync(
+            project.id,
+            cohort.id,
+            connection.id,
+            SyncMode::Dynamic,
+            Some(3600),
+            0,
+        )
+        .await?;
+    let client = BrazeClient::new(RetryPolicy {
+        request_timeout: Duration::from_secs(60),
+        ..RetryPolicy::default()
+    });
+    let engine = SyncEngine::new(
+        store.clone(),
+        client,
+        secrets,
+        PartnerSettings {
+            name: "cohortbridge".into(),
+            api_key: Some(PARTNER_KEY.into()),
+            api_key_eu: None,
+        },
+    )
+    .with_limits(SyncLimits::default());
+
+    measure_preview(
+        &engine,
+        store.as_ref(),
+        project.id,
+        cohort.id,
+        connection.id,
+    )
+    .await?;
+    reset_peak_memory();
+    let first = measure_run(&engine, sync.id, "first run").await?;
+    let braze_members = emulator
+        .members(
+            0,
+            &cohortbridge::sync::braze_cohort_id(project.id, cohort.id),
+            MemberKind::UserIds,
+        )
+        .map(|m| match m {
+            Members::UserIds(ids) => ids.len(),
+            _ => 0,
+        })
+        .unwrap_or(0);
+    println!("  Braze holds {braze_members} members");
+    anyhow::ensure!(
+        first.added as usize == members,
+        "first run added {}",
+        first.added
+    );
+
+    // 1% churn: the first half of the churn leaves, as many new users join.
+    load_profiles(store.as_ref(), project.id, 0..churn / 2, "free").await?;
+    load_profiles(
+        store.as_ref(),
+        project.id,
+        members..members + churn / 2,
+        "pro",
+    )
+    .await?;
+    measure_preview(
+        &engine,
+        store.as_ref(),
+        project.id,
+        cohort.id,
+        connection.id,
+    )
+    .await?;
+    reset_peak_memory();
+    let second = measure_run(&engine, sync.id, "churn run").await?;
+    anyhow::ensure!(
+        (second.added + second.removed) as usize == churn / 2 * 2,
+        "churn run sent {} adds and {} removes",
+        second.added,
+        second.removed
+    );
+    Ok(())
+}
+
+/// Writes profiles `u<n>` with `plan` and the Braze id `ext-<n>`, 50,000 per transaction.
+async fn load_profiles(
+    store: &dyn Store,
+    project_id: i64,
+    range: std::ops::Range<usize>,
+    plan: &str,
+) -> anyhow::Result<()> {
+    let ids: Vec<usize> = range.collect();
+    for chunk in ids.chunks(50_000) {
+        let updates = chunk
+            .iter()
+            .map(|n| {
+                let mut set = Map::new();
+                set.insert("plan".into(), Value::String(plan.into()));
+                set.insert(
+                    "$braze_external_id".into(),
+                    Value::String(format!("ext-{n}")),
+                );
+                ProfileUpdate {
+                    distinct_id: format!("u{n}"),
+                    operation: ProfileOperation::Set(set),
+                    last_seen_ms: None,
+                    ignore_alias: false,
+                }
+            })
+            .collect();
+        store.apply_profile_updates(project_id, updates, 0).await?;
+    }
+    Ok(())
+}
+
+/// Times a dry run (evaluation, reading the acknowledged ids, the diff) on its own, so that
+/// the run figures can be split into planning and sending.
+async fn measure_preview(
+    engine: &SyncEngine,
+    store: &dyn Store,
+    project_id: i64,
+    cohort_id: i64,
+    connection_id: i64,
+) -> anyhow::Result<()> {
+    let cohort = store
+        .cohort(project_id, cohort_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("cohort {cohort_id} not found"))?;
+    let connection = store
+        .connection(connection_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("connection {connection_id} not found"))?;
+    reset_peak_memory();
+    let started = Instant::now();
+    let plan = engine
+        .preview(project_id, &cohort, &connection)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    println!(
+        "  dry run (evaluate, read acknowledged ids, diff): {:.2} s, {} to add, {} to remove, peak RSS {} MB",
+        started.elapsed().as_secs_f64(),
+        plan.adds.len(),
+        plan.removes.len(),
+        peak_memory_mb().map_or_else(|| "unknown".into(), |mb| mb.to_string())
+    );
+    Ok(())
+}
+
+/// Runs the sync and prints its figures.
+async fn measure_run(
+    engine: &SyncEngine,
+    sync_id: i64,
+    label: &str,
+) -> anyhow::Result<cohortbridge::store::RunCounts> {
+    let started = Instant::now();
+    let run = engine.run(sync_id).await?;
+    let wall = started.elapsed();
+    anyhow::ensure!(run.status == "succeeded", "{label} failed: {:?}", run.error);
+    let sent = run.counts.added + run.counts.removed;
+    println!(
+        "{label}: {} members, {} added, {} removed, {} requests, wall {:.2} s, {:.0} ids/s sent, {:.0} members/s evaluated and diffed, peak RSS {} MB",
+        run.counts.members,
+        run.counts.added,
+        run.counts.removed,
+        run.counts.requests,
+        wall.as_secs_f64(),
+        sent as f64 / wall.as_secs_f64(),
+        run.counts.members as f64 / wall.as_secs_f64(),
+        peak_memory_mb().map_or_else(|| "unknown".into(), |mb| mb.to_string())
+    );
+    Ok(run.counts)
+}
+
+/// Resets the process's peak resident set size (Linux only; no effect elsewhere).
+fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set size in MB since the last reset (Linux's VmHWM).
+fn peak_memory_mb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
+}

@@ -1,0 +1,256 @@
+//! The plan of one run: which Braze ids to add and remove, and what happens to each member.
+//!
+//! The diff is keyed by the Braze id value, not by the distinct id. A member whose id changed is
+//! one remove of the old id and one add of the new, and two members sharing one id keep it in
+//! the cohort while either qualifies. Ids are compared and sent byte-exact.
+//!
+//! Ids whose last request was never acknowledged (pending) have an unknown state in Braze, so
+//! each is sent again: an add when it is desired, a remove when it is not. Both are no-ops in
+//! Braze when they repeat what it already did.
+
+use std::collections::{BTreeSet, HashSet};
+
+use serde_json::Value;
+
+use crate::cohorts::CohortMembers;
+use crate::identity;
+use crate::store::{RunCounts, RunOperation};
+
+/// Adds and removes of one run, disjoint and each sorted, with one operation per member and
+/// per removed id.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub adds: Vec<String>,
+    pub removes: Vec<String>,
+    pub operations: Vec<RunOperation>,
+    /// `members`, `skipped` and `unchanged` are set; the rest stay zero.
+    pub counts: RunCounts,
+}
+
+/// The Braze id of one member, or why the member cannot be sent.
+pub fn member_braze_id<'a>(
+    evaluated: &'a CohortMembers,
+    member: &str,
+    user_id_property: &str,
+) -> Result<&'a str, String> {
+    if identity::is_anonymous_device(member) {
+        return Err("anonymous device id without a merged user".into());
+    }
+    let profile = evaluated
+        .profiles
+        .get(member)
+        .ok_or_else(|| "no profile".to_owned())?;
+    match profile.get(user_id_property) {
+        None | Some(Value::Null) => Err(format!("profile has no {user_id_property} property")),
+        Some(Value::String(id)) if id.is_empty() => Err(format!("{user_id_property} is empty")),
+        Some(Value::String(id)) => Ok(id),
+        Some(other) => Err(format!(
+            "{user_id_property} is a {}, not a string",
+            json_type(other)
+        )),
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Diffs the cohort's members against the ids Braze acknowledged and the pending ids.
+pub fn plan_changes(
+    evaluated: &CohortMembers,
+    user_id_property: &str,
+    acknowledged: &HashSet<String>,
+    pending: &HashSet<String>,
+) -> Plan {
+    let mut plan = Plan::default();
+    plan.counts.members = evaluated.members.len() as i64;
+
+    let mut desired: HashSet<&str> = HashSet::with_capacity(evaluated.members.len());
+    let mut member_ids = Vec::with_capacity(evaluated.members.len());
+    for member in &evaluated.members {
+        let id = member_braze_id(evaluated, member, user_id_property);
+        match &id {
+            Ok(id) => {
+                desired.insert(id);
+            }
+            Err(_) => plan.counts.skipped += 1,
+        }
+        member_ids.push((member, id));
+    }
+
+    let adds: BTreeSet<&str> = desired
+        .iter()
+        .copied()
+        .filter(|id| !acknowledged.contains(*id) || pending.contains(*id))
+        .collect();
+    let removes: BTreeSet<&str> = acknowledged
+        .iter()
+        .chain(pending)
+        .map(String::as_str)
+        .filter(|id| !desired.contains(id))
+        .collect();
+    plan.counts.unchanged = (desired.len() - adds.len()) as i64;
+
+    plan.operations.reserve(member_ids.len() + removes.len());
+    for (member, id) in member_ids {
+        let operation = match id {
+            Ok(id) => RunOperation {
+                distinct_id: Some(member.clone()),
+                external_id: Some(id.to_owned()),
+                operation: if adds.contains(id) { "add" } else { "no-op" }.into(),
+                reason: None,
+            },
+            Err(reason) => RunOperation {
+                distinct_id: Some(member.clone()),
+                external_id: None,
+                operation: "skipped".into(),
+                reason: Some(reason),
+            },
+        };
+        plan.operations.push(operation);
+    }
+    for id in &removes {
+        plan.operations.push(RunOperation {
+            distinct_id: None,
+            external_id: Some((*id).to_owned()),
+            operation: "remove".into(),
+            reason: None,
+        });
+    }
+
+    plan.adds = adds.into_iter().map(str::to_owned).collect();
+    plan.removes = removes.into_iter().map(str::to_owned).collect();
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn members(rows: &[(&str, Value)]) -> CohortMembers {
+        let mut evaluated = CohortMembers::default();
+        for (member, profile) in rows {
+            evaluated.members.insert((*member).into());
+            if let Value::Object(map) = profile {
+                evaluated.profiles.insert((*member).into(), map.clone());
+            }
+        }
+        evaluated
+    }
+
+    #[test]
+    fn changed_id_is_one_remove_and_one_add() {
+        let evaluated = members(&[("u1", json!({"$braze_external_id": "new"}))]);
+        let acknowledged = HashSet::from(["old".to_owned()]);
+        let plan = plan_changes(
+            &evaluated,
+            "$braze_external_id",
+            &acknowledged,
+            &HashSet::new(),
+        );
+        assert_eq!(plan.adds, ["new"]);
+        assert_eq!(plan.removes, ["old"]);
+        assert_eq!(plan.counts.unchanged, 0);
+    }
+
+    #[test]
+    fn shared_id_stays_while_one_member_qualifies() {
+        let evaluated = members(&[
+            ("u1", json!({"$braze_external_id": "shared"})),
+            ("u2", json!({"$braze_external_id": "shared"})),
+        ]);
+        let acknowledged = HashSet::from(["shared".to_owned()]);
+        let plan = plan_changes(
+            &evaluated,
+            "$braze_external_id",
+            &acknowledged,
+            &HashSet::new(),
+        );
+        assert!(plan.adds.is_empty());
+        assert!(plan.removes.is_empty());
+        assert_eq!(plan.counts.unchanged, 1);
+        assert_eq!(plan.operations.len(), 2);
+        assert!(plan.operations.iter().all(|op| op.operation == "no-op"));
+    }
+
+    #[test]
+    fn adds_and_removes_are_disjoint_and_unique() {
+        let evaluated = members(&[
+            ("a", json!({"$braze_external_id": "X"})),
+            ("b", json!({"$braze_external_id": "X"})),
+            ("c", json!({"$braze_external_id": "Y"})),
+        ]);
+        let acknowledged = HashSet::from(["Y".to_owned(), "Z".to_owned()]);
+        let plan = plan_changes(
+            &evaluated,
+            "$braze_external_id",
+            &acknowledged,
+            &HashSet::new(),
+        );
+        assert_eq!(plan.adds, ["X"]);
+        assert_eq!(plan.removes, ["Z"]);
+        let adds: HashSet<_> = plan.adds.iter().collect();
+        assert!(plan.removes.iter().all(|id| !adds.contains(id)));
+    }
+
+    #[test]
+    fn pending_ids_are_sent_again() {
+        let evaluated = members(&[
+            ("a", json!({"$braze_external_id": "kept"})),
+            ("b", json!({"$braze_external_id": "in-doubt-member"})),
+        ]);
+        let acknowledged = HashSet::from(["kept".to_owned(), "in-doubt-member".to_owned()]);
+        let pending = HashSet::from(["in-doubt-member".to_owned(), "in-doubt-gone".to_owned()]);
+        let plan = plan_changes(&evaluated, "$braze_external_id", &acknowledged, &pending);
+        assert_eq!(plan.adds, ["in-doubt-member"]);
+        assert_eq!(plan.removes, ["in-doubt-gone"]);
+        assert_eq!(plan.counts.unchanged, 1);
+    }
+
+    #[test]
+    fn skip_reasons_name_the_problem() {
+        let evaluated = members(&[
+            ("empty", json!({"$braze_external_id": ""})),
+            ("number", json!({"$braze_external_id": 7})),
+            ("missing", json!({"name": "n"})),
+            ("$device:d", json!({"$braze_external_id": "D"})),
+            ("no-profile", Value::Null),
+            ("ok", json!({"$braze_external_id": " Ok "})),
+        ]);
+        let plan = plan_changes(
+            &evaluated,
+            "$braze_external_id",
+            &HashSet::new(),
+            &HashSet::new(),
+        );
+        assert_eq!(plan.adds, [" Ok "]);
+        assert_eq!(plan.counts.skipped, 5);
+        let reason = |member: &str| {
+            plan.operations
+                .iter()
+                .find(|op| op.distinct_id.as_deref() == Some(member))
+                .and_then(|op| op.reason.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(reason("empty"), "$braze_external_id is empty");
+        assert_eq!(
+            reason("number"),
+            "$braze_external_id is a number, not a string"
+        );
+        assert_eq!(
+            reason("missing"),
+            "profile has no $braze_external_id property"
+        );
+        assert_eq!(reason("no-profile"), "no profile");
+        assert!(reason("$device:d").contains("anonymous"));
+    }
+}
