@@ -1,6 +1,7 @@
 //! HTTP routers: Mixpanel-compatible ingestion, the Braze Currents receiver, and the admin API.
 
 mod admin;
+mod cohorts;
 mod currents;
 mod error;
 mod ingest;
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ingest::routes())
         .merge(currents::routes())
+        .merge(cohorts::query_routes())
         .nest("/api/v1", admin::routes(state.clone()))
         .route("/healthz", get(|| async { "ok" }))
         .layer(body_limit)

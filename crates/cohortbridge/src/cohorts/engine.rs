@@ -1,0 +1,287 @@
+//! The cohort engine: an in-memory index over the loaded data, and set-at-a-time evaluation.
+//!
+//! Users are numbered in sorted order of their canonical ids, so a set of users is a
+//! `RoaringBitmap`. Per event name the index keeps, for each user, that user's events sorted
+//! by time, so a window is two binary searches and a plain count never reads a property.
+//! Groups combine bitmaps (`all` intersects, `any` unites, `not` complements within the
+//! project's users). Evaluation is a pure function of the data, the definitions, the time
+//! zone and `now`.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono_tz::Tz;
+use roaring::RoaringBitmap;
+use serde_json::{Map, Value};
+
+use super::data::{CohortData, EventRow};
+use super::definition::{Definition, EventRule, Measure, PropertyFilter, MAX_DEPTH};
+use super::eval::{CohortMembers, EvalError};
+use super::values::matches_filter;
+use super::window::{local_day, Bounds};
+
+/// The events of one name: per user number, indexes into `CohortData::events` sorted by time.
+type NameIndex = HashMap<u32, Vec<usize>>;
+
+/// An index over one `CohortData`, built once and evaluated against many definitions.
+pub struct Engine<'a> {
+    data: &'a CohortData,
+    users: Vec<String>,
+    user_numbers: HashMap<String, u32>,
+    profiles: Vec<Option<&'a Map<String, Value>>>,
+    by_name: HashMap<&'a str, NameIndex>,
+    everyone: RoaringBitmap,
+}
+
+impl<'a> Engine<'a> {
+    /// Numbers the users and indexes every loaded event by name and user.
+    pub fn build(data: &'a CohortData) -> Self {
+        let users: Vec<String> = data.users().into_iter().collect();
+        let user_numbers: HashMap<String, u32> = users
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i as u32))
+            .collect();
+        let user_profiles = data.user_profiles();
+        let profiles = users
+            .iter()
+            .map(|id| user_profiles.get(id.as_str()).copied())
+            .collect();
+
+        let mut by_name: HashMap<&str, NameIndex> = HashMap::new();
+        for (i, row) in data.events.iter().enumerate() {
+            if row.distinct_id.is_empty() {
+                continue;
+            }
+            let Some(&user) = user_numbers.get(data.canonical(&row.distinct_id)) else {
+                continue;
+            };
+            by_name
+                .entry(row.event.as_str())
+                .or_default()
+                .entry(user)
+                .or_default()
+                .push(i);
+        }
+        for index in by_name.values_mut() {
+            for rows in index.values_mut() {
+                rows.sort_by_key(|&i| (data.events[i].time_ms, i));
+            }
+        }
+
+        let everyone = (0..users.len() as u32).collect();
+        Self {
+            data,
+            users,
+            user_numbers,
+            profiles,
+            by_name,
+            everyone,
+        }
+    }
+
+    /// Evaluates `definition` as of `now_ms`; `cohorts` holds every cohort that `in_cohort`
+    /// may reference, by id.
+    pub fn evaluate(
+        &self,
+        definition: &Definition,
+        cohorts: &HashMap<i64, Definition>,
+        tz: Tz,
+        now_ms: i64,
+    ) -> Result<CohortMembers, EvalError> {
+        let context = Context {
+            engine: self,
+            cohorts,
+            tz,
+            now_ms,
+        };
+        let set = context.set(definition, &mut Vec::new(), 0)?;
+        Ok(self.members(&set))
+    }
+
+    fn members(&self, set: &RoaringBitmap) -> CohortMembers {
+        let mut members = BTreeSet::new();
+        let mut profiles = HashMap::new();
+        for user in set {
+            let id = &self.users[user as usize];
+            members.insert(id.clone());
+            if let Some(properties) = self.profiles[user as usize] {
+                profiles.insert(id.clone(), properties.clone());
+            }
+        }
+        CohortMembers { members, profiles }
+    }
+
+    /// The number of a canonical user, if the user exists.
+    pub fn user_number(&self, canonical_id: &str) -> Option<u32> {
+        self.user_numbers.get(canonical_id).copied()
+    }
+}
+
+struct Context<'e, 'a> {
+    engine: &'e Engine<'a>,
+    cohorts: &'e HashMap<i64, Definition>,
+    tz: Tz,
+    now_ms: i64,
+}
+
+impl Context<'_, '_> {
+    fn set(
+        &self,
+        definition: &Definition,
+        visiting: &mut Vec<i64>,
+        depth: usize,
+    ) -> Result<RoaringBitmap, EvalError> {
+        match definition {
+            Definition::All(items) => {
+                let mut result = self.engine.everyone.clone();
+                for item in items {
+                    result &= self.set(item, visiting, depth)?;
+                }
+                Ok(result)
+            }
+            Definition::Any(items) => {
+                let mut result = RoaringBitmap::new();
+                for item in items {
+                    result |= self.set(item, visiting, depth)?;
+                }
+                Ok(result)
+            }
+            Definition::Not(inner) => {
+                Ok(&self.engine.everyone - &self.set(inner, visiting, depth)?)
+            }
+            Definition::Profile(filter) => Ok(self.profile_set(filter)),
+            Definition::Event(rule) => Ok(self.event_set(rule)),
+            Definition::InCohort(id) => {
+                if visiting.contains(id) || depth >= MAX_DEPTH {
+                    return Err(EvalError::CohortCycle {
+                        cohort_id: *id,
+                        path: visiting.clone(),
+                    });
+                }
+                let referenced = self
+                    .cohorts
+                    .get(id)
+                    .ok_or(EvalError::CohortNotFound { cohort_id: *id })?;
+                visiting.push(*id);
+                let result = self.set(referenced, visiting, depth + 1);
+                visiting.pop();
+                result
+            }
+        }
+    }
+
+    fn profile_set(&self, filter: &PropertyFilter) -> RoaringBitmap {
+        let mut result = RoaringBitmap::new();
+        for (user, profile) in self.engine.profiles.iter().enumerate() {
+            let actual = profile.and_then(|p| p.get(&filter.property));
+            if matches_filter(actual, filter, self.now_ms) {
+                result.insert(user as u32);
+            }
+        }
+        result
+    }
+
+    fn event_set(&self, rule: &EventRule) -> RoaringBitmap {
+        let bounds = rule.within.bounds(self.now_ms, self.tz);
+        let index = self.engine.by_name.get(rule.event.as_str());
+
+        // Users without a single event of the name measure as if they had none in the window.
+        let mut result = if !rule.first_time
+            && measure_of_nothing(rule).is_some_and(|v| rule.comparison.matches(v))
+        {
+            let mut absent = self.engine.everyone.clone();
+            if let Some(index) = index {
+                for user in index.keys() {
+                    absent.remove(*user);
+                }
+            }
+            absent
+        } else {
+            RoaringBitmap::new()
+        };
+        let Some(index) = index else {
+            return result;
+        };
+        let events = &self.engine.data.events;
+        for (&user, rows) in index {
+            if rule_holds(rule, rows, events, bounds, self.tz, self.now_ms) {
+                result.insert(user);
+            }
+        }
+        result
+    }
+}
+
+/// The measured value for a user with no matching event, or `None` when the measure is
+/// undefined (min, max and average of nothing).
+pub fn measure_of_nothing(rule: &EventRule) -> Option<f64> {
+    match rule.measure {
+        Measure::Count | Measure::DistinctDays | Measure::Sum(_) => Some(0.0),
+        Measure::Min(_) | Measure::Max(_) | Measure::Average(_) => None,
+    }
+}
+
+/// Whether `rule` holds for one user whose events of the rule's name are `rows`, sorted by
+/// time.
+fn rule_holds(
+    rule: &EventRule,
+    rows: &[usize],
+    events: &[EventRow],
+    bounds: Bounds,
+    tz: Tz,
+    now_ms: i64,
+) -> bool {
+    let passes = |row: &EventRow| {
+        rule.filters
+            .iter()
+            .all(|filter| matches_filter(row.properties.get(&filter.property), filter, now_ms))
+    };
+    if rule.first_time {
+        let first = rows
+            .iter()
+            .map(|&i| &events[i])
+            .take_while(|row| row.time_ms <= now_ms)
+            .find(|row| passes(row));
+        return first.is_some_and(|row| bounds.contains(row.time_ms));
+    }
+    if bounds.start_ms > bounds.end_ms {
+        return measure_of_nothing(rule).is_some_and(|v| rule.comparison.matches(v));
+    }
+
+    let low = rows.partition_point(|&i| events[i].time_ms < bounds.start_ms);
+    let high = rows.partition_point(|&i| events[i].time_ms <= bounds.end_ms);
+    let in_window = &rows[low..high];
+    if rule.filters.is_empty() && rule.measure == Measure::Count {
+        return rule.comparison.matches(in_window.len() as f64);
+    }
+    let matching = in_window
+        .iter()
+        .map(|&i| &events[i])
+        .filter(|row| passes(row));
+    let measured = match &rule.measure {
+        Measure::Count => Some(matching.count() as f64),
+        Measure::DistinctDays => {
+            let mut days: Vec<i64> = matching.map(|row| local_day(row.time_ms, tz)).collect();
+            days.sort_unstable();
+            days.dedup();
+            Some(days.len() as f64)
+        }
+        Measure::Sum(property) => Some(numbers(matching, property).sum()),
+        Measure::Min(property) => numbers(matching, property).reduce(f64::min),
+        Measure::Max(property) => numbers(matching, property).reduce(f64::max),
+        Measure::Average(property) => {
+            let (sum, n) =
+                numbers(matching, property).fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+            (n > 0).then(|| sum / n as f64)
+        }
+    };
+    measured.is_some_and(|v| rule.comparison.matches(v))
+}
+
+/// The numeric values of `property` among `rows`; rows where it is not a number are skipped.
+fn numbers<'r>(
+    rows: impl Iterator<Item = &'r EventRow> + 'r,
+    property: &'r str,
+) -> impl Iterator<Item = f64> + 'r {
+    rows.filter_map(move |row| row.properties.get(property).and_then(Value::as_f64))
+}
