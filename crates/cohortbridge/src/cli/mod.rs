@@ -2,6 +2,7 @@
 //! server's HTTP API (`--server`), authenticated with the admin key.
 
 mod client;
+mod cohort_questions;
 mod import;
 
 use std::path::PathBuf;
@@ -86,6 +87,12 @@ pub enum Command {
 pub enum ProjectsCommand {
     /// Print the project's token, API secret and Currents token.
     Show,
+    /// Change project settings.
+    Set {
+        /// IANA time zone in which cohort windows are evaluated, such as Europe/Berlin.
+        #[arg(long)]
+        timezone: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +127,34 @@ pub enum CohortsCommand {
     /// Print the cohort's current members, one distinct id a line.
     Members {
         id: i64,
+    },
+    /// Replace a cohort's definition (and optionally its name); syncs use it from their next run.
+    Update {
+        id: i64,
+        /// New cohort name.
+        #[arg(long)]
+        name: Option<String>,
+        /// JSON file with the new definition (see docs/cohorts.md).
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Print the member count, how many members a connection could export, and a sample.
+    Preview {
+        id: i64,
+        /// Braze connection whose user-id property decides what is exportable; default
+        /// `$braze_external_id`.
+        #[arg(long)]
+        connection: Option<String>,
+        /// Number of members to list.
+        #[arg(long, default_value_t = 10)]
+        sample: usize,
+    },
+    /// Explain, condition by condition, why a user is or is not a member.
+    Explain {
+        id: i64,
+        /// The user's distinct id.
+        #[arg(long)]
+        user: String,
     },
 }
 
@@ -206,7 +241,11 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
                 println!("token:          {}", text(&project["token"]));
                 println!("api secret:     {}", text(&project["api_secret"]));
                 println!("currents token: {}", text(&project["currents_token"]));
+                println!("time zone:      {}", text(&project["timezone"]));
             }
+        }
+        Command::Projects(ProjectsCommand::Set { timezone }) => {
+            cohort_questions::set_timezone(&client, &timezone, json_output).await?
         }
         Command::Import(command) => import::run(&client, command, json_output).await?,
         Command::Cohorts(command) => cohorts(&client, command, json_output).await?,
@@ -346,6 +385,17 @@ async fn cohorts(
                     serde_json::to_string_pretty(&cohort["definition"])?
                 );
             }
+        }
+        CohortsCommand::Update { id, name, file } => {
+            cohort_questions::update(client, id, name, &file, json_output).await?
+        }
+        CohortsCommand::Preview {
+            id,
+            connection,
+            sample,
+        } => cohort_questions::preview(client, id, connection, sample, json_output).await?,
+        CohortsCommand::Explain { id, user } => {
+            cohort_questions::explain(client, id, &user, json_output).await?
         }
         CohortsCommand::Members { id } => {
             let reply = client.get(&format!("/cohorts/{id}/members")).await?;

@@ -86,6 +86,9 @@ fn walk(
             } else {
                 "any"
             };
+            // The group's report comes before its conditions, so it is filled in afterwards.
+            let slot = out.len();
+            out.push(placeholder());
             let mut results = Vec::new();
             for (i, item) in items.iter().enumerate() {
                 results.push(walk(
@@ -103,7 +106,7 @@ fn walk(
                 results.iter().any(|r| *r)
             };
             let passed = results.iter().filter(|r| **r).count();
-            out.push(ConditionReport {
+            out[slot] = ConditionReport {
                 path: if path.is_empty() {
                     "definition".into()
                 } else {
@@ -116,12 +119,14 @@ fn walk(
                 },
                 holds,
                 reason: format!("{passed} of {} conditions hold", results.len()),
-            });
+            };
             holds
         }
         Definition::Not(inner) => {
+            let slot = out.len();
+            out.push(placeholder());
             let inner_holds = walk(loaded, inner, now_ms, user, &at("not"), out)?;
-            out.push(ConditionReport {
+            out[slot] = ConditionReport {
                 path: if path.is_empty() {
                     "definition".into()
                 } else {
@@ -134,7 +139,7 @@ fn walk(
                 } else {
                     "the condition below does not hold".into()
                 },
-            });
+            };
             !inner_holds
         }
         Definition::Event(rule) => {
@@ -207,6 +212,15 @@ fn walk(
         }
     };
     Ok(holds)
+}
+
+fn placeholder() -> ConditionReport {
+    ConditionReport {
+        path: String::new(),
+        condition: String::new(),
+        holds: false,
+        reason: String::new(),
+    }
 }
 
 fn leaf_path(path: &str) -> String {
