@@ -1,5 +1,6 @@
-//! Property-based agreement: the cohort engine and the plain reference evaluator return the
-//! same members for random data, random definitions, time zones and evaluation instants.
+//! Property-based agreement: the cohort engine, and a live cohort kept current incrementally,
+//! return the same members as the plain reference evaluator for random data, random
+//! definitions, time zones and evaluation instants.
 //!
 //! On failure proptest prints the minimal failing input and stores its seed under
 //! `tests/proptest-regressions/`, so the case replays on the next run. `PROPTEST_CASES` overrides
@@ -10,6 +11,7 @@ use std::collections::HashMap;
 use chrono_tz::Tz;
 use cohortbridge::cohorts::data::{CohortData, EventRow};
 use cohortbridge::cohorts::engine::Engine;
+use cohortbridge::cohorts::live::LiveCohort;
 use cohortbridge::cohorts::{parse, reference, Definition};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -276,5 +278,79 @@ proptest! {
             .unwrap();
         let plain = reference::evaluate(&data, &parsed, &cohorts, tz, now_ms).unwrap();
         prop_assert_eq!(engine.members, plain, "definition {} in {} at {}", definition, zone, now_ms);
+    }
+}
+
+/// Instants after the start at which a live cohort is brought up to date.
+fn later_steps() -> impl Strategy<Value = Vec<i64>> {
+    prop::collection::vec(
+        prop_oneof![
+            3 => (1i64..180).prop_map(|m| m * 60_000),
+            2 => (1i64..72).prop_map(|h| h * HOUR),
+            1 => 1i64..5 * DAY,
+            1 => (1i64..10).prop_map(|d| d * DAY),
+        ],
+        1..10,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 1500,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "tests/proptest-regressions/live_cohort.txt",
+        ))),
+        ..ProptestConfig::default()
+    })]
+
+    /// A live cohort fed a batch of events, profile updates and links, then moved forward in
+    /// time, has exactly the members the reference computes over the same data at each step.
+    #[test]
+    fn live_cohort_agrees_with_reference(
+        data in cohort_data(),
+        later_events in prop::collection::vec(event_row(), 0..15),
+        later_profiles in prop::collection::vec((prop::sample::select(USERS), properties()), 0..3),
+        link in prop::option::of((
+            prop::sample::select(vec!["$device:d1", "$device:d2"]),
+            prop::sample::select(vec!["cid", "eve"]),
+        )),
+        definition in definition_json(),
+        zone in prop::sample::select(ZONES),
+        start in evaluation_offset(),
+        steps in later_steps(),
+    ) {
+        let tz: Tz = zone.parse().unwrap();
+        let parsed = parse(&definition).unwrap();
+        let cohorts = referenced_cohorts();
+        let mut now_ms = NOW + start - 5 * DAY;
+        let mut live = LiveCohort::new(data, parsed.clone(), cohorts.clone(), tz, now_ms).unwrap();
+        let expected = reference::evaluate(live.data(), &parsed, &cohorts, tz, now_ms).unwrap();
+        prop_assert_eq!(live.members(), &expected, "at start {}", now_ms);
+
+        live.apply_events(later_events, now_ms).unwrap();
+        let expected = reference::evaluate(live.data(), &parsed, &cohorts, tz, now_ms).unwrap();
+        prop_assert_eq!(live.members(), &expected, "after events at {}", now_ms);
+
+        let profiles = later_profiles
+            .into_iter()
+            .filter(|(id, _)| !id.is_empty())
+            .map(|(id, p)| (id.to_string(), p))
+            .collect();
+        live.apply_profiles(profiles, now_ms).unwrap();
+        let expected = reference::evaluate(live.data(), &parsed, &cohorts, tz, now_ms).unwrap();
+        prop_assert_eq!(live.members(), &expected, "after profiles at {}", now_ms);
+
+        if let Some((device, user)) = link {
+            live.apply_links(vec![(device.to_string(), user.to_string())], now_ms).unwrap();
+            let expected = reference::evaluate(live.data(), &parsed, &cohorts, tz, now_ms).unwrap();
+            prop_assert_eq!(live.members(), &expected, "after link at {}", now_ms);
+        }
+
+        for step in steps {
+            now_ms += step;
+            let changes = live.advance(now_ms).unwrap();
+            let expected = reference::evaluate(live.data(), &parsed, &cohorts, tz, now_ms).unwrap();
+            prop_assert_eq!(live.members(), &expected, "after advancing to {} ({:?})", now_ms, changes);
+        }
     }
 }

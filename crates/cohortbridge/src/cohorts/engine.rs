@@ -221,9 +221,9 @@ pub fn measure_of_nothing(rule: &EventRule) -> Option<f64> {
     }
 }
 
-/// Whether `rule` holds for one user whose events of the rule's name are `rows`, sorted by
-/// time.
-fn rule_holds(
+/// Checks whether `rule` holds for one user whose events of the rule's name are `rows`, sorted
+/// by time.
+pub(crate) fn rule_holds(
     rule: &EventRule,
     rows: &[usize],
     events: &[EventRow],

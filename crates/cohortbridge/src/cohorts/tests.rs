@@ -364,3 +364,67 @@ fn member_profiles_are_returned() {
     let expected: Map<String, Value> = json!({"plan": "pro"}).as_object().unwrap().clone();
     assert_eq!(members.profiles.get("p"), Some(&expected));
 }
+
+fn live_members(live: &super::live::LiveCohort) -> Vec<String> {
+    live.members().iter().cloned().collect()
+}
+
+#[test]
+fn live_cohort_drops_member_when_window_slides() {
+    use super::live::LiveCohort;
+
+    let hour = 3_600_000;
+    let data = data(vec![row("u", "E", NOW - 23 * hour, json!({}))], &[], &[]);
+    let definition = parse(&json!({"event": "E", "within": {"last_hours": 24}})).unwrap();
+    let mut live = LiveCohort::new(data, definition, HashMap::new(), Tz::UTC, NOW).unwrap();
+    assert_eq!(live_members(&live), vec!["u"]);
+
+    let changes = live.advance(NOW + hour).unwrap();
+    assert!(changes.removed.is_empty());
+    assert_eq!(live_members(&live), vec!["u"]);
+
+    let changes = live.advance(NOW + hour + 1).unwrap();
+    assert_eq!(changes.removed, vec!["u"]);
+    assert!(live_members(&live).is_empty());
+}
+
+#[test]
+fn live_cohort_last_days_across_dst() {
+    use super::live::LiveCohort;
+
+    // Berlin moved clocks forward on 2026-03-29. An event at 12:00 local on 28 March leaves a
+    // two-day window at 12:00 local on 30 March, 47 hours later.
+    let tz: Tz = "Europe/Berlin".parse().unwrap();
+    let event_ms = 1_774_695_600_000; // 2026-03-28T12:00:00+01:00
+    let data = data(vec![row("u", "E", event_ms, json!({}))], &[], &[]);
+    let definition = parse(&json!({"event": "E", "within": {"last_days": 2}})).unwrap();
+    let mut live = LiveCohort::new(data, definition, HashMap::new(), tz, event_ms).unwrap();
+    assert_eq!(live_members(&live), vec!["u"]);
+
+    let exit_ms = event_ms + 47 * 3_600_000;
+    live.advance(exit_ms).unwrap();
+    assert_eq!(live_members(&live), vec!["u"]);
+    live.advance(exit_ms + 1).unwrap();
+    assert!(live_members(&live).is_empty());
+}
+
+#[test]
+fn live_cohort_follows_new_events_and_merges() {
+    use super::live::LiveCohort;
+
+    let definition = parse(&json!({"event": "E", "count": {"gte": 2}})).unwrap();
+    let data = data(vec![row("u", "E", NOW - DAY, json!({}))], &[], &[]);
+    let mut live = LiveCohort::new(data, definition, HashMap::new(), Tz::UTC, NOW).unwrap();
+    assert!(live_members(&live).is_empty());
+
+    let changes = live
+        .apply_events(vec![row("$device:d", "E", NOW, json!({}))], NOW)
+        .unwrap();
+    assert!(changes.added.is_empty());
+
+    let changes = live
+        .apply_links(vec![("$device:d".into(), "u".into())], NOW)
+        .unwrap();
+    assert_eq!(changes.added, vec!["u"]);
+    assert_eq!(live_members(&live), vec!["u"]);
+}

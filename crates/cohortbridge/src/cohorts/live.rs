@@ -1,0 +1,392 @@
+//! A cohort kept current incrementally: new events, profile updates and identity links
+//! re-evaluate only the users they touch, and the passing of time re-evaluates a user exactly
+//! when one of the user's events or profile datetimes can cross a window edge.
+//!
+//! A `LiveCohort` starts from a full evaluation and afterwards never rescans history. Each
+//! change returns the members added and removed, which is what a dynamic sync sends.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use chrono::{Days, TimeZone};
+use chrono_tz::Tz;
+use serde_json::{Map, Value};
+
+use super::data::{CohortData, EventRow};
+use super::definition::{Definition, EventRule, ProfileOp};
+use super::engine::{rule_holds, Engine};
+use super::eval::EvalError;
+use super::values::{matches_filter, parse_datetime};
+use super::window::{resolve_local, Window};
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// Members added and removed by one change.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MembershipChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// One cohort's membership, kept current as data arrives and time passes.
+pub struct LiveCohort {
+    definition: Definition,
+    cohorts: HashMap<i64, Definition>,
+    tz: Tz,
+    data: CohortData,
+    /// Event row indexes per canonical user and event name, sorted by time.
+    index: HashMap<String, HashMap<String, Vec<usize>>>,
+    /// Event row indexes per stored distinct id, so an identity link can move them.
+    rows_by_distinct_id: HashMap<String, Vec<usize>>,
+    /// The `$device:` ids linked to each user.
+    devices: HashMap<String, Vec<String>>,
+    members: BTreeSet<String>,
+    /// Instants at which a user's membership can change with no new data.
+    wakeups: BTreeMap<i64, HashSet<String>>,
+    now_ms: i64,
+}
+
+impl LiveCohort {
+    /// Evaluates the cohort in full as of `now_ms` and prepares incremental updates.
+    pub fn new(
+        data: CohortData,
+        definition: Definition,
+        cohorts: HashMap<i64, Definition>,
+        tz: Tz,
+        now_ms: i64,
+    ) -> Result<Self, EvalError> {
+        let members = Engine::build(&data)
+            .evaluate(&definition, &cohorts, tz, now_ms)?
+            .members;
+        let mut live = Self {
+            definition,
+            cohorts,
+            tz,
+            data,
+            index: HashMap::new(),
+            rows_by_distinct_id: HashMap::new(),
+            devices: HashMap::new(),
+            members,
+            wakeups: BTreeMap::new(),
+            now_ms,
+        };
+        for i in 0..live.data.events.len() {
+            let distinct_id = live.data.events[i].distinct_id.clone();
+            live.rows_by_distinct_id
+                .entry(distinct_id)
+                .or_default()
+                .push(i);
+        }
+        for (device, user) in &live.data.links {
+            live.devices
+                .entry(user.clone())
+                .or_default()
+                .push(device.clone());
+        }
+        let users: Vec<String> = live.data.users().into_iter().collect();
+        for user in &users {
+            live.reindex(user);
+        }
+        for user in &users {
+            live.schedule(user);
+        }
+        Ok(live)
+    }
+
+    /// The current members' canonical ids, sorted.
+    pub fn members(&self) -> &BTreeSet<String> {
+        &self.members
+    }
+
+    /// The data the cohort was built from, with every change applied since.
+    pub fn data(&self) -> &CohortData {
+        &self.data
+    }
+
+    /// Adds new events and brings membership up to `now_ms`.
+    pub fn apply_events(
+        &mut self,
+        events: Vec<EventRow>,
+        now_ms: i64,
+    ) -> Result<MembershipChanges, EvalError> {
+        let mut touched = HashSet::new();
+        for row in events {
+            if row.distinct_id.is_empty() {
+                continue;
+            }
+            let i = self.data.events.len();
+            self.data.event_distinct_ids.insert(row.distinct_id.clone());
+            self.rows_by_distinct_id
+                .entry(row.distinct_id.clone())
+                .or_default()
+                .push(i);
+            touched.insert(self.data.canonical(&row.distinct_id).to_owned());
+            self.data.events.push(row);
+        }
+        for user in &touched {
+            self.reindex(user);
+        }
+        self.update(touched, now_ms)
+    }
+
+    /// Replaces the stored properties of profiles, by the distinct id they are stored under,
+    /// and brings membership up to `now_ms`.
+    pub fn apply_profiles(
+        &mut self,
+        profiles: Vec<(String, Map<String, Value>)>,
+        now_ms: i64,
+    ) -> Result<MembershipChanges, EvalError> {
+        let mut touched = HashSet::new();
+        for (distinct_id, properties) in profiles {
+            touched.insert(self.data.canonical(&distinct_id).to_owned());
+            self.data.profiles.insert(distinct_id, properties);
+        }
+        self.update(touched, now_ms)
+    }
+
+    /// Records identity links (a `$device:` id merged into a user), moving the device's events
+    /// to the user, and brings membership up to `now_ms`.
+    pub fn apply_links(
+        &mut self,
+        links: Vec<(String, String)>,
+        now_ms: i64,
+    ) -> Result<MembershipChanges, EvalError> {
+        let mut touched = HashSet::new();
+        for (device, user) in links {
+            if self.data.links.contains_key(&device) {
+                continue;
+            }
+            touched.insert(self.data.canonical(&device).to_owned());
+            self.data.links.insert(device.clone(), user.clone());
+            self.devices
+                .entry(user.clone())
+                .or_default()
+                .push(device.clone());
+            touched.insert(user);
+            self.index.remove(&device);
+        }
+        for user in &touched {
+            self.reindex(user);
+        }
+        self.update(touched, now_ms)
+    }
+
+    /// Brings membership up to `now_ms` when no data arrived: windows slide past events.
+    pub fn advance(&mut self, now_ms: i64) -> Result<MembershipChanges, EvalError> {
+        self.update(HashSet::new(), now_ms)
+    }
+
+    /// Re-evaluates the touched users and every user with a wakeup due by `now_ms`.
+    fn update(
+        &mut self,
+        mut touched: HashSet<String>,
+        now_ms: i64,
+    ) -> Result<MembershipChanges, EvalError> {
+        // Cohorts referenced through in_cohort can change for any user, so re-evaluate all.
+        let everyone = !self.cohorts.is_empty() && !self.definition.cohort_references().is_empty();
+        self.now_ms = now_ms;
+        let due: Vec<i64> = self.wakeups.range(..=now_ms).map(|(t, _)| *t).collect();
+        for instant in due {
+            touched.extend(self.wakeups.remove(&instant).unwrap_or_default());
+        }
+        if everyone {
+            touched.extend(self.data.users());
+        }
+
+        let mut changes = MembershipChanges::default();
+        let mut results = Vec::new();
+        for user in &touched {
+            let member =
+                self.is_user(user) && self.user_holds(&self.definition, user, &mut Vec::new())?;
+            results.push((user.clone(), member));
+        }
+        // Membership changes only after every touched user evaluated without error.
+        for (user, member) in results {
+            if member && self.members.insert(user.clone()) {
+                changes.added.push(user.clone());
+            } else if !member && self.members.remove(&user) {
+                changes.removed.push(user.clone());
+            }
+            self.schedule(&user);
+        }
+        changes.added.sort();
+        changes.removed.sort();
+        Ok(changes)
+    }
+
+    /// Rebuilds the per-name index of one canonical user from the distinct ids resolving to it.
+    fn reindex(&mut self, user: &str) {
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut sources = vec![user.to_owned()];
+        sources.extend(self.devices.get(user).into_iter().flatten().cloned());
+        for source in sources {
+            if self.data.canonical(&source) != user {
+                continue;
+            }
+            for &i in self.rows_by_distinct_id.get(&source).into_iter().flatten() {
+                by_name
+                    .entry(self.data.events[i].event.clone())
+                    .or_default()
+                    .push(i);
+            }
+        }
+        let events = &self.data.events;
+        for rows in by_name.values_mut() {
+            rows.sort_by_key(|&i| (events[i].time_ms, i));
+        }
+        self.index.insert(user.to_owned(), by_name);
+    }
+
+    fn user_holds(
+        &self,
+        definition: &Definition,
+        user: &str,
+        visiting: &mut Vec<i64>,
+    ) -> Result<bool, EvalError> {
+        Ok(match definition {
+            Definition::All(items) => {
+                for item in items {
+                    if !self.user_holds(item, user, visiting)? {
+                        return Ok(false);
+                    }
+                }
+                true
+            }
+            Definition::Any(items) => {
+                for item in items {
+                    if self.user_holds(item, user, visiting)? {
+                        return Ok(true);
+                    }
+                }
+                false
+            }
+            Definition::Not(inner) => !self.user_holds(inner, user, visiting)?,
+            Definition::Profile(filter) => {
+                let actual = self.profile(user).and_then(|p| p.get(&filter.property));
+                matches_filter(actual, filter, self.now_ms)
+            }
+            Definition::Event(rule) => {
+                let rows = self
+                    .index
+                    .get(user)
+                    .and_then(|names| names.get(&rule.event))
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let bounds = rule.within.bounds(self.now_ms, self.tz);
+                rule_holds(rule, rows, &self.data.events, bounds, self.tz, self.now_ms)
+            }
+            Definition::InCohort(id) => {
+                if visiting.contains(id) {
+                    return Err(EvalError::CohortCycle {
+                        cohort_id: *id,
+                        path: visiting.clone(),
+                    });
+                }
+                let referenced = self
+                    .cohorts
+                    .get(id)
+                    .ok_or(EvalError::CohortNotFound { cohort_id: *id })?;
+                visiting.push(*id);
+                let result = self.user_holds(referenced, user, visiting);
+                visiting.pop();
+                result?
+            }
+        })
+    }
+
+    /// Checks whether a canonical id is one of the project's users: it has an event, directly or
+    /// through a linked device, or a profile.
+    fn is_user(&self, user: &str) -> bool {
+        if self.data.links.contains_key(user) {
+            return false;
+        }
+        if self.data.profiles.contains_key(user) || self.data.event_distinct_ids.contains(user) {
+            return true;
+        }
+        self.devices
+            .get(user)
+            .into_iter()
+            .flatten()
+            .any(|device| self.data.event_distinct_ids.contains(device))
+    }
+
+    /// The profile of a canonical user; a profile under a linked device id belongs to nobody.
+    fn profile(&self, user: &str) -> Option<&Map<String, Value>> {
+        if self.data.links.contains_key(user) {
+            return None;
+        }
+        self.data.profiles.get(user)
+    }
+
+    /// Records the next instants after `now` at which the user's membership can change.
+    fn schedule(&mut self, user: &str) {
+        let mut instants = BTreeSet::new();
+        let mut definitions = vec![&self.definition];
+        definitions.extend(self.cohorts.values());
+        for definition in definitions {
+            self.collect_instants(definition, user, &mut instants);
+        }
+        if let Some(next) = instants.into_iter().find(|t| *t > self.now_ms) {
+            self.wakeups
+                .entry(next)
+                .or_default()
+                .insert(user.to_owned());
+        }
+    }
+
+    fn collect_instants(&self, definition: &Definition, user: &str, out: &mut BTreeSet<i64>) {
+        match definition {
+            Definition::All(items) | Definition::Any(items) => items
+                .iter()
+                .for_each(|item| self.collect_instants(item, user, out)),
+            Definition::Not(inner) => self.collect_instants(inner, user, out),
+            Definition::InCohort(_) => {}
+            Definition::Profile(filter) => {
+                if filter.op != ProfileOp::WithinLast {
+                    return;
+                }
+                let actual = self.profile(user).and_then(|p| p.get(&filter.property));
+                let instant = actual.and_then(Value::as_str).and_then(parse_datetime);
+                let days = filter.value.as_ref().and_then(Value::as_f64);
+                if let Some((instant, days)) = instant.zip(days) {
+                    out.insert(instant);
+                    out.insert(instant + (days * DAY_MS as f64) as i64 + 1);
+                }
+            }
+            Definition::Event(rule) => {
+                let rows = self
+                    .index
+                    .get(user)
+                    .and_then(|names| names.get(&rule.event));
+                for &i in rows.into_iter().flatten() {
+                    let time_ms = self.data.events[i].time_ms;
+                    out.insert(time_ms);
+                    exit_instants(rule, time_ms, self.tz, out);
+                }
+            }
+        }
+    }
+}
+
+/// The instants at which an event at `time_ms` leaves the rule's window as `now` advances.
+fn exit_instants(rule: &EventRule, time_ms: i64, tz: Tz, out: &mut BTreeSet<i64>) {
+    match rule.within {
+        Window::AllTime | Window::Since(_) | Window::Between(_, _) => {}
+        Window::LastHours(hours) => {
+            out.insert(time_ms + i64::from(hours) * HOUR_MS + 1);
+        }
+        Window::LastDays(days) => {
+            // The window starts at the same wall-clock time `days` days back, so the event
+            // leaves it once the local clock passes its own wall-clock time plus `days` days.
+            let local = tz.timestamp_millis_opt(time_ms).unwrap().naive_local();
+            if let Some(later) = local.checked_add_days(Days::new(u64::from(days))) {
+                let exit = resolve_local(tz, later);
+                // NOTE: around a clock change the exact exit can be up to an hour away from the
+                // resolved wall time, so the neighbouring hours are re-evaluated too.
+                for candidate in [exit - HOUR_MS, exit, exit + HOUR_MS] {
+                    out.insert(candidate + 1);
+                }
+            }
+        }
+    }
+}
