@@ -379,3 +379,34 @@ async fn storage_failure_keeps_previous_membership() {
     assert_eq!(run["removed"], 0, "{run}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn evaluate_cohort_by_id() {
+    use cohortbridge::store::{SqliteStore, Store};
+
+    let server = TestServer::start().await;
+    set_profile(&server, "p1", json!({"plan": "pro"})).await;
+    let cohort = server
+        .create_cohort(
+            "Pro",
+            json!({"profile": "plan", "op": "eq", "value": "pro"}),
+        )
+        .await;
+    let data_dir = server.stop_keeping_data().await;
+    let store = SqliteStore::open(&data_dir.path().join("cohortbridge.db")).unwrap();
+    let store: &dyn Store = &store;
+    let now = chrono::Utc::now().timestamp_millis();
+    let evaluated = cohortbridge::cohorts::evaluate_cohort(store, 1, cohort, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        evaluated.members.into_iter().collect::<Vec<_>>(),
+        vec!["p1"]
+    );
+    assert!(evaluated.profiles.contains_key("p1"));
+    let missing = cohortbridge::cohorts::evaluate_cohort(store, 1, cohort + 1, now)
+        .await
+        .unwrap();
+    assert!(missing.is_none());
+}

@@ -31,7 +31,7 @@ pub struct CohortData {
 }
 
 impl CohortData {
-    /// The canonical id a distinct id resolves to.
+    /// Returns the canonical id a distinct id resolves to.
     pub fn canonical<'a>(&'a self, distinct_id: &'a str) -> &'a str {
         identity::canonical(&self.links, distinct_id)
     }
@@ -46,8 +46,8 @@ impl CohortData {
             .collect()
     }
 
-    /// The users a cohort can contain, sorted: the canonical ids of every distinct id with an
-    /// event, and every canonical id with a profile.
+    /// Returns the users a cohort can contain, sorted: the canonical ids of every distinct id
+    /// with an event, and every canonical id with a profile.
     pub fn users(&self) -> BTreeSet<String> {
         let mut users: BTreeSet<String> = self
             .event_distinct_ids

@@ -33,7 +33,7 @@ pub struct EventRule {
     pub first_time: bool,
 }
 
-/// What is measured over the matching events of a user inside the window.
+/// The quantity measured over a user's matching events inside the window.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Measure {
     Count,
@@ -46,7 +46,7 @@ pub enum Measure {
 }
 
 impl Measure {
-    /// The numeric event property the measure reads, if any.
+    /// Returns the numeric event property the measure reads, if any.
     pub fn property(&self) -> Option<&str> {
         match self {
             Measure::Count | Measure::DistinctDays => None,
@@ -199,7 +199,7 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
 }
 
 impl Definition {
-    /// Every cohort id referenced with `in_cohort`, in document order.
+    /// Returns every cohort id referenced with `in_cohort`, in document order.
     pub fn cohort_references(&self) -> Vec<i64> {
         let mut out = Vec::new();
         self.collect_references(&mut out);

@@ -111,7 +111,7 @@ impl<'a> Engine<'a> {
         CohortMembers { members, profiles }
     }
 
-    /// The number of a canonical user, if the user exists.
+    /// Returns the number of a canonical user, if the user exists.
     pub fn user_number(&self, canonical_id: &str) -> Option<u32> {
         self.user_numbers.get(canonical_id).copied()
     }
@@ -212,8 +212,8 @@ impl Context<'_, '_> {
     }
 }
 
-/// The measured value for a user with no matching event, or `None` when the measure is
-/// undefined (min, max and average of nothing).
+/// Returns the measured value for a user with no matching event, or `None` when the measure
+/// is undefined (min, max and average of nothing).
 pub fn measure_of_nothing(rule: &EventRule) -> Option<f64> {
     match rule.measure {
         Measure::Count | Measure::DistinctDays | Measure::Sum(_) => Some(0.0),
@@ -278,7 +278,7 @@ pub(crate) fn rule_holds(
     measured.is_some_and(|v| rule.comparison.matches(v))
 }
 
-/// The numeric values of `property` among `rows`; rows where it is not a number are skipped.
+/// Returns the numeric values of `property` among `rows`, skipping rows without a number.
 fn numbers<'r>(
     rows: impl Iterator<Item = &'r EventRow> + 'r,
     property: &'r str,

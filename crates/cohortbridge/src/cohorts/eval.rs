@@ -26,7 +26,7 @@ pub enum EvalError {
     #[error("cohort {cohort_id} references itself through in_cohort (via cohorts {path:?})")]
     CohortCycle { cohort_id: i64, path: Vec<i64> },
     #[error("stored definition of cohort {cohort_id} is invalid: {message}")]
-    InvalidReference { cohort_id: i64, message: String },
+    InvalidStoredDefinition { cohort_id: i64, message: String },
     #[error("the project's stored time zone is invalid: {0}")]
     TimeZone(String),
 }
@@ -40,8 +40,8 @@ pub struct CohortMembers {
     pub profiles: HashMap<String, Map<String, Value>>,
 }
 
-/// What one evaluation needs besides the definition: the data, referenced cohorts and the
-/// project's time zone, read from the store.
+/// The inputs of one evaluation besides the definition: the data, the referenced cohorts and
+/// the project's time zone, read from the store.
 pub struct Loaded {
     pub data: CohortData,
     pub cohorts: HashMap<i64, Definition>,
@@ -58,6 +58,26 @@ pub async fn evaluate(
 ) -> Result<CohortMembers, EvalError> {
     let loaded = load(store, project_id, definition, now_ms).await?;
     Engine::build(&loaded.data).evaluate(definition, &loaded.cohorts, loaded.tz, now_ms)
+}
+
+/// Evaluates the stored cohort `cohort_id` of a project as of `now_ms`; returns `None` when
+/// the project has no such cohort. Mixpanel-style query routes that filter by cohort call this.
+pub async fn evaluate_cohort(
+    store: &dyn Store,
+    project_id: i64,
+    cohort_id: i64,
+    now_ms: i64,
+) -> Result<Option<CohortMembers>, EvalError> {
+    let Some(cohort) = store.cohort(project_id, cohort_id).await? else {
+        return Ok(None);
+    };
+    let definition = parse(&cohort.definition).map_err(|e| EvalError::InvalidStoredDefinition {
+        cohort_id,
+        message: e.to_string(),
+    })?;
+    evaluate(store, project_id, &definition, now_ms)
+        .await
+        .map(Some)
 }
 
 /// Reads, in one consistent snapshot, the data that `definition` and every cohort it
@@ -123,7 +143,7 @@ async fn referenced_cohorts(
         let value = stored
             .get(&id)
             .ok_or(EvalError::CohortNotFound { cohort_id: id })?;
-        let parsed = parse(value).map_err(|e| EvalError::InvalidReference {
+        let parsed = parse(value).map_err(|e| EvalError::InvalidStoredDefinition {
             cohort_id: id,
             message: e.to_string(),
         })?;

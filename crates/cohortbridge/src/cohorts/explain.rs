@@ -12,7 +12,7 @@ use super::eval::{EvalError, Loaded};
 use super::reference;
 use super::window::Window;
 
-/// Why one user is or is not a member.
+/// The explanation of one user's membership.
 #[derive(Debug, Serialize)]
 pub struct Explanation {
     /// The distinct id asked about.

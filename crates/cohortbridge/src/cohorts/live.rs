@@ -1,6 +1,6 @@
-//! A cohort kept current incrementally: new events, profile updates and identity links
-//! re-evaluate only the users they touch, and the passing of time re-evaluates a user exactly
-//! when one of the user's events or profile datetimes can cross a window edge.
+//! A cohort kept current incrementally. New events, profile updates and identity links
+//! re-evaluate only the users they touch. The passing of time re-evaluates a user when one of
+//! the user's events or profile datetimes can cross a window edge.
 //!
 //! A `LiveCohort` starts from a full evaluation and afterwards never rescans history. Each
 //! change returns the members added and removed, which is what a dynamic sync sends.
@@ -93,12 +93,12 @@ impl LiveCohort {
         Ok(live)
     }
 
-    /// The current members' canonical ids, sorted.
+    /// Returns the current members' canonical ids, sorted.
     pub fn members(&self) -> &BTreeSet<String> {
         &self.members
     }
 
-    /// The data the cohort was built from, with every change applied since.
+    /// Returns the data the cohort was built from, with every change applied since.
     pub fn data(&self) -> &CohortData {
         &self.data
     }
@@ -368,7 +368,7 @@ impl LiveCohort {
     }
 }
 
-/// The instants at which an event at `time_ms` leaves the rule's window as `now` advances.
+/// Adds the instants at which an event at `time_ms` leaves the rule's window as `now` advances.
 fn exit_instants(rule: &EventRule, time_ms: i64, tz: Tz, out: &mut BTreeSet<i64>) {
     match rule.within {
         Window::AllTime | Window::Since(_) | Window::Between(_, _) => {}

@@ -11,7 +11,7 @@ pub mod values;
 pub mod window;
 
 pub use definition::{parse, Definition, DefinitionError};
-pub use eval::{check_references, evaluate, CohortMembers, EvalError};
+pub use eval::{check_references, evaluate, evaluate_cohort, CohortMembers, EvalError};
 
 #[cfg(test)]
 mod tests;

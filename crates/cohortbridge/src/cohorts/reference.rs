@@ -40,7 +40,7 @@ pub fn evaluate(
     Ok(members)
 }
 
-/// Whether `definition` holds for one canonical user.
+/// Checks whether `definition` holds for one canonical user.
 pub fn holds(
     data: &CohortData,
     definition: &Definition,
@@ -92,7 +92,8 @@ pub fn holds(
     }
 }
 
-/// The user's events that match the rule's name and filters, up to `now_ms`, in any order.
+/// Returns the user's events that match the rule's name and filters, up to `now_ms`, in any
+/// order.
 pub fn matching_events<'d>(
     data: &'d CohortData,
     rule: &EventRule,
