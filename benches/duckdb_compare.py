@@ -79,8 +79,9 @@ def main():
     print(f"{engine['users']} users, {engine['events']} events; DuckDB {duckdb.__version__}, "
           f"{threads} threads")
     print()
-    print("| cohort | members | cohortbridge ms | DuckDB ms | ratio | same members |")
-    print("|---|---|---|---|---|---|")
+    print("| cohort | members | cohortbridge ms | DuckDB ms | ratio | same members "
+          "| cohortbridge first run ms | with profiles ms |")
+    print("|---|---|---|---|---|---|---|---|")
     all_same = True
     for name, sql in QUERIES.items():
         times = []
@@ -96,8 +97,11 @@ def main():
         all_same = all_same and same
         engine_ms = engine["cohorts"][name]["median_ms"]
         duck_ms = statistics.median(times)
+        first_ms = engine["cohorts"][name]["first_ms"]
+        profiles_ms = engine["cohorts"][name]["with_profiles_ms"]
         print(f"| {name} | {len(engine_members)} | {engine_ms:.1f} | {duck_ms:.1f} | "
-              f"{engine_ms / duck_ms:.2f} | {'yes' if same else 'NO'} |")
+              f"{engine_ms / duck_ms:.2f} | {'yes' if same else 'NO'} | {first_ms:.1f} "
+              f"| {profiles_ms:.1f} |")
     print()
     print(f"index build: {engine['index_build_ms']:.0f} ms; "
           f"keeping count_last_30_days current after 10,000 new events: "

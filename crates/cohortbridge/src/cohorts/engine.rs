@@ -8,6 +8,7 @@
 //! zone and `now`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use chrono_tz::Tz;
 use roaring::RoaringBitmap;
@@ -19,8 +20,42 @@ use super::eval::{CohortMembers, EvalError};
 use super::values::matches_filter;
 use super::window::{local_day, Bounds};
 
-/// The events of one name: per user number, indexes into `CohortData::events` sorted by time.
-type NameIndex = HashMap<u32, Vec<usize>>;
+/// The events of one name, grouped by user and sorted by time within each user, stored as
+/// columns so that a window scan reads contiguous memory.
+struct NameIndex {
+    /// User numbers with at least one event of the name, ascending.
+    users: Vec<u32>,
+    /// `users[k]`'s events occupy positions `offsets[k]..offsets[k + 1]` of the columns below.
+    offsets: Vec<usize>,
+    times: Vec<i64>,
+    /// Indexes into `CohortData::events`.
+    rows: Vec<usize>,
+    /// Event property columns in the same order, extracted on first use (`null` when unset).
+    columns: Mutex<HashMap<String, Arc<Vec<Value>>>>,
+}
+
+impl NameIndex {
+    fn column(&self, property: &str, events: &[EventRow]) -> Arc<Vec<Value>> {
+        let mut columns = self.columns.lock().unwrap_or_else(|p| p.into_inner());
+        columns
+            .entry(property.to_owned())
+            .or_insert_with(|| {
+                Arc::new(
+                    self.rows
+                        .iter()
+                        .map(|&i| {
+                            events[i]
+                                .properties
+                                .get(property)
+                                .cloned()
+                                .unwrap_or(Value::Null)
+                        })
+                        .collect(),
+                )
+            })
+            .clone()
+    }
+}
 
 /// An index over one `CohortData`, built once and evaluated against many definitions.
 pub struct Engine<'a> {
@@ -47,7 +82,7 @@ impl<'a> Engine<'a> {
             .map(|id| user_profiles.get(id.as_str()).copied())
             .collect();
 
-        let mut by_name: HashMap<&str, NameIndex> = HashMap::new();
+        let mut grouped: HashMap<&str, Vec<(u32, i64, usize)>> = HashMap::new();
         for (i, row) in data.events.iter().enumerate() {
             if row.distinct_id.is_empty() {
                 continue;
@@ -55,17 +90,31 @@ impl<'a> Engine<'a> {
             let Some(&user) = user_numbers.get(data.canonical(&row.distinct_id)) else {
                 continue;
             };
-            by_name
+            grouped
                 .entry(row.event.as_str())
                 .or_default()
-                .entry(user)
-                .or_default()
-                .push(i);
+                .push((user, row.time_ms, i));
         }
-        for index in by_name.values_mut() {
-            for rows in index.values_mut() {
-                rows.sort_by_key(|&i| (data.events[i].time_ms, i));
+        let mut by_name = HashMap::new();
+        for (name, mut entries) in grouped {
+            entries.sort_unstable();
+            let mut index = NameIndex {
+                users: Vec::new(),
+                offsets: Vec::new(),
+                times: Vec::with_capacity(entries.len()),
+                rows: Vec::with_capacity(entries.len()),
+                columns: Mutex::new(HashMap::new()),
+            };
+            for (position, (user, time_ms, row)) in entries.into_iter().enumerate() {
+                if index.users.last() != Some(&user) {
+                    index.users.push(user);
+                    index.offsets.push(position);
+                }
+                index.times.push(time_ms);
+                index.rows.push(row);
             }
+            index.offsets.push(index.times.len());
+            by_name.insert(name, index);
         }
 
         let everyone = (0..users.len() as u32).collect();
@@ -96,6 +145,28 @@ impl<'a> Engine<'a> {
         };
         let set = context.set(definition, &mut Vec::new(), 0)?;
         Ok(self.members(&set))
+    }
+
+    /// Evaluates `definition` like `evaluate` but returns only the members' canonical ids,
+    /// without copying their profiles.
+    pub fn member_ids(
+        &self,
+        definition: &Definition,
+        cohorts: &HashMap<i64, Definition>,
+        tz: Tz,
+        now_ms: i64,
+    ) -> Result<Vec<&str>, EvalError> {
+        let context = Context {
+            engine: self,
+            cohorts,
+            tz,
+            now_ms,
+        };
+        let set = context.set(definition, &mut Vec::new(), 0)?;
+        Ok(set
+            .iter()
+            .map(|user| self.users[user as usize].as_str())
+            .collect())
     }
 
     fn members(&self, set: &RoaringBitmap) -> CohortMembers {
@@ -183,32 +254,109 @@ impl Context<'_, '_> {
 
     fn event_set(&self, rule: &EventRule) -> RoaringBitmap {
         let bounds = rule.within.bounds(self.now_ms, self.tz);
-        let index = self.engine.by_name.get(rule.event.as_str());
+        let zero_matches = !rule.first_time
+            && measure_of_nothing(rule).is_some_and(|v| rule.comparison.matches(v));
+        let Some(index) = self.engine.by_name.get(rule.event.as_str()) else {
+            return if zero_matches {
+                self.engine.everyone.clone()
+            } else {
+                RoaringBitmap::new()
+            };
+        };
 
         // Users without a single event of the name measure as if they had none in the window.
-        let mut result = if !rule.first_time
-            && measure_of_nothing(rule).is_some_and(|v| rule.comparison.matches(v))
-        {
-            let mut absent = self.engine.everyone.clone();
-            if let Some(index) = index {
-                for user in index.keys() {
-                    absent.remove(*user);
-                }
-            }
-            absent
+        let mut result = if zero_matches {
+            let with_events = RoaringBitmap::from_sorted_iter(index.users.iter().copied())
+                .expect("users are sorted");
+            &self.engine.everyone - &with_events
         } else {
             RoaringBitmap::new()
         };
-        let Some(index) = index else {
-            return result;
-        };
         let events = &self.engine.data.events;
-        for (&user, rows) in index {
-            if rule_holds(rule, rows, events, bounds, self.tz, self.now_ms) {
+        let filters: Vec<(&PropertyFilter, Arc<Vec<Value>>)> = rule
+            .filters
+            .iter()
+            .map(|filter| (filter, index.column(&filter.property, events)))
+            .collect();
+        let measured = rule.measure.property().map(|p| index.column(p, events));
+        let scan = Scan {
+            rule,
+            filters: &filters,
+            measured: measured.as_deref().map(Vec::as_slice),
+            bounds,
+            tz: self.tz,
+            now_ms: self.now_ms,
+        };
+        for (k, &user) in index.users.iter().enumerate() {
+            let range = index.offsets[k]..index.offsets[k + 1];
+            if scan.holds(&index.times[range.clone()], range.start) {
                 result.insert(user);
             }
         }
         result
+    }
+}
+
+/// One event rule applied to the columns of a `NameIndex`.
+struct Scan<'s> {
+    rule: &'s EventRule,
+    filters: &'s [(&'s PropertyFilter, Arc<Vec<Value>>)],
+    measured: Option<&'s [Value]>,
+    bounds: Bounds,
+    tz: Tz,
+    now_ms: i64,
+}
+
+impl Scan<'_> {
+    /// Checks the rule for one user whose event times are `times`, stored from column position
+    /// `start` on.
+    fn holds(&self, times: &[i64], start: usize) -> bool {
+        let passes = |position: usize| {
+            self.filters.iter().all(|(filter, column)| {
+                matches_filter(Some(&column[position]), filter, self.now_ms)
+            })
+        };
+        let rule = self.rule;
+        if rule.first_time {
+            let first = (0..times.len())
+                .take_while(|&j| times[j] <= self.now_ms)
+                .find(|&j| passes(start + j));
+            return first.is_some_and(|j| self.bounds.contains(times[j]));
+        }
+        if self.bounds.start_ms > self.bounds.end_ms {
+            return measure_of_nothing(rule).is_some_and(|v| rule.comparison.matches(v));
+        }
+
+        let low = times.partition_point(|&t| t < self.bounds.start_ms);
+        let high = times.partition_point(|&t| t <= self.bounds.end_ms);
+        if self.filters.is_empty() && rule.measure == Measure::Count {
+            return rule.comparison.matches((high - low) as f64);
+        }
+        let matching = (low..high).filter(|&j| passes(start + j));
+        let numbers = || {
+            let column = self.measured.unwrap_or_default();
+            (low..high)
+                .filter(|&j| passes(start + j))
+                .filter_map(move |j| column.get(start + j).and_then(Value::as_f64))
+        };
+        let measured = match &rule.measure {
+            Measure::Count => Some(matching.count() as f64),
+            Measure::DistinctDays => {
+                let mut days: Vec<i64> = matching.map(|j| local_day(times[j], self.tz)).collect();
+                days.dedup();
+                days.sort_unstable();
+                days.dedup();
+                Some(days.len() as f64)
+            }
+            Measure::Sum(_) => Some(numbers().sum()),
+            Measure::Min(_) => numbers().reduce(f64::min),
+            Measure::Max(_) => numbers().reduce(f64::max),
+            Measure::Average(_) => {
+                let (sum, n) = numbers().fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+                (n > 0).then(|| sum / n as f64)
+            }
+        };
+        measured.is_some_and(|v| rule.comparison.matches(v))
     }
 }
 

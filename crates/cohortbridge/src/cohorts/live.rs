@@ -110,6 +110,7 @@ impl LiveCohort {
         now_ms: i64,
     ) -> Result<MembershipChanges, EvalError> {
         let mut touched = HashSet::new();
+        let first_new = self.data.events.len();
         for row in events {
             if row.distinct_id.is_empty() {
                 continue;
@@ -123,10 +124,25 @@ impl LiveCohort {
             touched.insert(self.data.canonical(&row.distinct_id).to_owned());
             self.data.events.push(row);
         }
-        for user in &touched {
-            self.reindex(user);
+        for i in first_new..self.data.events.len() {
+            self.insert_into_index(i);
         }
         self.update(touched, now_ms)
+    }
+
+    /// Adds a newly appended event row to its user's index, keeping time order.
+    fn insert_into_index(&mut self, i: usize) {
+        let row = &self.data.events[i];
+        let user = self.data.canonical(&row.distinct_id).to_owned();
+        let names = self.index.entry(user).or_default();
+        let rows = match names.get_mut(&row.event) {
+            Some(rows) => rows,
+            None => names.entry(row.event.clone()).or_default(),
+        };
+        // The new row has the largest index, so it goes after every row at the same time.
+        let events = &self.data.events;
+        let position = rows.partition_point(|&j| events[j].time_ms <= row.time_ms);
+        rows.insert(position, i);
     }
 
     /// Replaces the stored properties of profiles, by the distinct id they are stored under,
@@ -224,10 +240,13 @@ impl LiveCohort {
                 continue;
             }
             for &i in self.rows_by_distinct_id.get(&source).into_iter().flatten() {
-                by_name
-                    .entry(self.data.events[i].event.clone())
-                    .or_default()
-                    .push(i);
+                let name = &self.data.events[i].event;
+                match by_name.get_mut(name) {
+                    Some(rows) => rows.push(i),
+                    None => {
+                        by_name.insert(name.clone(), vec![i]);
+                    }
+                }
             }
         }
         let events = &self.data.events;
@@ -354,14 +373,35 @@ impl LiveCohort {
                 }
             }
             Definition::Event(rule) => {
-                let rows = self
+                let Some(rows) = self
                     .index
                     .get(user)
-                    .and_then(|names| names.get(&rule.event));
-                for &i in rows.into_iter().flatten() {
-                    let time_ms = self.data.events[i].time_ms;
-                    out.insert(time_ms);
-                    exit_instants(rule, time_ms, self.tz, out);
+                    .and_then(|names| names.get(&rule.event))
+                else {
+                    return;
+                };
+                let events = &self.data.events;
+                let time = |row: &usize| events[*row].time_ms;
+
+                // An event later than `now` enters the windows when the clock reaches it.
+                let first_future = rows.partition_point(|row| time(row) <= self.now_ms);
+                if let Some(row) = rows.get(first_future) {
+                    out.insert(time(row));
+                }
+
+                // Only events whose exit lies near `now` or just after it can give the next
+                // exit; three hours of margin cover any clock change.
+                let span = match rule.within {
+                    Window::LastHours(hours) => i64::from(hours) * HOUR_MS,
+                    Window::LastDays(days) => i64::from(days) * DAY_MS,
+                    Window::AllTime | Window::Since(_) | Window::Between(_, _) => return,
+                };
+                let margin = 3 * HOUR_MS;
+                let from = rows.partition_point(|row| time(row) + span + margin < self.now_ms);
+                let to = rows.partition_point(|row| time(row) + span - margin <= self.now_ms);
+                let to = (to + 2).min(rows.len()).max(from);
+                for row in &rows[from..to] {
+                    exit_instants(rule, time(row), self.tz, out);
                 }
             }
         }

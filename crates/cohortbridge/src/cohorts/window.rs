@@ -72,6 +72,9 @@ impl Window {
 
 /// The local calendar day of an instant in `tz`, as days since 1970-01-01.
 pub fn local_day(time_ms: i64, tz: Tz) -> i64 {
+    if tz == Tz::UTC {
+        return time_ms.div_euclid(86_400_000);
+    }
     let local = tz.timestamp_millis_opt(time_ms).unwrap().date_naive();
     i64::from(local.to_epoch_days())
 }
