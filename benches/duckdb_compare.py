@@ -2,9 +2,9 @@
 
 Reads `events.csv`, `profiles.csv`, `engine.json` and `engine-<cohort>.txt` from the folder
 that `cargo bench -p cohortbridge --bench cohorts -- --out DIR` wrote. Loads the CSV files into
-DuckDB tables first (not timed), then times each cohort's query (median of five runs), checks
-that DuckDB returns exactly the engine's member set, and prints a Markdown table with the
-ratio of cohortbridge's time to DuckDB's.
+DuckDB tables first, which is not timed. Then times each cohort's query (median of five runs)
+and checks that DuckDB returns exactly the engine's member set. Prints a Markdown table with
+the ratio of cohortbridge's time to DuckDB's.
 
 Usage: python benches/duckdb_compare.py DIR
 """

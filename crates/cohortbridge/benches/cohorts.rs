@@ -38,7 +38,7 @@ const EVENT_MIX: &[(&str, u32)] = &[
     ("Churned", 1),
 ];
 
-/// The cohorts timed, by name. `benches/duckdb_compare.py` holds the same cohorts as SQL.
+/// The cohorts timed, by name. `benches/duckdb_compare.py` runs the same cohorts as SQL.
 fn cohorts() -> Vec<(&'static str, Value)> {
     vec![
         (

@@ -120,12 +120,21 @@ impl LiveCohort {
                 continue;
             }
             let i = self.data.events.len();
-            self.data.event_distinct_ids.insert(row.distinct_id.clone());
-            self.rows_by_distinct_id
-                .entry(row.distinct_id.clone())
-                .or_default()
-                .push(i);
-            touched.insert(self.data.canonical(&row.distinct_id).to_owned());
+            // Look up before inserting, so that known ids cost no string copy.
+            if !self.data.event_distinct_ids.contains(&row.distinct_id) {
+                self.data.event_distinct_ids.insert(row.distinct_id.clone());
+            }
+            match self.rows_by_distinct_id.get_mut(&row.distinct_id) {
+                Some(rows) => rows.push(i),
+                None => {
+                    self.rows_by_distinct_id
+                        .insert(row.distinct_id.clone(), vec![i]);
+                }
+            }
+            let user = self.data.canonical(&row.distinct_id);
+            if !touched.contains(user) {
+                touched.insert(user.to_owned());
+            }
             self.data.events.push(row);
         }
         for i in first_new..self.data.events.len() {
@@ -137,8 +146,11 @@ impl LiveCohort {
     /// Adds a newly appended event row to its user's index, keeping time order.
     fn insert_into_index(&mut self, i: usize) {
         let row = &self.data.events[i];
-        let user = self.data.canonical(&row.distinct_id).to_owned();
-        let names = self.index.entry(user).or_default();
+        let user = self.data.canonical(&row.distinct_id);
+        if !self.index.contains_key(user) {
+            self.index.insert(user.to_owned(), HashMap::new());
+        }
+        let names = self.index.get_mut(user).expect("inserted above");
         let rows = match names.get_mut(&row.event) {
             Some(rows) => rows,
             None => names.entry(row.event.clone()).or_default(),
@@ -341,23 +353,25 @@ impl LiveCohort {
         self.data.profiles.get(user)
     }
 
-    /// Records the next instants after `now` at which the user's membership can change.
+    /// Records the next instant after `now` at which the user's membership can change.
     fn schedule(&mut self, user: &str) {
-        let mut instants = BTreeSet::new();
-        let mut definitions = vec![&self.definition];
-        definitions.extend(self.cohorts.values());
-        for definition in definitions {
-            self.collect_instants(definition, user, &mut instants);
+        let mut next = NextInstant {
+            after_ms: self.now_ms,
+            earliest: None,
+        };
+        self.collect_instants(&self.definition, user, &mut next);
+        for definition in self.cohorts.values() {
+            self.collect_instants(definition, user, &mut next);
         }
-        if let Some(next) = instants.into_iter().find(|t| *t > self.now_ms) {
+        if let Some(instant) = next.earliest {
             self.wakeups
-                .entry(next)
+                .entry(instant)
                 .or_default()
                 .insert(user.to_owned());
         }
     }
 
-    fn collect_instants(&self, definition: &Definition, user: &str, out: &mut BTreeSet<i64>) {
+    fn collect_instants(&self, definition: &Definition, user: &str, out: &mut NextInstant) {
         match definition {
             Definition::All(items) | Definition::Any(items) => items
                 .iter()
@@ -372,8 +386,8 @@ impl LiveCohort {
                 let instant = actual.and_then(Value::as_str).and_then(parse_datetime);
                 let days = filter.value.as_ref().and_then(Value::as_f64);
                 if let Some((instant, days)) = instant.zip(days) {
-                    out.insert(instant);
-                    out.insert(instant + (days * DAY_MS as f64) as i64 + 1);
+                    out.consider(instant);
+                    out.consider(instant + (days * DAY_MS as f64) as i64 + 1);
                 }
             }
             Definition::Event(rule) => {
@@ -390,7 +404,7 @@ impl LiveCohort {
                 // An event later than `now` enters the windows when the clock reaches it.
                 let first_future = rows.partition_point(|row| time(row) <= self.now_ms);
                 if let Some(row) = rows.get(first_future) {
-                    out.insert(time(row));
+                    out.consider(time(row));
                 }
 
                 // Only events whose exit lies near `now` or just after it can give the next
@@ -412,12 +426,27 @@ impl LiveCohort {
     }
 }
 
-/// Adds the instants at which an event at `time_ms` leaves the rule's window as `now` advances.
-fn exit_instants(rule: &EventRule, time_ms: i64, tz: Tz, out: &mut BTreeSet<i64>) {
+/// The earliest instant after `after_ms` seen so far.
+struct NextInstant {
+    after_ms: i64,
+    earliest: Option<i64>,
+}
+
+impl NextInstant {
+    fn consider(&mut self, instant: i64) {
+        if instant > self.after_ms && self.earliest.is_none_or(|e| instant < e) {
+            self.earliest = Some(instant);
+        }
+    }
+}
+
+/// Considers the instants at which an event at `time_ms` leaves the rule's window as `now`
+/// advances.
+fn exit_instants(rule: &EventRule, time_ms: i64, tz: Tz, out: &mut NextInstant) {
     match rule.within {
         Window::AllTime | Window::Since(_) | Window::Between(_, _) => {}
         Window::LastHours(hours) => {
-            out.insert(time_ms + i64::from(hours) * HOUR_MS + 1);
+            out.consider(time_ms + i64::from(hours) * HOUR_MS + 1);
         }
         Window::LastDays(days) => {
             // The window starts at the same wall-clock time `days` days back, so the event
@@ -428,7 +457,7 @@ fn exit_instants(rule: &EventRule, time_ms: i64, tz: Tz, out: &mut BTreeSet<i64>
                 // NOTE: around a clock change the exact exit can be up to an hour away from the
                 // resolved wall time, so the neighbouring hours are re-evaluated too.
                 for candidate in [exit - HOUR_MS, exit, exit + HOUR_MS] {
-                    out.insert(candidate + 1);
+                    out.consider(candidate + 1);
                 }
             }
         }

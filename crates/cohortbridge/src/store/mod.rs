@@ -201,7 +201,7 @@ pub struct CohortInputs {
     pub event_distinct_ids: HashSet<String>,
 }
 
-/// What a cohort evaluation reads, taken in one read transaction so that events, links and
+/// The inputs of a cohort evaluation, read in one read transaction so that events, links and
 /// profiles come from the same moment.
 #[derive(Debug, Default)]
 pub struct CohortSnapshot {
