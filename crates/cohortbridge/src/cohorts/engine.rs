@@ -369,11 +369,11 @@ pub fn measure_of_nothing(rule: &EventRule) -> Option<f64> {
     }
 }
 
-/// Checks whether `rule` holds for one user whose events of the rule's name are `rows`, sorted
-/// by time.
+/// Checks whether `rule` holds for one user whose events of the rule's name are `rows`, pairs
+/// of time and index into `events`, sorted by time.
 pub(crate) fn rule_holds(
     rule: &EventRule,
-    rows: &[usize],
+    rows: &[(i64, usize)],
     events: &[EventRow],
     bounds: Bounds,
     tz: Tz,
@@ -387,7 +387,7 @@ pub(crate) fn rule_holds(
     if rule.first_time {
         let first = rows
             .iter()
-            .map(|&i| &events[i])
+            .map(|&(_, i)| &events[i])
             .take_while(|row| row.time_ms <= now_ms)
             .find(|row| passes(row));
         return first.is_some_and(|row| bounds.contains(row.time_ms));
@@ -396,15 +396,15 @@ pub(crate) fn rule_holds(
         return measure_of_nothing(rule).is_some_and(|v| rule.comparison.matches(v));
     }
 
-    let low = rows.partition_point(|&i| events[i].time_ms < bounds.start_ms);
-    let high = rows.partition_point(|&i| events[i].time_ms <= bounds.end_ms);
+    let low = rows.partition_point(|&(time_ms, _)| time_ms < bounds.start_ms);
+    let high = rows.partition_point(|&(time_ms, _)| time_ms <= bounds.end_ms);
     let in_window = &rows[low..high];
     if rule.filters.is_empty() && rule.measure == Measure::Count {
         return rule.comparison.matches(in_window.len() as f64);
     }
     let matching = in_window
         .iter()
-        .map(|&i| &events[i])
+        .map(|&(_, i)| &events[i])
         .filter(|row| passes(row));
     let measured = match &rule.measure {
         Measure::Count => Some(matching.count() as f64),

@@ -34,8 +34,9 @@ pub struct LiveCohort {
     cohorts: HashMap<i64, Definition>,
     tz: Tz,
     data: CohortData,
-    /// Event row indexes per canonical user and event name, sorted by time.
-    index: HashMap<String, HashMap<String, Vec<usize>>>,
+    /// (time, event row index) per canonical user and event name, sorted by time, so that
+    /// window searches read one contiguous slice.
+    index: HashMap<String, HashMap<String, Vec<(i64, usize)>>>,
     /// Event row indexes per stored distinct id, so an identity link can move them.
     rows_by_distinct_id: HashMap<String, Vec<usize>>,
     /// The `$device:` ids linked to each user.
@@ -155,10 +156,15 @@ impl LiveCohort {
             Some(rows) => rows,
             None => names.entry(row.event.clone()).or_default(),
         };
-        // The new row has the largest index, so it goes after every row at the same time.
-        let events = &self.data.events;
-        let position = rows.partition_point(|&j| events[j].time_ms <= row.time_ms);
-        rows.insert(position, i);
+        // The new row has the largest index, so it goes after every row at the same time. New
+        // events are usually the latest, which makes the common case a push.
+        let entry = (row.time_ms, i);
+        if rows.last().is_none_or(|last| last.0 <= row.time_ms) {
+            rows.push(entry);
+        } else {
+            let position = rows.partition_point(|&(time_ms, _)| time_ms <= row.time_ms);
+            rows.insert(position, entry);
+        }
     }
 
     /// Replaces the stored properties of profiles, by the distinct id they are stored under,
@@ -248,7 +254,7 @@ impl LiveCohort {
 
     /// Rebuilds the per-name index of one canonical user from the distinct ids resolving to it.
     fn reindex(&mut self, user: &str) {
-        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_name: HashMap<String, Vec<(i64, usize)>> = HashMap::new();
         let mut sources = vec![user.to_owned()];
         sources.extend(self.devices.get(user).into_iter().flatten().cloned());
         for source in sources {
@@ -256,18 +262,17 @@ impl LiveCohort {
                 continue;
             }
             for &i in self.rows_by_distinct_id.get(&source).into_iter().flatten() {
-                let name = &self.data.events[i].event;
-                match by_name.get_mut(name) {
-                    Some(rows) => rows.push(i),
+                let row = &self.data.events[i];
+                match by_name.get_mut(&row.event) {
+                    Some(rows) => rows.push((row.time_ms, i)),
                     None => {
-                        by_name.insert(name.clone(), vec![i]);
+                        by_name.insert(row.event.clone(), vec![(row.time_ms, i)]);
                     }
                 }
             }
         }
-        let events = &self.data.events;
         for rows in by_name.values_mut() {
-            rows.sort_by_key(|&i| (events[i].time_ms, i));
+            rows.sort_unstable();
         }
         self.index.insert(user.to_owned(), by_name);
     }
@@ -399,7 +404,26 @@ impl LiveCohort {
                     return;
                 };
                 let events = &self.data.events;
-                let time = |row: &usize| events[*row].time_ms;
+                let time = |row: &(i64, usize)| row.0;
+
+                // A `within_last` filter on an event property changes with the clock too, at
+                // the property's instant and when it falls out of the range. NOTE: this scans
+                // all of the user's events of the name, unlike the window search below.
+                for filter in rule
+                    .filters
+                    .iter()
+                    .filter(|f| f.op == ProfileOp::WithinLast)
+                {
+                    let days = filter.value.as_ref().and_then(Value::as_f64);
+                    for &(_, i) in rows {
+                        let value = events[i].properties.get(&filter.property);
+                        let instant = value.and_then(Value::as_str).and_then(parse_datetime);
+                        if let Some((instant, days)) = instant.zip(days) {
+                            out.consider(instant);
+                            out.consider(instant + (days * DAY_MS as f64) as i64 + 1);
+                        }
+                    }
+                }
 
                 // An event later than `now` enters the windows when the clock reaches it.
                 let first_future = rows.partition_point(|row| time(row) <= self.now_ms);
