@@ -60,6 +60,7 @@ impl LiveCohort {
         // Room for new events up front, so that appending a batch rarely moves every stored
         // row. NOTE: once the room is used up, one append pays for moving all rows.
         data.events.reserve(data.events.len() / 4 + 65_536);
+
         let members = Engine::build(&data)
             .evaluate(&definition, &cohorts, tz, now_ms)?
             .members;
@@ -75,6 +76,7 @@ impl LiveCohort {
             wakeups: BTreeMap::new(),
             now_ms,
         };
+
         for i in 0..live.data.events.len() {
             let distinct_id = live.data.events[i].distinct_id.clone();
             live.rows_by_distinct_id
@@ -88,6 +90,7 @@ impl LiveCohort {
                 .or_default()
                 .push(device.clone());
         }
+
         let users: Vec<String> = live.data.users().into_iter().collect();
         for user in &users {
             live.reindex(user);
@@ -350,7 +353,8 @@ impl LiveCohort {
             .any(|device| self.data.event_distinct_ids.contains(device))
     }
 
-    /// The profile of a canonical user; a profile under a linked device id belongs to nobody.
+    /// Returns the profile of a canonical user. A profile stored under a linked device id is an
+    /// orphan and matches for no user.
     fn profile(&self, user: &str) -> Option<&Map<String, Value>> {
         if self.data.links.contains_key(user) {
             return None;
