@@ -201,3 +201,75 @@ async fn errors_are_one_line_without_backtrace() {
     assert!(stderr(&output).contains("HTTP 401"), "{}", stderr(&output));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn cohort_questions_from_the_cli() {
+    let server = TestServer::start().await;
+
+    let output = run(
+        &server,
+        &["projects", "set", "--timezone", "Europe/Nowhere"],
+    )
+    .await;
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("Europe/Nowhere"),
+        "{}",
+        stderr(&output)
+    );
+    let output = run(&server, &["projects", "set", "--timezone", "Europe/Berlin"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("Europe/Berlin"),
+        "{}",
+        stdout(&output)
+    );
+
+    let (status, text) = server
+        .engage(&[
+            json!({"$token": server.token, "$distinct_id": "ann",
+                "$set": {"plan": "pro", "$braze_external_id": "ext-ann"}}),
+            json!({"$token": server.token, "$distinct_id": "bob", "$set": {"plan": "free"}}),
+        ])
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let cohort = server
+        .create_cohort(
+            "Pro",
+            json!({"profile": "plan", "op": "eq", "value": "pro"}),
+        )
+        .await
+        .to_string();
+
+    let output = run(&server, &["cohorts", "preview", &cohort]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("members:        1"), "{text}");
+    assert!(text.contains("exportable:     1"), "{text}");
+    assert!(text.contains("ann"), "{text}");
+
+    let output = run(&server, &["cohorts", "explain", &cohort, "--user", "bob"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("bob is not a member"), "{text}");
+    assert!(text.contains("\"free\""), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("free.json");
+    std::fs::write(&file, r#"{"profile": "plan", "op": "eq", "value": "free"}"#).unwrap();
+    let output = run(
+        &server,
+        &[
+            "cohorts",
+            "update",
+            &cohort,
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = run(&server, &["cohorts", "members", &cohort]).await;
+    assert_eq!(stdout(&output).trim(), "bob");
+    server.stop().await;
+}

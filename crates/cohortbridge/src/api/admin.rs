@@ -75,6 +75,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/projects/{project}/mtu", get(mtu))
         .route("/mtu", get(mtu_default_project))
         .merge(super::lifecycle::routes())
+        .merge(super::cohorts::admin_routes())
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -135,6 +136,7 @@ async fn show_project(
         "api_secret": decrypt(&project.api_secret_enc)?,
         "currents_token": decrypt(&project.currents_token_enc)?,
         "created_at": iso(project.created_at_ms),
+        "timezone": state.store.project_timezone(id).await?,
     })))
 }
 
@@ -285,8 +287,9 @@ async fn create_cohort(
     let definition = body
         .definition
         .ok_or_else(|| ApiError::BadRequest("field `definition` is missing".into()))?;
-    cohorts::parse(&definition)
+    let parsed = cohorts::parse(&definition)
         .map_err(|e| ApiError::BadRequest(format!("invalid cohort definition: {e}")))?;
+    super::cohorts::check_saved_references(&state, id, None, &parsed).await?;
     let cohort = state
         .store
         .create_cohort(id, &name, &definition, now_ms())
@@ -339,10 +342,14 @@ async fn cohort_members(
         .map_err(|e| ApiError::Conflict(format!("stored definition is invalid: {e}")))?;
     let evaluated = cohorts::evaluate(state.store.as_ref(), id, &definition, now_ms())
         .await
-        .map_err(|cohorts::EvalError::Store(e)| ApiError::Storage(e))?;
+        .map_err(eval_error)?;
     Ok(Json(
         json!({"cohort_id": cohort_id, "count": evaluated.members.len(), "members": evaluated.members}),
     ))
+}
+
+fn eval_error(error: cohorts::EvalError) -> ApiError {
+    super::cohorts::eval_error(error)
 }
 
 pub(super) fn connection_json(connection: &Connection) -> Value {

@@ -16,6 +16,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     NotFound(String),
+    /// Missing or wrong HTTP Basic credentials on Mixpanel's query API.
+    #[error("{0}")]
+    BasicUnauthorized(String),
     #[error("{0}")]
     Conflict(String),
     /// Braze refused the connection's credentials or the request.
@@ -40,6 +43,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BasicUnauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Storage(StoreError::NotFound { .. }) => StatusCode::NOT_FOUND,

@@ -1,6 +1,7 @@
 //! HTTP routers: Mixpanel-compatible ingestion, the Braze Currents receiver, and the admin API.
 
 mod admin;
+mod cohorts;
 mod currents;
 mod error;
 mod export;
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .merge(currents::routes())
         .merge(export::routes())
         .merge(query::routes())
+        .merge(cohorts::query_routes())
         .nest("/api/v1", admin::routes(state.clone()))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(lifecycle::metrics))

@@ -46,6 +46,12 @@ impl AdminClient {
         Self::send(request, &url).await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let url = self.url(path);
+        let request = self.http.put(&url).bearer_auth(&self.admin_key).json(body);
+        Self::send(request, &url).await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/api/v1/projects/{}{path}", self.server, self.project)
     }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod client;
+mod cohort_questions;
 mod currents;
 mod import;
 
@@ -108,8 +109,11 @@ pub enum ProjectsCommand {
     Set {
         /// Identity mode that resolves distinct ids to users: `simplified` (Simplified ID Merge)
         /// or `original` (Original ID Merge). Fixed once the project has events.
-        #[arg(long, value_parser = ["simplified", "original"])]
-        identity_mode: String,
+        #[arg(long, value_parser = ["simplified", "original"], required_unless_present = "timezone")]
+        identity_mode: Option<String>,
+        /// IANA time zone in which cohort windows are evaluated, such as Europe/Berlin.
+        #[arg(long)]
+        timezone: Option<String>,
     },
     /// Manage extra `/import` credentials.
     #[command(subcommand)]
@@ -199,6 +203,34 @@ pub enum CohortsCommand {
         /// Braze does not accept that, nothing is deleted and the command fails.
         #[arg(long)]
         remove_members: bool,
+    },
+    /// Replace a cohort's definition (and optionally its name); syncs use it from their next run.
+    Update {
+        id: i64,
+        /// New cohort name.
+        #[arg(long)]
+        name: Option<String>,
+        /// JSON file with the new definition (see docs/cohorts.md).
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Print the member count, how many members a connection could export, and a sample.
+    Preview {
+        id: i64,
+        /// Braze connection whose user-id property decides what is exportable; default
+        /// `$braze_external_id`.
+        #[arg(long)]
+        connection: Option<String>,
+        /// Number of members to list.
+        #[arg(long, default_value_t = 10)]
+        sample: usize,
+    },
+    /// Explain, condition by condition, why a user is or is not a member.
+    Explain {
+        id: i64,
+        /// The user's distinct id.
+        #[arg(long)]
+        user: String,
     },
 }
 
@@ -358,16 +390,25 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
                 println!("token:          {}", text(&project["token"]));
                 println!("api secret:     {}", text(&project["api_secret"]));
                 println!("currents token: {}", text(&project["currents_token"]));
+                println!("time zone:      {}", text(&project["timezone"]));
             }
         }
-        Command::Projects(ProjectsCommand::Set { identity_mode }) => {
-            let reply = client
-                .post("/identity-mode", &json!({"identity_mode": identity_mode}))
-                .await?;
-            if json_output {
-                print_json(&reply);
-            } else {
-                println!("identity mode:  {}", text(&reply["identity_mode"]));
+        Command::Projects(ProjectsCommand::Set {
+            identity_mode,
+            timezone,
+        }) => {
+            if let Some(identity_mode) = identity_mode {
+                let reply = client
+                    .post("/identity-mode", &json!({"identity_mode": identity_mode}))
+                    .await?;
+                if json_output {
+                    print_json(&reply);
+                } else {
+                    println!("identity mode:  {}", text(&reply["identity_mode"]));
+                }
+            }
+            if let Some(timezone) = timezone {
+                cohort_questions::set_timezone(&client, &timezone, json_output).await?
             }
         }
         Command::Projects(ProjectsCommand::Credentials(CredentialsCommand::Add {
@@ -669,6 +710,17 @@ async fn cohorts(
                     reply["removed_syncs"]
                 );
             }
+        }
+        CohortsCommand::Update { id, name, file } => {
+            cohort_questions::update(client, id, name, &file, json_output).await?
+        }
+        CohortsCommand::Preview {
+            id,
+            connection,
+            sample,
+        } => cohort_questions::preview(client, id, connection, sample, json_output).await?,
+        CohortsCommand::Explain { id, user } => {
+            cohort_questions::explain(client, id, &user, json_output).await?
         }
         CohortsCommand::Members { id } => {
             let reply = client.get(&format!("/cohorts/{id}/members")).await?;

@@ -1,7 +1,11 @@
 //! The cohort definition language: parsing JSON into a typed tree, with errors that name the
-//! JSON path of the problem. `docs/cohorts.md` documents the language for users.
+//! JSON path of the problem. `docs/cohorts.md` documents the language for users and
+//! `docs/cohort-definition.schema.json` describes it as a JSON Schema.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+use super::values::parse_datetime;
+use super::window::{parse_window, Window};
 
 /// A parsed cohort definition.
 #[derive(Debug, Clone, PartialEq)]
@@ -10,21 +14,52 @@ pub enum Definition {
     Any(Vec<Definition>),
     Not(Box<Definition>),
     Event(EventRule),
-    Profile(ProfileRule),
+    Profile(PropertyFilter),
+    /// Membership of another cohort of the same project, evaluated at the same instant.
+    InCohort(i64),
 }
 
-/// "Did `event` a number of times that satisfies `count`, within `within`".
+/// "Did `event` (matching every `filters`) so that `measure` satisfies `comparison`, within
+/// `within`", or with `first_time`, "did `event` for the first time within `within`".
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRule {
     pub event: String,
-    pub count: CountRule,
+    /// Event property filters (`where`); an event counts only when every filter matches.
+    pub filters: Vec<PropertyFilter>,
+    pub measure: Measure,
+    pub comparison: Comparison,
     pub within: Window,
+    /// The user's first matching event ever falls inside `within`.
+    pub first_time: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CountRule {
+/// The quantity measured over a user's matching events inside the window.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Measure {
+    Count,
+    /// Number of distinct calendar days, in the project's time zone.
+    DistinctDays,
+    Sum(String),
+    Min(String),
+    Max(String),
+    Average(String),
+}
+
+impl Measure {
+    /// Returns the numeric event property the measure reads, if any.
+    pub fn property(&self) -> Option<&str> {
+        match self {
+            Measure::Count | Measure::DistinctDays => None,
+            Measure::Sum(p) | Measure::Min(p) | Measure::Max(p) | Measure::Average(p) => Some(p),
+        }
+    }
+}
+
+/// One comparison of a measured number, such as `{"gte": 2}`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Comparison {
     pub op: CountOp,
-    pub value: i64,
+    pub value: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,41 +71,27 @@ pub enum CountOp {
     Lt,
 }
 
-impl CountRule {
-    pub fn matches(&self, count: i64) -> bool {
+impl Comparison {
+    pub fn matches(&self, measured: f64) -> bool {
         match self.op {
-            CountOp::Gte => count >= self.value,
-            CountOp::Gt => count > self.value,
-            CountOp::Eq => count == self.value,
-            CountOp::Lte => count <= self.value,
-            CountOp::Lt => count < self.value,
+            CountOp::Gte => measured >= self.value,
+            CountOp::Gt => measured > self.value,
+            CountOp::Eq => measured == self.value,
+            CountOp::Lte => measured <= self.value,
+            CountOp::Lt => measured < self.value,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Window {
-    AllTime,
-    /// The `days * 24` hours up to and including the evaluation instant.
-    LastDays(u32),
-}
-
-impl Window {
-    /// The first instant inside the window, or `None` for all time.
-    pub fn since_ms(&self, now_ms: i64) -> Option<i64> {
-        match self {
-            Window::AllTime => None,
-            Window::LastDays(days) => Some(now_ms - i64::from(*days) * 86_400_000),
-        }
-    }
-}
-
+/// A filter on a profile property or, inside `where`, on an event property.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProfileRule {
+pub struct PropertyFilter {
     pub property: String,
     pub op: ProfileOp,
     /// Absent for `set` and `not_set`.
     pub value: Option<Value>,
+    /// The declared type of the property; a value that does not have it never matches.
+    pub value_type: Option<ValueType>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,8 +103,24 @@ pub enum ProfileOp {
     Lt,
     Lte,
     Contains,
+    NotContains,
+    Between,
+    In,
     Set,
     NotSet,
+    Before,
+    After,
+    WithinLast,
+    Includes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueType {
+    String,
+    Number,
+    Boolean,
+    Datetime,
+    List,
 }
 
 const PROFILE_OPS: &[(&str, ProfileOp)] = &[
@@ -94,8 +131,23 @@ const PROFILE_OPS: &[(&str, ProfileOp)] = &[
     ("lt", ProfileOp::Lt),
     ("lte", ProfileOp::Lte),
     ("contains", ProfileOp::Contains),
+    ("not_contains", ProfileOp::NotContains),
+    ("between", ProfileOp::Between),
+    ("in", ProfileOp::In),
     ("set", ProfileOp::Set),
     ("not_set", ProfileOp::NotSet),
+    ("before", ProfileOp::Before),
+    ("after", ProfileOp::After),
+    ("within_last", ProfileOp::WithinLast),
+    ("includes", ProfileOp::Includes),
+];
+
+const VALUE_TYPES: &[(&str, ValueType)] = &[
+    ("string", ValueType::String),
+    ("number", ValueType::Number),
+    ("boolean", ValueType::Boolean),
+    ("datetime", ValueType::Datetime),
+    ("list", ValueType::List),
 ];
 
 const COUNT_OPS: &[(&str, CountOp)] = &[
@@ -106,10 +158,13 @@ const COUNT_OPS: &[(&str, CountOp)] = &[
     ("lt", CountOp::Lt),
 ];
 
+/// The keys of an event condition that choose what is measured; at most one may appear.
+const MEASURE_KEYS: &[&str] = &["count", "distinct_days", "sum", "min", "max", "average"];
+
 /// The deepest nesting accepted, so a hostile definition cannot exhaust the stack.
-const MAX_DEPTH: usize = 32;
-/// The widest window accepted, about 100 years.
-const MAX_WINDOW_DAYS: u64 = 36_600;
+pub const MAX_DEPTH: usize = 32;
+/// The longest `within_last` accepted, about 100 years.
+const MAX_WITHIN_LAST_DAYS: f64 = 36_600.0;
 
 /// A problem in a definition, at a JSON path such as `all[1].op`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,7 +174,7 @@ pub struct DefinitionError {
     pub message: String,
 }
 
-fn error(path: &str, message: impl Into<String>) -> DefinitionError {
+pub(crate) fn error(path: &str, message: impl Into<String>) -> DefinitionError {
     DefinitionError {
         path: if path.is_empty() {
             "definition".into()
@@ -130,7 +185,7 @@ fn error(path: &str, message: impl Into<String>) -> DefinitionError {
     }
 }
 
-fn join(path: &str, key: &str) -> String {
+pub(crate) fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_owned()
     } else {
@@ -141,6 +196,26 @@ fn join(path: &str, key: &str) -> String {
 /// Parses and validates a definition.
 pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
     parse_at(value, "", 0)
+}
+
+impl Definition {
+    /// Returns every cohort id referenced with `in_cohort`, in document order.
+    pub fn cohort_references(&self) -> Vec<i64> {
+        let mut out = Vec::new();
+        self.collect_references(&mut out);
+        out
+    }
+
+    fn collect_references(&self, out: &mut Vec<i64>) {
+        match self {
+            Definition::All(items) | Definition::Any(items) => {
+                items.iter().for_each(|item| item.collect_references(out))
+            }
+            Definition::Not(inner) => inner.collect_references(out),
+            Definition::InCohort(id) => out.push(*id),
+            Definition::Event(_) | Definition::Profile(_) => {}
+        }
+    }
 }
 
 fn parse_at(value: &Value, path: &str, depth: usize) -> Result<Definition, DefinitionError> {
@@ -184,23 +259,33 @@ fn parse_at(value: &Value, path: &str, depth: usize) -> Result<Definition, Defin
             depth + 1,
         )?)));
     }
+    if let Some(id) = object.get("in_cohort") {
+        expect_only(object, &["in_cohort"], path)?;
+        let id = id.as_i64().filter(|id| *id > 0).ok_or_else(|| {
+            error(
+                &join(path, "in_cohort"),
+                format!("expected a cohort id (a whole number of at least 1), found {id}"),
+            )
+        })?;
+        return Ok(Definition::InCohort(id));
+    }
     if object.contains_key("event") {
         return parse_event(object, path).map(Definition::Event);
     }
     if object.contains_key("profile") {
-        return parse_profile(object, path).map(Definition::Profile);
+        return parse_filter(object, path, "profile").map(Definition::Profile);
     }
     let keys: Vec<&str> = object.keys().map(String::as_str).collect();
     Err(error(
         path,
         format!(
-            "unknown condition with keys {keys:?}; expected one of \"all\", \"any\", \"not\", \"event\", \"profile\""
+            "unknown condition with keys {keys:?}; expected one of \"all\", \"any\", \"not\", \"event\", \"profile\", \"in_cohort\""
         ),
     ))
 }
 
 fn expect_only(
-    object: &serde_json::Map<String, Value>,
+    object: &Map<String, Value>,
     allowed: &[&str],
     path: &str,
 ) -> Result<(), DefinitionError> {
@@ -213,11 +298,10 @@ fn expect_only(
     }
 }
 
-fn parse_event(
-    object: &serde_json::Map<String, Value>,
-    path: &str,
-) -> Result<EventRule, DefinitionError> {
-    expect_only(object, &["event", "count", "within"], path)?;
+fn parse_event(object: &Map<String, Value>, path: &str) -> Result<EventRule, DefinitionError> {
+    let mut allowed = vec!["event", "where", "within", "first_time"];
+    allowed.extend_from_slice(MEASURE_KEYS);
+    expect_only(object, &allowed, path)?;
     let event = match &object["event"] {
         Value::String(name) if !name.is_empty() => name.clone(),
         other => {
@@ -228,86 +312,202 @@ fn parse_event(
         }
     };
 
-    let count = match object.get("count") {
-        None => CountRule {
-            op: CountOp::Gte,
-            value: 1,
-        },
+    let filters = match object.get("where") {
+        None => Vec::new(),
         Some(value) => {
-            let count_path = join(path, "count");
-            let map = value.as_object().ok_or_else(|| {
+            let where_path = join(path, "where");
+            let items = value.as_array().ok_or_else(|| {
                 error(
-                    &count_path,
-                    format!("expected an object such as {{\"gte\": 2}}, found {value}"),
+                    &where_path,
+                    format!("expected a list of property filters, found {value}"),
                 )
             })?;
-            if map.len() != 1 {
-                return Err(error(
-                    &count_path,
-                    "expected exactly one comparison such as {\"gte\": 2}",
-                ));
-            }
-            let (name, number) = map.iter().next().expect("one entry");
-            let op = COUNT_OPS
+            items
                 .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, op)| *op)
-                .ok_or_else(|| {
-                    error(
-                        &join(&count_path, name),
-                        format!("unknown comparison; expected one of {:?}", names(COUNT_OPS)),
-                    )
-                })?;
-            let value = number.as_i64().filter(|n| *n >= 0).ok_or_else(|| {
+                .enumerate()
+                .map(|(i, item)| {
+                    let item_path = format!("{where_path}[{i}]");
+                    let map = item.as_object().ok_or_else(|| {
+                        error(&item_path, format!("expected an object, found {item}"))
+                    })?;
+                    if !map.contains_key("property") {
+                        return Err(error(&join(&item_path, "property"), "missing"));
+                    }
+                    parse_filter(map, &item_path, "property")
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+
+    let measures: Vec<&str> = MEASURE_KEYS
+        .iter()
+        .copied()
+        .filter(|k| object.contains_key(*k))
+        .collect();
+    if measures.len() > 1 {
+        return Err(error(
+            &join(path, measures[1]),
+            format!(
+                "conflicts with {:?}; give at most one of {MEASURE_KEYS:?}",
+                measures[0]
+            ),
+        ));
+    }
+    let (measure, comparison) = match measures.first() {
+        None => (
+            Measure::Count,
+            Comparison {
+                op: CountOp::Gte,
+                value: 1.0,
+            },
+        ),
+        Some(&key) => {
+            let key_path = join(path, key);
+            let map = object[key].as_object().ok_or_else(|| {
                 error(
-                    &join(&count_path, name),
-                    format!("expected a whole number of at least 0, found {number}"),
+                    &key_path,
+                    format!(
+                        "expected an object such as {{\"gte\": 2}}, found {}",
+                        object[key]
+                    ),
                 )
             })?;
-            CountRule { op, value }
+            match key {
+                "count" | "distinct_days" => {
+                    let comparison = parse_comparison(map, &key_path, true)?;
+                    let measure = if key == "count" {
+                        Measure::Count
+                    } else {
+                        Measure::DistinctDays
+                    };
+                    (measure, comparison)
+                }
+                _ => {
+                    let property = match map.get("property") {
+                        Some(Value::String(p)) if !p.is_empty() => p.clone(),
+                        Some(other) => {
+                            return Err(error(
+                                &join(&key_path, "property"),
+                                format!("expected a non-empty property name, found {other}"),
+                            ))
+                        }
+                        None => {
+                            return Err(error(
+                                &join(&key_path, "property"),
+                                "missing; name the numeric event property to aggregate",
+                            ))
+                        }
+                    };
+                    let mut rest = map.clone();
+                    rest.remove("property");
+                    let comparison = parse_comparison(&rest, &key_path, false)?;
+                    let measure = match key {
+                        "sum" => Measure::Sum(property),
+                        "min" => Measure::Min(property),
+                        "max" => Measure::Max(property),
+                        _ => Measure::Average(property),
+                    };
+                    (measure, comparison)
+                }
+            }
         }
     };
 
     let within = match object.get("within") {
         None => Window::AllTime,
-        Some(value) => {
-            let within_path = join(path, "within");
-            let map = value.as_object().ok_or_else(|| {
-                error(
-                    &within_path,
-                    format!("expected an object such as {{\"last_days\": 30}}, found {value}"),
-                )
-            })?;
-            expect_only(map, &["last_days"], &within_path)?;
-            let days = map
-                .get("last_days")
-                .ok_or_else(|| error(&within_path, "missing \"last_days\""))?;
-            let days = days
-                .as_u64()
-                .filter(|d| (1..=MAX_WINDOW_DAYS).contains(d))
-                .ok_or_else(|| {
-                    error(&join(&within_path, "last_days"), format!("expected a whole number of days from 1 to {MAX_WINDOW_DAYS}, found {days}"))
-                })?;
-            Window::LastDays(days as u32)
+        Some(value) => parse_window(value, &join(path, "within"))?,
+    };
+
+    let first_time = match object.get("first_time") {
+        None | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(other) => {
+            return Err(error(
+                &join(path, "first_time"),
+                format!("expected true or false, found {other}"),
+            ))
         }
     };
+    if first_time {
+        if let Some(key) = measures.first() {
+            return Err(error(
+                &join(path, key),
+                "\"first_time\" cannot be combined with a measure",
+            ));
+        }
+        if within == Window::AllTime {
+            return Err(error(
+                &join(path, "within"),
+                "missing; \"first_time\" needs a window such as {\"last_days\": 7}",
+            ));
+        }
+    }
+
     Ok(EventRule {
         event,
-        count,
+        filters,
+        measure,
+        comparison,
         within,
+        first_time,
     })
 }
 
-fn parse_profile(
-    object: &serde_json::Map<String, Value>,
+/// Parses `{"gte": 2}`; `whole` requires a whole number of at least 0 (counts and days).
+fn parse_comparison(
+    map: &Map<String, Value>,
     path: &str,
-) -> Result<ProfileRule, DefinitionError> {
-    expect_only(object, &["profile", "op", "value"], path)?;
-    let property = match &object["profile"] {
+    whole: bool,
+) -> Result<Comparison, DefinitionError> {
+    if map.len() != 1 {
+        return Err(error(
+            path,
+            "expected exactly one comparison such as {\"gte\": 2}",
+        ));
+    }
+    let (name, number) = map.iter().next().expect("one entry");
+    let op = COUNT_OPS
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, op)| *op)
+        .ok_or_else(|| {
+            error(
+                &join(path, name),
+                format!("unknown comparison; expected one of {:?}", names(COUNT_OPS)),
+            )
+        })?;
+    let value = if whole {
+        number.as_i64().filter(|n| *n >= 0).map(|n| n as f64)
+    } else {
+        number.as_f64().filter(|n| n.is_finite())
+    };
+    let value = value.ok_or_else(|| {
+        let expected = if whole {
+            "a whole number of at least 0"
+        } else {
+            "a number"
+        };
+        error(
+            &join(path, name),
+            format!("expected {expected}, found {number}"),
+        )
+    })?;
+    Ok(Comparison { op, value })
+}
+
+/// Parses a property filter whose property name sits under `name_key` (`profile` for a
+/// profile condition, `property` inside `where`).
+fn parse_filter(
+    object: &Map<String, Value>,
+    path: &str,
+    name_key: &str,
+) -> Result<PropertyFilter, DefinitionError> {
+    expect_only(object, &[name_key, "op", "value", "type"], path)?;
+    let property = match &object[name_key] {
         Value::String(name) if !name.is_empty() => name.clone(),
         other => {
             return Err(error(
-                &join(path, "profile"),
+                &join(path, name_key),
                 format!("expected a non-empty property name, found {other}"),
             ))
         }
@@ -333,54 +533,124 @@ fn parse_profile(
             )
         })?;
 
+    let value_type = match object.get("type") {
+        None => None,
+        Some(name) => Some(
+            name.as_str()
+                .and_then(|n| VALUE_TYPES.iter().find(|(t, _)| *t == n))
+                .map(|(_, t)| *t)
+                .ok_or_else(|| {
+                    error(
+                        &join(path, "type"),
+                        format!(
+                            "unknown type {name}; expected one of {:?}",
+                            names(VALUE_TYPES)
+                        ),
+                    )
+                })?,
+        ),
+    };
+
     let value_path = join(path, "value");
     let value = object.get("value").cloned();
-    match op {
-        ProfileOp::Set | ProfileOp::NotSet => {
-            if value.is_some() {
-                return Err(error(
-                    &value_path,
-                    format!("operator {op_name} takes no value"),
-                ));
-            }
-        }
-        ProfileOp::Gt | ProfileOp::Gte | ProfileOp::Lt | ProfileOp::Lte => match &value {
-            Some(Value::Number(_)) => {}
-            Some(Value::String(s)) if super::values::parse_datetime(s).is_some() => {}
-            Some(other) => {
-                return Err(error(
-                    &value_path,
-                    format!("operator {op_name} compares numbers or datetimes, found {other}"),
-                ))
-            }
-            None => {
-                return Err(error(
-                    &value_path,
-                    format!("missing; operator {op_name} needs a value"),
-                ))
-            }
-        },
-        ProfileOp::Eq | ProfileOp::Neq | ProfileOp::Contains => match &value {
-            None => {
-                return Err(error(
-                    &value_path,
-                    format!("missing; operator {op_name} needs a value"),
-                ))
-            }
-            Some(Value::Object(_)) | Some(Value::Array(_)) | Some(Value::Null) => {
-                return Err(error(&value_path, "expected a string, number or boolean"))
-            }
-            Some(_) => {}
-        },
-    }
-    Ok(ProfileRule {
+    check_value(op, op_name, value.as_ref(), value_type, &value_path)?;
+    Ok(PropertyFilter {
         property,
         op,
         value,
+        value_type,
     })
 }
 
-fn names<T>(table: &[(&'static str, T)]) -> Vec<&'static str> {
+fn is_scalar(value: &Value) -> bool {
+    matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_))
+}
+
+fn is_number_or_datetime(value: &Value) -> bool {
+    match value {
+        Value::Number(_) => true,
+        Value::String(s) => parse_datetime(s).is_some(),
+        _ => false,
+    }
+}
+
+fn is_datetime(value: &Value) -> bool {
+    value.as_str().and_then(parse_datetime).is_some()
+}
+
+/// Checks that an operator's value has the shape the operator needs.
+fn check_value(
+    op: ProfileOp,
+    op_name: &Value,
+    value: Option<&Value>,
+    value_type: Option<ValueType>,
+    path: &str,
+) -> Result<(), DefinitionError> {
+    let value = match (op, value) {
+        (ProfileOp::Set | ProfileOp::NotSet, None) => return Ok(()),
+        (ProfileOp::Set | ProfileOp::NotSet, Some(_)) => {
+            return Err(error(path, format!("operator {op_name} takes no value")))
+        }
+        (_, None) => {
+            return Err(error(
+                path,
+                format!("missing; operator {op_name} needs a value"),
+            ))
+        }
+        (_, Some(value)) => value,
+    };
+    let fail = |expected: &str| {
+        Err(error(
+            path,
+            format!("operator {op_name} expects {expected}, found {value}"),
+        ))
+    };
+    match op {
+        ProfileOp::Set | ProfileOp::NotSet => Ok(()),
+        ProfileOp::Gt | ProfileOp::Gte | ProfileOp::Lt | ProfileOp::Lte => {
+            if is_number_or_datetime(value) {
+                Ok(())
+            } else {
+                fail("a number or a datetime")
+            }
+        }
+        ProfileOp::Eq
+        | ProfileOp::Neq
+        | ProfileOp::Contains
+        | ProfileOp::NotContains
+        | ProfileOp::Includes => {
+            if !is_scalar(value) {
+                return fail("a string, number or boolean");
+            }
+            if value_type == Some(ValueType::Datetime) && !is_datetime(value) {
+                return fail("a datetime, because the type is \"datetime\"");
+            }
+            Ok(())
+        }
+        ProfileOp::Between => match value.as_array().map(Vec::as_slice) {
+            Some([low, high]) if low.is_number() && high.is_number() => Ok(()),
+            Some([low, high]) if is_datetime(low) && is_datetime(high) => Ok(()),
+            _ => fail("a list of two numbers or two datetimes, low then high"),
+        },
+        ProfileOp::In => match value.as_array() {
+            Some(items) if !items.is_empty() && items.iter().all(is_scalar) => Ok(()),
+            _ => fail("a non-empty list of strings, numbers or booleans"),
+        },
+        ProfileOp::Before | ProfileOp::After => {
+            if is_datetime(value) {
+                Ok(())
+            } else {
+                fail("a datetime")
+            }
+        }
+        ProfileOp::WithinLast => match value.as_f64() {
+            Some(days) if days > 0.0 && days <= MAX_WITHIN_LAST_DAYS => Ok(()),
+            _ => fail("a number of days greater than 0 and at most 36600"),
+        },
+    }
+}
+
+pub(crate) fn names<T>(table: &[(&'static str, T)]) -> Vec<&'static str> {
     table.iter().map(|(n, _)| *n).collect()
 }
 
@@ -390,8 +660,19 @@ mod tests {
 
     use super::*;
 
+    fn count_rule(event: &str, op: CountOp, value: f64, within: Window) -> EventRule {
+        EventRule {
+            event: event.into(),
+            filters: Vec::new(),
+            measure: Measure::Count,
+            comparison: Comparison { op, value },
+            within,
+            first_time: false,
+        }
+    }
+
     #[test]
-    fn issue_example_parses() {
+    fn documented_example_parses() {
         let definition = parse(&json!({"all": [
             {"event": "Purchase", "count": {"gte": 2}, "within": {"last_days": 30}},
             {"profile": "plan", "op": "eq", "value": "pro"},
@@ -403,26 +684,45 @@ mod tests {
         };
         assert_eq!(
             items[0],
-            Definition::Event(EventRule {
-                event: "Purchase".into(),
-                count: CountRule {
-                    op: CountOp::Gte,
-                    value: 2
-                },
-                within: Window::LastDays(30)
-            })
+            Definition::Event(count_rule(
+                "Purchase",
+                CountOp::Gte,
+                2.0,
+                Window::LastDays(30)
+            ))
         );
         assert_eq!(
             items[2],
-            Definition::Not(Box::new(Definition::Event(EventRule {
-                event: "Churned".into(),
-                count: CountRule {
-                    op: CountOp::Gte,
-                    value: 1
-                },
-                within: Window::AllTime
-            })))
+            Definition::Not(Box::new(Definition::Event(count_rule(
+                "Churned",
+                CountOp::Gte,
+                1.0,
+                Window::AllTime
+            ))))
         );
+    }
+
+    #[test]
+    fn aggregates_and_filters_parse() {
+        let definition = parse(&json!({"event": "Purchase",
+            "where": [{"property": "currency", "op": "eq", "value": "EUR"}],
+            "sum": {"property": "amount", "gte": 99.5},
+            "within": {"last_hours": 12}}))
+        .unwrap();
+        let Definition::Event(rule) = definition else {
+            panic!("expected an event rule")
+        };
+        assert_eq!(rule.measure, Measure::Sum("amount".into()));
+        assert_eq!(rule.comparison.value, 99.5);
+        assert_eq!(rule.filters.len(), 1);
+        assert_eq!(rule.within, Window::LastHours(12));
+    }
+
+    #[test]
+    fn in_cohort_is_collected() {
+        let definition =
+            parse(&json!({"any": [{"in_cohort": 4}, {"not": {"in_cohort": 7}}]})).unwrap();
+        assert_eq!(definition.cohort_references(), vec![4, 7]);
     }
 
     #[test]
@@ -455,6 +755,45 @@ mod tests {
             (json!({"all": [{"event": "A"}], "any": []}), "any"),
             (json!({"cohort": 3}), "definition"),
             (json!([1]), "definition"),
+            (
+                json!({"event": "A", "where": [{"property": "x", "op": "in", "value": []}]}),
+                "where[0].value",
+            ),
+            (
+                json!({"event": "A", "where": [{"op": "set"}]}),
+                "where[0].property",
+            ),
+            (
+                json!({"event": "A", "count": {"gte": 1}, "sum": {"property": "x", "gte": 1}}),
+                "sum",
+            ),
+            (json!({"event": "A", "sum": {"gte": 1}}), "sum.property"),
+            (
+                json!({"event": "A", "average": {"property": "x", "gte": "a"}}),
+                "average.gte",
+            ),
+            (json!({"event": "A", "first_time": true}), "within"),
+            (
+                json!({"event": "A", "within": {"between": ["2026-02-01", "2026-01-01"]}}),
+                "within.between",
+            ),
+            (
+                json!({"event": "A", "within": {"since": "tomorrow"}}),
+                "within.since",
+            ),
+            (json!({"in_cohort": "x"}), "in_cohort"),
+            (
+                json!({"profile": "p", "op": "between", "value": [1]}),
+                "value",
+            ),
+            (
+                json!({"profile": "p", "op": "within_last", "value": -1}),
+                "value",
+            ),
+            (
+                json!({"profile": "p", "op": "eq", "value": 1, "type": "money"}),
+                "type",
+            ),
         ];
         for (definition, path) in cases {
             let err = parse(&definition).unwrap_err();
@@ -475,13 +814,13 @@ mod tests {
     }
 
     #[test]
-    fn count_rule_comparisons() {
-        let rule = |op, value| CountRule { op, value };
-        assert!(rule(CountOp::Gte, 2).matches(2));
-        assert!(!rule(CountOp::Gte, 2).matches(1));
-        assert!(rule(CountOp::Lte, 2).matches(0));
-        assert!(!rule(CountOp::Lt, 2).matches(2));
-        assert!(rule(CountOp::Eq, 0).matches(0));
-        assert!(!rule(CountOp::Gt, 2).matches(2));
+    fn comparisons() {
+        let rule = |op, value| Comparison { op, value };
+        assert!(rule(CountOp::Gte, 2.0).matches(2.0));
+        assert!(!rule(CountOp::Gte, 2.0).matches(1.0));
+        assert!(rule(CountOp::Lte, 2.0).matches(0.0));
+        assert!(!rule(CountOp::Lt, 2.0).matches(2.0));
+        assert!(rule(CountOp::Eq, 0.0).matches(0.0));
+        assert!(!rule(CountOp::Gt, 2.0).matches(2.0));
     }
 }

@@ -6,19 +6,29 @@
 //! `$device:` id that was later merged into a user is an orphan and belongs to nobody.
 //! Evaluation either completes or returns an error; it never returns a partial membership.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
+use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
-use super::definition::{Definition, EventRule};
-use super::values;
-use crate::identity;
-use crate::store::{CohortInputs, Store, StoreError};
+use super::data::{CohortData, EventRow};
+use super::definition::{parse, Definition};
+use super::engine::Engine;
+use super::window::parse_timezone;
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     #[error("cohort evaluation failed to read the store: {0}")]
     Store(#[from] StoreError),
+    #[error("cohort {cohort_id} is referenced with in_cohort but does not exist in this project")]
+    CohortNotFound { cohort_id: i64 },
+    #[error("cohort {cohort_id} references itself through in_cohort (via cohorts {path:?})")]
+    CohortCycle { cohort_id: i64, path: Vec<i64> },
+    #[error("stored definition of cohort {cohort_id} is invalid: {message}")]
+    InvalidStoredDefinition { cohort_id: i64, message: String },
+    #[error("the project's stored time zone is invalid: {0}")]
+    TimeZone(String),
 }
 
 /// The result of one evaluation.
@@ -30,293 +40,193 @@ pub struct CohortMembers {
     pub profiles: HashMap<String, Map<String, Value>>,
 }
 
-type CountKey = (String, Option<i64>);
+/// The inputs of one evaluation besides the definition: the data, the referenced cohorts and
+/// the project's time zone, read from the store.
+pub struct Loaded {
+    pub data: CohortData,
+    pub cohorts: HashMap<i64, Definition>,
+    pub tz: Tz,
+}
 
-/// Loads what `definition` needs from the store and evaluates it as of `now_ms`.
+/// Loads what `definition` needs from the store and evaluates it as of `now_ms` in the
+/// project's time zone.
 pub async fn evaluate(
     store: &dyn Store,
     project_id: i64,
     definition: &Definition,
     now_ms: i64,
 ) -> Result<CohortMembers, EvalError> {
-    let inputs = store.cohort_inputs(project_id).await?;
-    let mut rules = Vec::new();
-    collect_event_rules(definition, &mut rules);
+    let loaded = load(store, project_id, definition, now_ms).await?;
+    Engine::build(&loaded.data).evaluate(definition, &loaded.cohorts, loaded.tz, now_ms)
+}
 
-    let mut counts: HashMap<CountKey, HashMap<String, i64>> = HashMap::new();
-    for rule in rules {
-        let key = (rule.event.clone(), rule.within.since_ms(now_ms));
-        if counts.contains_key(&key) {
+/// Evaluates the stored cohort `cohort_id` of a project as of `now_ms`; returns `None` when
+/// the project has no such cohort. Mixpanel-style query routes that filter by cohort call this.
+pub async fn evaluate_cohort(
+    store: &dyn Store,
+    project_id: i64,
+    cohort_id: i64,
+    now_ms: i64,
+) -> Result<Option<CohortMembers>, EvalError> {
+    let Some(cohort) = store.cohort(project_id, cohort_id).await? else {
+        return Ok(None);
+    };
+    let definition = parse(&cohort.definition).map_err(|e| EvalError::InvalidStoredDefinition {
+        cohort_id,
+        message: e.to_string(),
+    })?;
+    evaluate(store, project_id, &definition, now_ms)
+        .await
+        .map(Some)
+}
+
+/// Reads, in one consistent snapshot, the data that `definition` and every cohort it
+/// references need, with the events up to `now_ms`.
+pub async fn load(
+    store: &dyn Store,
+    project_id: i64,
+    definition: &Definition,
+    now_ms: i64,
+) -> Result<Loaded, EvalError> {
+    let tz_name = store.project_timezone(project_id).await?;
+    let tz = parse_timezone(&tz_name).map_err(EvalError::TimeZone)?;
+    let cohorts = referenced_cohorts(store, project_id, definition).await?;
+
+    let mut needs = Needs::default();
+    needs.collect(definition);
+    for referenced in cohorts.values() {
+        needs.collect(referenced);
+    }
+    let names: Vec<String> = needs.names.into_iter().collect();
+    let snapshot = store
+        .cohort_snapshot(project_id, names, needs.properties, now_ms)
+        .await?;
+    let data = CohortData {
+        links: snapshot.inputs.links,
+        profiles: snapshot.inputs.profiles,
+        event_distinct_ids: snapshot.inputs.event_distinct_ids,
+        events: snapshot
+            .events
+            .into_iter()
+            .map(|e| EventRow {
+                event: e.event,
+                distinct_id: e.distinct_id,
+                time_ms: e.time_ms,
+                properties: e.properties,
+            })
+            .collect(),
+    };
+    Ok(Loaded { data, cohorts, tz })
+}
+
+/// Loads and parses every cohort reachable from `definition` through `in_cohort`.
+async fn referenced_cohorts(
+    store: &dyn Store,
+    project_id: i64,
+    definition: &Definition,
+) -> Result<HashMap<i64, Definition>, EvalError> {
+    let mut cohorts = HashMap::new();
+    let mut pending = definition.cohort_references();
+    if pending.is_empty() {
+        return Ok(cohorts);
+    }
+    let stored: HashMap<i64, Value> = store
+        .list_cohorts(project_id)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c.definition))
+        .collect();
+    while let Some(id) = pending.pop() {
+        if cohorts.contains_key(&id) {
             continue;
         }
-        let raw = store
-            .event_counts(project_id, &rule.event, key.1, now_ms)
-            .await?;
-        counts.insert(key, by_canonical(&inputs.links, raw));
+        let value = stored
+            .get(&id)
+            .ok_or(EvalError::CohortNotFound { cohort_id: id })?;
+        let parsed = parse(value).map_err(|e| EvalError::InvalidStoredDefinition {
+            cohort_id: id,
+            message: e.to_string(),
+        })?;
+        pending.extend(parsed.cohort_references());
+        cohorts.insert(id, parsed);
     }
-    Ok(evaluate_loaded(definition, inputs, &counts, now_ms))
+    Ok(cohorts)
 }
 
-fn collect_event_rules<'a>(definition: &'a Definition, out: &mut Vec<&'a EventRule>) {
-    match definition {
-        Definition::All(items) | Definition::Any(items) => {
-            items.iter().for_each(|item| collect_event_rules(item, out))
-        }
-        Definition::Not(inner) => collect_event_rules(inner, out),
-        Definition::Event(rule) => out.push(rule),
-        Definition::Profile(_) => {}
-    }
+/// The event names a set of definitions reads, and whether any reads event properties.
+#[derive(Default)]
+struct Needs {
+    names: BTreeSet<String>,
+    properties: bool,
 }
 
-fn by_canonical(
-    links: &HashMap<String, String>,
-    raw: HashMap<String, i64>,
-) -> HashMap<String, i64> {
-    let mut counts = HashMap::new();
-    for (distinct_id, count) in raw {
-        *counts
-            .entry(identity::canonical(links, &distinct_id).to_owned())
-            .or_insert(0) += count;
-    }
-    counts
-}
-
-/// The pure part of evaluation: `counts` holds, per (event, window start), event counts by
-/// canonical id.
-fn evaluate_loaded(
-    definition: &Definition,
-    inputs: CohortInputs,
-    counts: &HashMap<CountKey, HashMap<String, i64>>,
-    now_ms: i64,
-) -> CohortMembers {
-    let CohortInputs {
-        links,
-        mut profiles,
-        event_distinct_ids,
-    } = inputs;
-    // A profile stored under a linked `$device:` id is an orphan: its device now resolves to a
-    // user, and the user does not inherit it.
-    profiles.retain(|distinct_id, _| !links.contains_key(distinct_id));
-
-    let mut users: HashSet<String> = event_distinct_ids
-        .iter()
-        .map(|id| identity::canonical(&links, id).to_owned())
-        .collect();
-    users.extend(profiles.keys().cloned());
-
-    let context = Context {
-        profiles: &profiles,
-        counts,
-        now_ms,
-    };
-    let members: BTreeSet<String> = users
-        .into_iter()
-        .filter(|user| context.matches(definition, user))
-        .collect();
-    let member_profiles = members
-        .iter()
-        .filter_map(|id| profiles.get(id).map(|p| (id.clone(), p.clone())))
-        .collect();
-    CohortMembers {
-        members,
-        profiles: member_profiles,
-    }
-}
-
-struct Context<'a> {
-    profiles: &'a HashMap<String, Map<String, Value>>,
-    counts: &'a HashMap<CountKey, HashMap<String, i64>>,
-    now_ms: i64,
-}
-
-impl Context<'_> {
-    fn matches(&self, definition: &Definition, user: &str) -> bool {
+impl Needs {
+    fn collect(&mut self, definition: &Definition) {
         match definition {
-            Definition::All(items) => items.iter().all(|item| self.matches(item, user)),
-            Definition::Any(items) => items.iter().any(|item| self.matches(item, user)),
-            Definition::Not(inner) => !self.matches(inner, user),
+            Definition::All(items) | Definition::Any(items) => {
+                items.iter().for_each(|item| self.collect(item))
+            }
+            Definition::Not(inner) => self.collect(inner),
             Definition::Event(rule) => {
-                let key = (rule.event.clone(), rule.within.since_ms(self.now_ms));
-                let count = self
-                    .counts
-                    .get(&key)
-                    .and_then(|by_user| by_user.get(user))
-                    .copied()
-                    .unwrap_or(0);
-                rule.count.matches(count)
-            }
-            Definition::Profile(rule) => {
-                let actual = self.profiles.get(user).and_then(|p| p.get(&rule.property));
-                values::matches(actual, rule.op, rule.value.as_ref())
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-    use crate::cohorts::parse;
-
-    const NOW: i64 = 1_800_000_000_000;
-    const DAY: i64 = 86_400_000;
-
-    /// Builds inputs from (distinct id, event, time) rows, profiles and links, and evaluates.
-    fn run(
-        definition: Value,
-        events: &[(&str, &str, i64)],
-        profiles: &[(&str, Value)],
-        links: &[(&str, &str)],
-    ) -> Vec<String> {
-        let definition = parse(&definition).unwrap();
-        let links: HashMap<String, String> = links
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
-        let mut rules = Vec::new();
-        collect_event_rules(&definition, &mut rules);
-        let mut counts = HashMap::new();
-        for rule in rules {
-            let since = rule.within.since_ms(NOW);
-            let mut raw = HashMap::new();
-            for (id, name, time) in events {
-                if *name == rule.event
-                    && since.is_none_or(|s| *time >= s)
-                    && *time <= NOW
-                    && !id.is_empty()
-                {
-                    *raw.entry(id.to_string()).or_insert(0) += 1;
+                self.names.insert(rule.event.clone());
+                if !rule.filters.is_empty() || rule.measure.property().is_some() {
+                    self.properties = true;
                 }
             }
-            counts.insert((rule.event.clone(), since), by_canonical(&links, raw));
+            Definition::Profile(_) | Definition::InCohort(_) => {}
         }
-        let inputs = CohortInputs {
-            links,
-            profiles: profiles
-                .iter()
-                .map(|(id, p)| (id.to_string(), p.as_object().unwrap().clone()))
-                .collect(),
-            event_distinct_ids: events
-                .iter()
-                .filter(|e| !e.0.is_empty())
-                .map(|e| e.0.to_string())
-                .collect(),
-        };
-        evaluate_loaded(&definition, inputs, &counts, NOW)
-            .members
-            .into_iter()
-            .collect()
     }
+}
 
-    fn issue_definition() -> Value {
-        json!({"all": [
-            {"event": "Purchase", "count": {"gte": 2}, "within": {"last_days": 30}},
-            {"profile": "plan", "op": "eq", "value": "pro"},
-            {"not": {"event": "Churned"}}
-        ]})
+/// Checks that saving `definition` as cohort `cohort_id` (`None` for a new cohort) would
+/// reference only existing cohorts of the project and create no cycle.
+pub async fn check_references(
+    store: &dyn Store,
+    project_id: i64,
+    cohort_id: Option<i64>,
+    definition: &Definition,
+) -> Result<(), EvalError> {
+    let references = definition.cohort_references();
+    if references.is_empty() {
+        return Ok(());
     }
-
-    #[test]
-    fn issue_definition_selects_exactly() {
-        let events = [
-            ("ann", "Purchase", NOW - DAY),
-            ("ann", "Purchase", NOW - 2 * DAY),
-            ("bob", "Purchase", NOW - DAY),
-            ("bob", "Purchase", NOW - 40 * DAY),
-            ("cid", "Purchase", NOW - DAY),
-            ("cid", "Purchase", NOW - DAY),
-            ("cid", "Churned", NOW - 100 * DAY),
-            ("dee", "Purchase", NOW - DAY),
-            ("dee", "Purchase", NOW - DAY),
-        ];
-        let profiles = [
-            ("ann", json!({"plan": "pro"})),
-            ("bob", json!({"plan": "pro"})),
-            ("cid", json!({"plan": "pro"})),
-            ("dee", json!({"plan": "free"})),
-        ];
-        assert_eq!(
-            run(issue_definition(), &events, &profiles, &[]),
-            vec!["ann"]
-        );
+    let mut stored: HashMap<i64, Definition> = HashMap::new();
+    for cohort in store.list_cohorts(project_id).await? {
+        if Some(cohort.id) == cohort_id {
+            continue;
+        }
+        if let Ok(parsed) = parse(&cohort.definition) {
+            stored.insert(cohort.id, parsed);
+        }
     }
-
-    #[test]
-    fn window_edge_is_inclusive() {
-        let definition = json!({"event": "E", "within": {"last_days": 30}});
-        let events = [
-            ("at-edge", "E", NOW - 30 * DAY),
-            ("outside", "E", NOW - 30 * DAY - 1),
-        ];
-        assert_eq!(run(definition, &events, &[], &[]), vec!["at-edge"]);
+    for id in &references {
+        if Some(*id) != cohort_id && !stored.contains_key(id) {
+            return Err(EvalError::CohortNotFound { cohort_id: *id });
+        }
     }
-
-    #[test]
-    fn future_events_are_not_counted() {
-        let definition = json!({"event": "E"});
-        assert!(run(definition, &[("later", "E", NOW + 1)], &[], &[]).is_empty());
+    let Some(own_id) = cohort_id else {
+        return Ok(());
+    };
+    // Depth-first search from the new definition's references back to the cohort itself.
+    let mut stack: Vec<(i64, Vec<i64>)> = references.iter().map(|id| (*id, vec![*id])).collect();
+    let mut seen = std::collections::HashSet::new();
+    while let Some((id, path)) = stack.pop() {
+        if id == own_id {
+            return Err(EvalError::CohortCycle {
+                cohort_id: own_id,
+                path,
+            });
+        }
+        if !seen.insert(id) {
+            continue;
+        }
+        if let Some(next) = stored.get(&id) {
+            for reference in next.cohort_references() {
+                let mut longer = path.clone();
+                longer.push(reference);
+                stack.push((reference, longer));
+            }
+        }
     }
-
-    #[test]
-    fn counts_merge_across_linked_ids() {
-        let definition = json!({"event": "E", "count": {"gte": 2}});
-        let events = [("$device:D1", "E", NOW - DAY), ("u-alice", "E", NOW - DAY)];
-        let links = [("$device:D1", "u-alice")];
-        assert_eq!(run(definition, &events, &[], &links), vec!["u-alice"]);
-    }
-
-    #[test]
-    fn not_covers_profile_only_users() {
-        let definition = json!({"not": {"event": "E"}});
-        let members = run(
-            definition,
-            &[("a", "E", NOW - DAY), ("b", "F", NOW - DAY)],
-            &[("c", json!({}))],
-            &[],
-        );
-        assert_eq!(members, vec!["b", "c"]);
-    }
-
-    #[test]
-    fn orphan_device_profile_is_nobody() {
-        let definition = json!({"profile": "$braze_external_id", "op": "set"});
-        let profiles = [
-            ("$device:D2", json!({"$braze_external_id": "x"})),
-            ("u-alice", json!({})),
-        ];
-        let links = [("$device:D2", "u-alice")];
-        assert!(run(definition, &[], &profiles, &links).is_empty());
-    }
-
-    #[test]
-    fn empty_distinct_id_is_nobody() {
-        assert!(run(json!({"event": "E"}), &[("", "E", NOW - DAY)], &[], &[]).is_empty());
-    }
-
-    #[test]
-    fn at_most_includes_zero() {
-        let definition = json!({"event": "E", "count": {"lte": 1}});
-        let events = [
-            ("once", "E", NOW - DAY),
-            ("twice", "E", NOW - DAY),
-            ("twice", "E", NOW - DAY),
-            ("never", "F", NOW),
-        ];
-        assert_eq!(run(definition, &events, &[], &[]), vec!["never", "once"]);
-    }
-
-    #[test]
-    fn any_is_a_union() {
-        let definition =
-            json!({"any": [{"event": "A"}, {"profile": "vip", "op": "eq", "value": true}]});
-        let members = run(
-            definition,
-            &[("a", "A", NOW - DAY), ("b", "B", NOW)],
-            &[("v", json!({"vip": true}))],
-            &[],
-        );
-        assert_eq!(members, vec!["a", "v"]);
-    }
+    Ok(())
 }

@@ -1,8 +1,17 @@
 //! Behavioural cohorts: the definition language and its evaluation as of a given instant.
 
+pub mod data;
 pub mod definition;
+pub mod engine;
 pub mod eval;
+pub mod explain;
+pub mod live;
+pub mod reference;
 pub mod values;
+pub mod window;
 
 pub use definition::{parse, Definition, DefinitionError};
-pub use eval::{evaluate, CohortMembers, EvalError};
+pub use eval::{check_references, evaluate, evaluate_cohort, CohortMembers, EvalError};
+
+#[cfg(test)]
+mod tests;

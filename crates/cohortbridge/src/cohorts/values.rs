@@ -6,7 +6,7 @@
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde_json::Value;
 
-use super::definition::ProfileOp;
+use super::definition::{ProfileOp, PropertyFilter, ValueType};
 
 /// Parses an RFC 3339 datetime, a datetime without offset, or a date, to epoch milliseconds.
 pub fn parse_datetime(text: &str) -> Option<i64> {
@@ -24,15 +24,81 @@ pub fn parse_datetime(text: &str) -> Option<i64> {
         .map(|naive| DateTime::<Utc>::from_naive_utc_and_offset(naive, Utc).timestamp_millis())
 }
 
-/// Whether a profile's value of a property (`None` when unset) satisfies `op value`.
-pub fn matches(actual: Option<&Value>, op: ProfileOp, expected: Option<&Value>) -> bool {
+/// Checks whether a property's value (`None` when unset) satisfies `filter`, as of `now_ms`
+/// (used only by `within_last`).
+pub fn matches_filter(actual: Option<&Value>, filter: &PropertyFilter, now_ms: i64) -> bool {
     let actual = actual.filter(|v| !v.is_null());
+    if let (Some(value), Some(value_type)) = (actual, filter.value_type) {
+        if !has_type(value, value_type) {
+            return false;
+        }
+    }
+    let datetime = filter.value_type == Some(ValueType::Datetime);
+    matches_op(actual, filter.op, filter.value.as_ref(), datetime, now_ms)
+}
+
+/// Checks whether a property's value (`None` when unset) satisfies `op expected`, for a filter
+/// without a declared type.
+pub fn matches(actual: Option<&Value>, op: ProfileOp, expected: Option<&Value>) -> bool {
+    matches_op(actual.filter(|v| !v.is_null()), op, expected, false, 0)
+}
+
+fn matches_op(
+    actual: Option<&Value>,
+    op: ProfileOp,
+    expected: Option<&Value>,
+    datetime: bool,
+    now_ms: i64,
+) -> bool {
+    let equal = |a: &Value, e: &Value| {
+        if datetime {
+            instant(a).zip(instant(e)).is_some_and(|(a, e)| a == e)
+        } else {
+            equal(a, e)
+        }
+    };
     match op {
         ProfileOp::Set => actual.is_some(),
         ProfileOp::NotSet => actual.is_none(),
         ProfileOp::Eq => actual.zip(expected).is_some_and(|(a, e)| equal(a, e)),
         ProfileOp::Neq => !actual.zip(expected).is_some_and(|(a, e)| equal(a, e)),
         ProfileOp::Contains => actual.zip(expected).is_some_and(|(a, e)| contains(a, e)),
+        ProfileOp::NotContains => !actual.zip(expected).is_some_and(|(a, e)| contains(a, e)),
+        ProfileOp::Includes => actual.zip(expected).is_some_and(|(a, e)| {
+            a.as_array()
+                .is_some_and(|items| items.iter().any(|i| equal(i, e)))
+        }),
+        ProfileOp::In => actual.zip(expected).is_some_and(|(a, e)| {
+            e.as_array()
+                .is_some_and(|options| options.iter().any(|option| equal(a, option)))
+        }),
+        ProfileOp::Between => actual.zip(expected).is_some_and(|(a, e)| {
+            let Some([low, high]) = e.as_array().map(Vec::as_slice) else {
+                return false;
+            };
+            compare(a, low).is_some_and(|o| o.is_ge())
+                && compare(a, high).is_some_and(|o| o.is_le())
+        }),
+        ProfileOp::Before | ProfileOp::After => {
+            let Some((a, e)) = actual.and_then(instant).zip(expected.and_then(instant)) else {
+                return false;
+            };
+            if op == ProfileOp::Before {
+                a < e
+            } else {
+                a > e
+            }
+        }
+        ProfileOp::WithinLast => {
+            let Some((a, days)) = actual
+                .and_then(instant)
+                .zip(expected.and_then(Value::as_f64))
+            else {
+                return false;
+            };
+            let since = now_ms - (days * 86_400_000.0) as i64;
+            since <= a && a <= now_ms
+        }
         ProfileOp::Gt | ProfileOp::Gte | ProfileOp::Lt | ProfileOp::Lte => {
             let Some(ordering) = actual.zip(expected).and_then(|(a, e)| compare(a, e)) else {
                 return false;
@@ -45,6 +111,22 @@ pub fn matches(actual: Option<&Value>, op: ProfileOp, expected: Option<&Value>) 
             }
         }
     }
+}
+
+/// Whether a value has the declared type; a datetime is a string that parses as one.
+pub fn has_type(value: &Value, value_type: ValueType) -> bool {
+    match value_type {
+        ValueType::String => value.is_string(),
+        ValueType::Number => value.is_number(),
+        ValueType::Boolean => value.is_boolean(),
+        ValueType::Datetime => instant(value).is_some(),
+        ValueType::List => value.is_array(),
+    }
+}
+
+/// A datetime string as epoch milliseconds.
+fn instant(value: &Value) -> Option<i64> {
+    value.as_str().and_then(parse_datetime)
 }
 
 fn equal(actual: &Value, expected: &Value) -> bool {
@@ -163,5 +245,234 @@ mod tests {
         assert!(matches(Some(&Value::Null), ProfileOp::NotSet, None));
         assert!(!matches(Some(&Value::Null), ProfileOp::Set, None));
         assert!(matches(Some(&json!(false)), ProfileOp::Set, None));
+    }
+
+    /// A filter on the property `p`.
+    fn filter(
+        op: ProfileOp,
+        value: Option<Value>,
+        value_type: Option<ValueType>,
+    ) -> PropertyFilter {
+        PropertyFilter {
+            property: "p".into(),
+            op,
+            value,
+            value_type,
+        }
+    }
+
+    /// The property's value, the operator, its value, the declared type and the expected result.
+    type Case = (
+        Option<Value>,
+        ProfileOp,
+        Option<Value>,
+        Option<ValueType>,
+        bool,
+    );
+
+    #[test]
+    fn operators_table() {
+        const NOW: i64 = 1_775_000_000_000; // 2026-03-31T23:33:20Z
+        let cases: Vec<Case> = vec![
+            (
+                Some(json!("pro")),
+                ProfileOp::NotContains,
+                Some(json!("x")),
+                None,
+                true,
+            ),
+            (
+                Some(json!("pro")),
+                ProfileOp::NotContains,
+                Some(json!("r")),
+                None,
+                false,
+            ),
+            (None, ProfileOp::NotContains, Some(json!("r")), None, true),
+            (
+                Some(json!(5)),
+                ProfileOp::Between,
+                Some(json!([5, 10])),
+                None,
+                true,
+            ),
+            (
+                Some(json!(10)),
+                ProfileOp::Between,
+                Some(json!([5, 10])),
+                None,
+                true,
+            ),
+            (
+                Some(json!(10.5)),
+                ProfileOp::Between,
+                Some(json!([5, 10])),
+                None,
+                false,
+            ),
+            (
+                Some(json!("5")),
+                ProfileOp::Between,
+                Some(json!([5, 10])),
+                None,
+                false,
+            ),
+            (
+                Some(json!("2026-01-15T00:00:00+01:00")),
+                ProfileOp::Between,
+                Some(json!(["2026-01-01", "2026-01-31"])),
+                None,
+                true,
+            ),
+            (
+                Some(json!("b")),
+                ProfileOp::In,
+                Some(json!(["a", "b"])),
+                None,
+                true,
+            ),
+            (
+                Some(json!(2.0)),
+                ProfileOp::In,
+                Some(json!([1, 2])),
+                None,
+                true,
+            ),
+            (
+                Some(json!("c")),
+                ProfileOp::In,
+                Some(json!(["a", "b"])),
+                None,
+                false,
+            ),
+            (None, ProfileOp::In, Some(json!(["a"])), None, false),
+            (
+                Some(json!("2026-01-01T00:00:00Z")),
+                ProfileOp::Before,
+                Some(json!("2026-01-01T00:00:01Z")),
+                None,
+                true,
+            ),
+            (
+                Some(json!("2026-01-01T00:00:00Z")),
+                ProfileOp::Before,
+                Some(json!("2026-01-01T00:00:00Z")),
+                None,
+                false,
+            ),
+            (
+                Some(json!("2026-01-01T02:00:00+01:00")),
+                ProfileOp::After,
+                Some(json!("2026-01-01T00:30:00Z")),
+                None,
+                true,
+            ),
+            (
+                Some(json!("soon")),
+                ProfileOp::After,
+                Some(json!("2020-01-01")),
+                None,
+                false,
+            ),
+            (
+                Some(json!("2026-03-24T23:33:20Z")),
+                ProfileOp::WithinLast,
+                Some(json!(7)),
+                None,
+                true,
+            ),
+            (
+                Some(json!("2026-03-24T23:33:19.999Z")),
+                ProfileOp::WithinLast,
+                Some(json!(7)),
+                None,
+                false,
+            ),
+            (
+                Some(json!("2026-04-01T00:00:00Z")),
+                ProfileOp::WithinLast,
+                Some(json!(7)),
+                None,
+                false,
+            ),
+            (
+                Some(json!(["a", "b"])),
+                ProfileOp::Includes,
+                Some(json!("a")),
+                None,
+                true,
+            ),
+            (
+                Some(json!("abc")),
+                ProfileOp::Includes,
+                Some(json!("a")),
+                None,
+                false,
+            ),
+            (
+                Some(json!(3)),
+                ProfileOp::Eq,
+                Some(json!(3)),
+                Some(ValueType::String),
+                false,
+            ),
+            (
+                Some(json!("3")),
+                ProfileOp::Eq,
+                Some(json!("3")),
+                Some(ValueType::String),
+                true,
+            ),
+            (
+                Some(json!(3)),
+                ProfileOp::Neq,
+                Some(json!(4)),
+                Some(ValueType::String),
+                false,
+            ),
+            (
+                Some(json!(true)),
+                ProfileOp::Eq,
+                Some(json!(true)),
+                Some(ValueType::Boolean),
+                true,
+            ),
+            (
+                Some(json!(["a"])),
+                ProfileOp::Set,
+                None,
+                Some(ValueType::List),
+                true,
+            ),
+            (
+                Some(json!("a")),
+                ProfileOp::Set,
+                None,
+                Some(ValueType::List),
+                false,
+            ),
+            (
+                Some(json!("2026-01-01T01:00:00+01:00")),
+                ProfileOp::Eq,
+                Some(json!("2026-01-01T00:00:00Z")),
+                Some(ValueType::Datetime),
+                true,
+            ),
+            (
+                Some(json!("2026-01-01T01:00:00+01:00")),
+                ProfileOp::Eq,
+                Some(json!("2026-01-01T00:00:00Z")),
+                None,
+                false,
+            ),
+        ];
+        for (actual, op, value, value_type, expected) in cases {
+            let rule = filter(op, value.clone(), value_type);
+            assert_eq!(
+                matches_filter(actual.as_ref(), &rule, NOW),
+                expected,
+                "{actual:?} {op:?} {value:?} typed {value_type:?}"
+            );
+        }
     }
 }

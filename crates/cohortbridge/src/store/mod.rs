@@ -313,6 +313,16 @@ pub struct MtuEventGroup {
     pub count: i64,
 }
 
+/// The inputs of a cohort evaluation, read in one read transaction so that events, links and
+/// profiles come from the same moment.
+#[derive(Debug, Default)]
+pub struct CohortSnapshot {
+    pub inputs: CohortInputs,
+    /// Events with one of the requested names at or before the requested instant, in storage
+    /// order. Their `insert_id` is empty, and their properties are empty unless requested.
+    pub events: Vec<NewEvent>,
+}
+
 /// Counts of one import or track request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteSummary {
@@ -424,6 +434,29 @@ pub trait Store: Send + std::marker::Sync + 'static {
     async fn count_quarantined(&self, project_id: i64) -> StoreResult<i64>;
 
     async fn cohort_inputs(&self, project_id: i64) -> StoreResult<CohortInputs>;
+    /// Reads, in one read transaction, the identity links, profiles and distinct ids with
+    /// events, and the events named in `event_names` up to and including `until_ms`, with their
+    /// properties only when `with_properties` is set.
+    async fn cohort_snapshot(
+        &self,
+        project_id: i64,
+        event_names: Vec<String>,
+        with_properties: bool,
+        until_ms: i64,
+    ) -> StoreResult<CohortSnapshot>;
+    /// The project's IANA time zone name (`UTC` unless set).
+    async fn project_timezone(&self, project_id: i64) -> StoreResult<String>;
+    /// Sets the project's time zone; the caller validates the name.
+    async fn set_project_timezone(&self, project_id: i64, timezone: &str) -> StoreResult<()>;
+    /// Replaces a cohort's name and definition.
+    async fn update_cohort(
+        &self,
+        project_id: i64,
+        id: i64,
+        name: &str,
+        definition: &Value,
+        now_ms: i64,
+    ) -> StoreResult<Cohort>;
     /// Per distinct id, how many events named `event` happened in `[since_ms, until_ms]`.
     async fn event_counts(
         &self,

@@ -25,6 +25,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("migrations/sqlite/0002_ingestion.sql"),
     ),
     (
+        "0003_project_timezone",
+        include_str!("migrations/sqlite/0003_project_timezone.sql"),
+    ),
+    (
         "0004_sync_lifecycle",
         include_str!("migrations/sqlite/0004_sync_lifecycle.sql"),
     ),
@@ -159,6 +163,30 @@ fn project_where(
 ) -> StoreResult<Option<Project>> {
     let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE {clause}");
     Ok(conn.query_row(&sql, [value], project_from_row).optional()?)
+}
+
+/// Reads the identity links, the profiles and the distinct ids with events of a project.
+fn read_cohort_inputs(conn: &SqlConnection, project_id: i64) -> StoreResult<CohortInputs> {
+    let mut inputs = CohortInputs::default();
+    let mut stmt =
+        conn.prepare("SELECT distinct_id, canonical_id FROM identity_links WHERE project_id = ?1")?;
+    for row in stmt.query_map([project_id], |row| Ok((row.get(0)?, row.get(1)?)))? {
+        let (from, to): (String, String) = row?;
+        inputs.links.insert(from, to);
+    }
+    let mut stmt =
+        conn.prepare("SELECT distinct_id, properties FROM profiles WHERE project_id = ?1")?;
+    for row in stmt.query_map([project_id], |row| Ok((row.get(0)?, row.get(1)?)))? {
+        let (id, text): (String, String) = row?;
+        inputs.profiles.insert(id, serde_json::from_str(&text)?);
+    }
+    let mut stmt = conn.prepare(
+        "SELECT DISTINCT distinct_id FROM events WHERE project_id = ?1 AND distinct_id <> ''",
+    )?;
+    for row in stmt.query_map([project_id], |row| row.get(0))? {
+        inputs.event_distinct_ids.insert(row?);
+    }
+    Ok(inputs)
 }
 
 const COHORT_COLUMNS: &str = "id, project_id, name, definition, created_at_ms, updated_at_ms";
@@ -944,6 +972,114 @@ impl Store for SqliteStore {
                 inputs.event_distinct_ids.insert(row?);
             }
             Ok(inputs)
+        })
+        .await
+    }
+
+    async fn cohort_snapshot(
+        &self,
+        project_id: i64,
+        event_names: Vec<String>,
+        with_properties: bool,
+        until_ms: i64,
+    ) -> StoreResult<CohortSnapshot> {
+        self.read(move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            let inputs = read_cohort_inputs(&tx, project_id)?;
+            let mut events = Vec::new();
+            let sql = if with_properties {
+                "SELECT event, distinct_id, time_ms, properties FROM events
+                 WHERE project_id = ?1 AND event = ?2 AND time_ms <= ?3 AND distinct_id <> ''"
+            } else {
+                "SELECT event, distinct_id, time_ms, '{}' FROM events
+                 WHERE project_id = ?1 AND event = ?2 AND time_ms <= ?3 AND distinct_id <> ''"
+            };
+            let mut stmt = tx.prepare(sql)?;
+            for name in &event_names {
+                let rows = stmt.query_map(params![project_id, name, until_ms], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get::<_, String>(3)?,
+                    ))
+                })?;
+                for row in rows {
+                    let (event, distinct_id, time_ms, properties) = row?;
+                    events.push(NewEvent {
+                        event,
+                        distinct_id,
+                        time_ms,
+                        insert_id: String::new(),
+                        properties: serde_json::from_str(&properties)?,
+                    });
+                }
+            }
+            drop(stmt);
+            tx.commit()?;
+            Ok(CohortSnapshot { inputs, events })
+        })
+        .await
+    }
+
+    async fn project_timezone(&self, project_id: i64) -> StoreResult<String> {
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT timezone FROM projects WHERE id = ?1",
+                [project_id],
+                |row| row.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "project",
+                id: project_id.to_string(),
+            })
+        })
+        .await
+    }
+
+    async fn set_project_timezone(&self, project_id: i64, timezone: &str) -> StoreResult<()> {
+        let timezone = timezone.to_owned();
+        self.write(move |conn| {
+            let changed = conn.execute(
+                "UPDATE projects SET timezone = ?2 WHERE id = ?1",
+                params![project_id, timezone],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NotFound {
+                    what: "project",
+                    id: project_id.to_string(),
+                });
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_cohort(
+        &self,
+        project_id: i64,
+        id: i64,
+        name: &str,
+        definition: &Value,
+        now_ms: i64,
+    ) -> StoreResult<Cohort> {
+        let name = name.to_owned();
+        let definition = serde_json::to_string(definition)?;
+        self.write(move |conn| {
+            let changed = conn.execute(
+                "UPDATE cohorts SET name = ?3, definition = ?4, updated_at_ms = ?5
+                 WHERE project_id = ?1 AND id = ?2",
+                params![project_id, id, name, definition, now_ms],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NotFound {
+                    what: "cohort",
+                    id: id.to_string(),
+                });
+            }
+            let sql = format!("SELECT {COHORT_COLUMNS} FROM cohorts WHERE id = ?1");
+            parse_cohort(conn.query_row(&sql, [id], cohort_from_row)?)
         })
         .await
     }
