@@ -276,3 +276,38 @@ async fn braze_currents_credential_marks_imported_events() {
     assert_eq!(status, 409);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn mtu_months_follow_project_time_zone() {
+    let server = TestServer::start().await;
+    // 2026-10-31T23:30:00Z is already November in Berlin (UTC+1).
+    let late_october_utc = 1_793_489_400;
+    let (status, body) = server
+        .import_records(&[json!({"event": "Opened", "properties": {"time": late_october_utc, "distinct_id": "u-tz", "$insert_id": "tz1"}})])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.admin_get("/mtu?month=2026-10").await["users"], 1);
+    assert_eq!(server.admin_get("/mtu?month=2026-11").await["users"], 0);
+
+    let response = server
+        .http
+        .put(server.url("/api/v1/projects/1/timezone"))
+        .bearer_auth(common::ADMIN_KEY)
+        .json(&json!({"timezone": "Europe/Berlin"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+    assert_eq!(server.admin_get("/mtu?month=2026-10").await["users"], 0);
+    let november = server.admin_get("/mtu?month=2026-11").await;
+    assert_eq!(november["users"], 1, "{november}");
+    assert_eq!(
+        november["by_source"]["import"]["counted_events"], 1,
+        "{november}"
+    );
+    server.stop().await;
+}

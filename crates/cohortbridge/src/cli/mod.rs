@@ -80,7 +80,7 @@ pub enum Command {
     /// Measure the server's ingestion speed.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Print Monthly Tracked Users for a calendar month (UTC).
+    /// Print Monthly Tracked Users for a calendar month of the project's time zone.
     Mtu {
         /// Month as YYYY-MM.
         #[arg(long)]

@@ -1,5 +1,5 @@
 //! Monthly Tracked Users: the distinct users with at least one qualifying event in a calendar
-//! month (UTC), with the figures an auditor needs to check it.
+//! month of the project's time zone, with the figures an auditor needs to check it.
 //!
 //! An event does not qualify when its name is on the never-qualifying list (Mixpanel's
 //! identity, opt-in, session-replay and messaging events), or when it carries a `$partner_id`
@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use chrono::{Datelike, NaiveDate};
+use chrono::{Datelike, NaiveDate, TimeZone};
 use serde::Serialize;
 
 use crate::braze::currents::MTU_EXEMPT_EVENT_NAMES;
@@ -158,8 +158,8 @@ pub enum MtuError {
 }
 
 /// Returns the first instant of `month` (`YYYY-MM`) and of the month after, in epoch
-/// milliseconds.
-pub fn month_bounds(month: &str) -> Result<(i64, i64), MtuError> {
+/// milliseconds, with months starting at local midnight in `zone`.
+pub fn month_bounds(month: &str, zone: chrono_tz::Tz) -> Result<(i64, i64), MtuError> {
     let invalid = || MtuError::InvalidMonth(month.to_owned());
     let (year, number) = month.split_once('-').ok_or_else(invalid)?;
     let all_digits = |text: &str| text.bytes().all(|b| b.is_ascii_digit());
@@ -175,11 +175,18 @@ pub fn month_bounds(month: &str) -> Result<(i64, i64), MtuError> {
         NaiveDate::from_ymd_opt(year, number + 1, 1)
     }
     .ok_or_else(invalid)?;
+    // Where a clock change skips midnight, the month starts at the first local instant after it.
     let millis = |date: NaiveDate| {
-        date.and_hms_opt(0, 0, 0)
-            .expect("midnight exists")
-            .and_utc()
-            .timestamp_millis()
+        let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
+        let local = zone
+            .from_local_datetime(&midnight)
+            .earliest()
+            .or_else(|| {
+                zone.from_local_datetime(&(midnight + chrono::Duration::hours(1)))
+                    .earliest()
+            })
+            .expect("a local time exists within an hour of midnight");
+        local.timestamp_millis()
     };
     Ok((millis(start), millis(end)))
 }
@@ -191,10 +198,20 @@ pub async fn monthly_tracked_users(
     month: &str,
     rules: &ExemptionRules,
 ) -> Result<MtuReport, MtuError> {
-    let (start, end) = month_bounds(month)?;
+    let zone = project_zone(store, project_id).await?;
+    let (start, end) = month_bounds(month, zone)?;
     let groups = store.mtu_event_groups(project_id, start, end, None).await?;
     let links = store.cohort_inputs(project_id).await?.links;
     Ok(build_report(month, &groups, &links, rules))
+}
+
+/// The project's time zone; a stored name that no longer parses falls back to UTC.
+async fn project_zone(store: &dyn Store, project_id: i64) -> Result<chrono_tz::Tz, MtuError> {
+    let name = store.project_timezone(project_id).await?;
+    Ok(name.parse().unwrap_or_else(|_| {
+        tracing::warn!(project_id, timezone = %name, "stored time zone is invalid; MTU uses UTC");
+        chrono_tz::UTC
+    }))
 }
 
 fn build_report(
@@ -255,7 +272,8 @@ pub async fn explain(
     distinct_id: &str,
     rules: &ExemptionRules,
 ) -> Result<MtuExplanation, MtuError> {
-    let (start, end) = month_bounds(month)?;
+    let zone = project_zone(store, project_id).await?;
+    let (start, end) = month_bounds(month, zone)?;
     let links = store.cohort_inputs(project_id).await?.links;
     let canonical = identity::canonical(&links, distinct_id).to_owned();
     let mut cluster: Vec<String> = links
@@ -316,11 +334,22 @@ mod tests {
 
     #[test]
     fn month_bounds_cover_the_month() {
-        let (start, end) = month_bounds("2026-11").unwrap();
+        let (start, end) = month_bounds("2026-11", chrono_tz::UTC).unwrap();
         assert_eq!(start, 1_793_491_200_000);
         assert_eq!(end - start, 30 * 86_400_000);
-        let (start, end) = month_bounds("2026-12").unwrap();
+        let (start, end) = month_bounds("2026-12", chrono_tz::UTC).unwrap();
         assert_eq!(end - start, 31 * 86_400_000);
+    }
+
+    #[test]
+    fn month_bounds_follow_the_time_zone() {
+        // Berlin is UTC+1 on 1 November 2026 and leaves summer time on 25 October.
+        let (start, end) = month_bounds("2026-11", chrono_tz::Europe::Berlin).unwrap();
+        assert_eq!(start, 1_793_491_200_000 - 3_600_000);
+        assert_eq!(end - start, 30 * 86_400_000);
+        // October 2026 in Berlin has one 25-hour day.
+        let (start, end) = month_bounds("2026-10", chrono_tz::Europe::Berlin).unwrap();
+        assert_eq!(end - start, 31 * 86_400_000 + 3_600_000);
     }
 
     #[test]
@@ -329,7 +358,10 @@ mod tests {
             "2026-13", "2026-1", "26-11", "2026/11", "november", "2026-+1", "+202-11",
         ] {
             assert!(
-                matches!(month_bounds(month), Err(MtuError::InvalidMonth(_))),
+                matches!(
+                    month_bounds(month, chrono_tz::UTC),
+                    Err(MtuError::InvalidMonth(_))
+                ),
                 "{month}"
             );
         }
