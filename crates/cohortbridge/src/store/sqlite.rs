@@ -189,6 +189,16 @@ fn read_cohort_inputs(conn: &SqlConnection, project_id: i64) -> StoreResult<Coho
     Ok(inputs)
 }
 
+fn credential_from_row(row: &Row<'_>) -> rusqlite::Result<ImportCredential> {
+    Ok(ImportCredential {
+        id: row.get(0)?,
+        project_id: row.get(1)?,
+        name: row.get(2)?,
+        partner_id: row.get(3)?,
+        created_at_ms: row.get(4)?,
+    })
+}
+
 const COHORT_COLUMNS: &str = "id, project_id, name, definition, created_at_ms, updated_at_ms";
 
 fn cohort_from_row(row: &Row<'_>) -> rusqlite::Result<(Cohort, String)> {
@@ -517,15 +527,7 @@ impl Store for SqliteStore {
                 "SELECT id, project_id, name, partner_id, created_at_ms FROM import_credentials
                  WHERE project_id = ?1 ORDER BY id",
             )?;
-            let rows = stmt.query_map([project_id], |row| {
-                Ok(ImportCredential {
-                    id: row.get(0)?,
-                    project_id: row.get(1)?,
-                    name: row.get(2)?,
-                    partner_id: row.get(3)?,
-                    created_at_ms: row.get(4)?,
-                })
-            })?;
+            let rows = stmt.query_map([project_id], credential_from_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
@@ -539,15 +541,7 @@ impl Store for SqliteStore {
                     "SELECT id, project_id, name, partner_id, created_at_ms FROM import_credentials
                      WHERE secret_hash = ?1",
                     [hash],
-                    |row| {
-                        Ok(ImportCredential {
-                            id: row.get(0)?,
-                            project_id: row.get(1)?,
-                            name: row.get(2)?,
-                            partner_id: row.get(3)?,
-                            created_at_ms: row.get(4)?,
-                        })
-                    },
+                    credential_from_row,
                 )
                 .optional()?)
         })
