@@ -311,3 +311,34 @@ async fn mtu_months_follow_project_time_zone() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn braze_events_land_on_an_aliased_user() {
+    let server = TestServer::start().await;
+    let (status, body) = server
+        .admin_post("/identity-mode", &json!({"identity_mode": "original"}))
+        .await;
+    assert!(status.is_success(), "{body}");
+    // Original ID Merge: the Braze external id is an alias of the Mixpanel distinct id.
+    let alias = json!({"event": "$create_alias", "properties": {"time": NOVEMBER_10, "distinct_id": "u-alice",
+        "alias": "braze-ext-alice", "$insert_id": "alias-1"}});
+    let own = json!({"event": "Viewed", "properties": {"time": NOVEMBER_10, "distinct_id": "u-alice", "$insert_id": "v1"}});
+    let (status, body) = server.import_records(&[alias, own]).await;
+    assert_eq!(status, 200, "{body}");
+
+    let batch = json!({"events": [currents_event("users.messages.email.Open", "open-alias", "braze-ext-alice", NOVEMBER_10 + 60)]});
+    let (status, reply) = post_currents(&server, &server.currents_token, &batch).await;
+    assert_eq!(status, 200, "{reply}");
+
+    let opened = server
+        .create_cohort("opened", json!({"event": "Email Open"}))
+        .await;
+    assert_eq!(
+        server.members(opened).await,
+        vec!["u-alice"],
+        "the Braze event resolves to the aliased user"
+    );
+    let report = server.admin_get("/mtu?month=2026-11").await;
+    assert_eq!(report["users"], 1, "one user, not two: {report}");
+    server.stop().await;
+}
