@@ -141,3 +141,22 @@ async fn export_then_import_is_identity() {
     source.stop().await;
     target.stop().await;
 }
+
+#[tokio::test]
+async fn export_escapes_unicode_line_separators() {
+    let server = TestServer::start().await;
+    let raw = std::fs::read(common::fixture_path(
+        "edge-cases/import_unicode_separators.ndjson",
+    ))
+    .unwrap();
+    let (status, body) = server.import_raw("?strict=1", raw).await;
+    assert_eq!(status, 200, "{body}");
+    let response = export(&server, "from_date=2023-11-01&to_date=2023-11-30", false).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    for separator in ['\u{2028}', '\u{2029}', '\u{85}'] {
+        assert!(!text.contains(separator), "raw {separator:?} in the export");
+    }
+    assert_eq!(text.lines().count(), 7, "one line per event");
+    server.stop().await;
+}

@@ -171,3 +171,39 @@ async fn clusters_stop_at_500_ids() {
     assert_eq!(server.members(seen).await, vec!["u-big", "u-other"]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn merge_needs_a_secret_not_the_token() {
+    let server = TestServer::start().await;
+    set_mode(&server, "original").await;
+    let merge = json!({"event": "$merge", "properties": {"time": 1700000000, "distinct_id": "u-a",
+        "$distinct_ids": ["u-a", "u-b"], "$insert_id": "token-merge"}});
+    let response = server
+        .http
+        .post(server.url("/import?strict=1"))
+        .basic_auth(&server.token, Some(""))
+        .body(format!("{merge}\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the event itself is kept");
+    let recorded = failures(&server).await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert!(
+        recorded[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("API secret"),
+        "{recorded:?}"
+    );
+
+    let seen = json!({"event": "Seen", "properties": {"time": 1700000000, "distinct_id": "u-b", "$insert_id": "seen-b"}});
+    server.import_records(&[seen]).await;
+    let seen_cohort = server.create_cohort("seen", json!({"event": "Seen"})).await;
+    assert_eq!(
+        server.members(seen_cohort).await,
+        vec!["u-b"],
+        "u-b was not merged into u-a"
+    );
+    server.stop().await;
+}

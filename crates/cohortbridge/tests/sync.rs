@@ -668,3 +668,85 @@ async fn admin_errors_are_json() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn referenced_cohort_cannot_be_deleted() {
+    let server = TestServer::start().await;
+    let base = server
+        .create_cohort("base", json!({"event": "Purchase"}))
+        .await;
+    let user = server
+        .create_cohort(
+            "user",
+            json!({"all": [{"in_cohort": base}, {"profile": "plan", "op": "set"}]}),
+        )
+        .await;
+    let (status, body) = server.admin_delete(&format!("/cohorts/{base}")).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("cohort {user}")),
+        "{body}"
+    );
+    let (status, body) = server.admin_delete(&format!("/cohorts/{user}")).await;
+    assert!(status.is_success(), "{body}");
+    let (status, body) = server.admin_delete(&format!("/cohorts/{base}")).await;
+    assert!(status.is_success(), "once unused it can go: {body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn numeric_connection_names_are_rejected() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    let (status, body) = server
+        .admin_post(
+            "/connections",
+            &json!({"name": "12", "base_url": emulator.base, "data_import_key": DATA_IMPORT_KEY}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("connection id"),
+        "{body}"
+    );
+    connect(&server, &emulator).await;
+    let (status, body) = server
+        .admin_post("/connections/emu/rename", &json!({"name": "1"}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn new_dynamic_sync_has_next_run_before_first_run_ends() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    connect(&server, &emulator).await;
+    seed_user(&server, "ann", "pro", Some("ext-ann"), 2).await;
+    let cohort = server.create_cohort("c", issue_definition()).await;
+    // The first run waits on a slow Braze; the sync is already scheduled, so a crash in that
+    // window could not leave it without a next run.
+    emulator.inject(json!({"delay_ms": 1500, "times": 1})).await;
+    let request = server
+        .http
+        .post(server.url("/api/v1/projects/1/exports"))
+        .bearer_auth(common::ADMIN_KEY)
+        .json(&json!({"cohort_id": cohort, "connection": "emu", "mode": "dynamic", "every_secs": 3600}))
+        .send();
+    let check = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        server.admin_get("/syncs").await
+    };
+    let (response, during) = tokio::join!(request, check);
+    assert_eq!(response.unwrap().status(), 201);
+    let next_run = during[0]["sync"]["next_run_at_ms"].as_i64();
+    assert!(
+        next_run.is_some(),
+        "no next run while the first run was in flight: {during}"
+    );
+    assert!(next_run.unwrap() > chrono::Utc::now().timestamp_millis() + 3_000_000);
+    server.stop().await;
+}

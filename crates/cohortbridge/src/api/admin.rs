@@ -311,6 +311,17 @@ pub(super) fn required_name(value: Option<String>, field: &str) -> Result<String
     Ok(name)
 }
 
+/// Checks a connection name: a name of digits only would be read as a connection id.
+pub(super) fn connection_name(value: Option<String>) -> Result<String, ApiError> {
+    let name = required_name(value, "name")?;
+    if name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::BadRequest(format!(
+            "field `name` {name:?} is a number, which commands read as a connection id; use a name with a letter"
+        )));
+    }
+    Ok(name)
+}
+
 async fn list_cohorts(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
@@ -392,7 +403,7 @@ async fn create_connection(
     ApiJson(body): ApiJson<NewConnectionBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     project_or_404(&state, id).await?;
-    let name = required_name(body.name, "name")?;
+    let name = connection_name(body.name)?;
     if state.store.connection_by_name(id, &name).await?.is_some() {
         return Err(ApiError::Conflict(format!(
             "a connection named {name:?} already exists"

@@ -144,7 +144,7 @@ fn export_line(event: NewEvent, time_in_ms: bool) -> Vec<u8> {
     record.insert("event".into(), Value::from(event.event));
     record.insert("properties".into(), Value::Object(properties));
     // serde_json escapes control characters, so no record contains a raw line break.
-    let mut line = serde_json::to_vec(&record).expect("a JSON value serialises");
+    let mut line = crate::ingest::ndjson::line(&record).expect("a JSON value serialises");
     line.push(b'\n');
     line
 }

@@ -395,6 +395,16 @@ fn import_error(status: StatusCode, message: impl Into<String>) -> Response {
     )
 }
 
+/// The project an `/import` request writes to, and what its credential allows.
+struct ImportAuth {
+    project: Project,
+    /// Set on every event, for a credential marked as a partner's (such as Braze Currents).
+    partner_id: Option<String>,
+    /// Whether a secret authenticated the request, not the public project token. Only then may
+    /// it carry `$merge` events, since the token is embedded in every client.
+    by_secret: bool,
+}
+
 /// Finds the project of an `/import` request from its HTTP Basic credentials, and the partner
 /// id that an extra credential (such as one marked "Braze Currents") puts on every event. The
 /// credentials are the API secret as user, an extra credential's secret as user, the token as
@@ -405,27 +415,26 @@ async fn import_project(
     state: &AppState,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Result<Option<(Project, Option<String>)>, StoreError> {
+) -> Result<Option<ImportAuth>, StoreError> {
     let Some((user, password)) = basic_credentials(headers) else {
         return Ok(None);
     };
     let user_hash = secrets::hash(&user);
-    let (project, partner_id) =
+    let (project, partner_id, by_secret) =
         if let Some(project) = state.store.project_by_api_secret_hash(&user_hash).await? {
-            (Some(project), None)
+            (Some(project), None, true)
         } else if let Some(credential) = state.store.import_credential_by_hash(&user_hash).await? {
-            (
-                state.store.project(credential.project_id).await?,
-                credential.partner_id,
-            )
+            let project = state.store.project(credential.project_id).await?;
+            (project, credential.partner_id, true)
         } else if password.is_empty() {
-            (state.store.project_by_token(&user).await?, None)
+            (state.store.project_by_token(&user).await?, None, false)
         } else {
-            let by_password = state
-                .store
-                .project_by_api_secret_hash(&secrets::hash(&password))
-                .await?;
-            (by_password, None)
+            let hash = secrets::hash(&password);
+            (
+                state.store.project_by_api_secret_hash(&hash).await?,
+                None,
+                true,
+            )
         };
     let requested_id = query
         .map(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).unwrap_or_default())
@@ -434,7 +443,11 @@ async fn import_project(
         .find_map(|(name, value)| (name == "project_id").then_some(value));
     match (project, requested_id) {
         (Some(project), Some(id)) if id != project.id.to_string() => Ok(None),
-        (project, _) => Ok(project.map(|project| (project, partner_id))),
+        (project, _) => Ok(project.map(|project| ImportAuth {
+            project,
+            partner_id,
+            by_secret,
+        })),
     }
 }
 
@@ -493,7 +506,11 @@ async fn import_json(
     body: Bytes,
 ) -> Response {
     let receipt = receipt(&headers);
-    let (project, partner_id) = match import_project(&state, &headers, query.as_deref()).await {
+    let ImportAuth {
+        project,
+        partner_id,
+        by_secret,
+    } = match import_project(&state, &headers, query.as_deref()).await {
         Ok(Some(found)) => found,
         Ok(None) => {
             return import_error(
@@ -545,8 +562,14 @@ async fn import_json(
     }
     let imported = events.len();
     if !events.is_empty() {
-        if let Err(e) = store_events(&state, project.id, Endpoint::Import, events, links, now).await
-        {
+        // `$merge` needs a secret: with only the public token, merges are judged as on `/track`,
+        // where they are recorded as failures.
+        let merge_endpoint = if by_secret {
+            Endpoint::Import
+        } else {
+            Endpoint::Track
+        };
+        if let Err(e) = store_events(&state, project.id, merge_endpoint, events, links, now).await {
             tracing::error!(project_id = project.id, error = %e, "import failed to store records; the client should retry");
             let mut response = import_error(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -174,7 +174,7 @@ async fn rename_connection(
     Json(body): Json<RenameBody>,
 ) -> Result<Json<Value>, ApiError> {
     let connection = connection_in_project(&state, id, &segment).await?;
-    let name = required_name(body.name, "name")?;
+    let name = super::admin::connection_name(body.name)?;
     let connection = state.store.rename_connection(connection.id, &name).await?;
     tracing::info!(
         project_id = id,
@@ -224,6 +224,19 @@ async fn delete_cohort(
     state.store.cohort(id, cohort_id).await?.ok_or_else(|| {
         ApiError::NotFound(format!("cohort {cohort_id} not found in project {id}"))
     })?;
+    // A cohort that another cohort uses through `in_cohort` stays, as saving such a reference
+    // to a missing cohort is rejected too.
+    for other in state.store.list_cohorts(id).await? {
+        let Ok(definition) = crate::cohorts::parse(&other.definition) else {
+            continue;
+        };
+        if other.id != cohort_id && definition.cohort_references().contains(&cohort_id) {
+            return Err(ApiError::Conflict(format!(
+                "cohort {cohort_id} is used by cohort {} ({:?}) through in_cohort; change that cohort first",
+                other.id, other.name
+            )));
+        }
+    }
     let mut removed = Vec::new();
     for sync in state.store.list_syncs(id).await? {
         if sync.cohort_id != cohort_id || sync.status == "removed" {

@@ -41,9 +41,16 @@ pub struct WhereError {
     pub message: String,
 }
 
+/// The deepest nesting of parentheses and `not` accepted, and the most operands in one
+/// expression. Both keep parsing, evaluation and dropping the tree within a thread's stack.
+const MAX_DEPTH: usize = 64;
+const MAX_OPERANDS: usize = 1000;
+
 struct Parser<'a> {
     text: &'a str,
     position: usize,
+    depth: usize,
+    operands: usize,
 }
 
 impl<'a> Parser<'a> {
@@ -103,9 +110,20 @@ impl<'a> Parser<'a> {
         Ok(left)
     }
 
+    fn enter(&mut self) -> Result<(), WhereError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return self.error(format!("nested deeper than {MAX_DEPTH} levels"));
+        }
+        Ok(())
+    }
+
     fn unary(&mut self) -> Result<Expr, WhereError> {
         if self.eat("not") {
-            return Ok(Expr::Not(Box::new(self.unary()?)));
+            self.enter()?;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(inner)));
         }
         let left = self.operand()?;
         const OPERATORS: [(&str, CompareOp); 6] = [
@@ -150,9 +168,15 @@ impl<'a> Parser<'a> {
 
     fn operand(&mut self) -> Result<Expr, WhereError> {
         self.skip_spaces();
+        self.operands += 1;
+        if self.operands > MAX_OPERANDS {
+            return self.error(format!("more than {MAX_OPERANDS} operands"));
+        }
         if self.eat("(") {
+            self.enter()?;
             let inner = self.or()?;
             self.expect(")")?;
+            self.depth -= 1;
             return Ok(inner);
         }
         if self.eat("defined") {
@@ -190,7 +214,12 @@ impl<'a> Parser<'a> {
 
 /// Parses a `where` expression.
 pub fn parse(text: &str) -> Result<Expr, WhereError> {
-    let mut parser = Parser { text, position: 0 };
+    let mut parser = Parser {
+        text,
+        position: 0,
+        depth: 0,
+        operands: 0,
+    };
     let expr = parser.or()?;
     parser.skip_spaces();
     if !parser.rest().is_empty() {
@@ -299,6 +328,18 @@ mod tests {
             r#"properties["a"] == 1 or properties["a"] == 2 and properties["a"] == 3"#,
             profile
         ));
+    }
+
+    #[test]
+    fn deep_or_long_expressions_are_rejected() {
+        let deep = format!("{}true{}", "(".repeat(5000), ")".repeat(5000));
+        assert!(parse(&deep).unwrap_err().message.contains("nested deeper"));
+        let nots = format!("{}true", "not ".repeat(5000));
+        assert!(parse(&nots).unwrap_err().message.contains("nested deeper"));
+        let long = vec!["true"; 5000].join(" and ");
+        assert!(parse(&long).unwrap_err().message.contains("operands"));
+        let fine = format!("{}true{}", "(".repeat(60), ")".repeat(60));
+        assert!(parse(&fine).is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod engage;
 pub mod event;
 pub mod groups;
 pub mod local_time;
+pub mod ndjson;
 
 use serde::Serialize;
 

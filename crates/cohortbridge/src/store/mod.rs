@@ -530,7 +530,8 @@ pub trait Store: Send + std::marker::Sync + 'static {
         error: Option<&str>,
         now_ms: i64,
     ) -> StoreResult<SyncRun>;
-    /// Marks runs left `running` by a previous process as failed; returns how many.
+    /// Marks runs left `running` by a previous process as failed, and schedules now every active
+    /// dynamic sync left without a next run; returns how many runs were marked.
     async fn fail_interrupted_runs(&self, now_ms: i64) -> StoreResult<usize>;
     async fn list_runs(&self, sync_id: i64) -> StoreResult<Vec<SyncRun>>;
 

@@ -1276,7 +1276,8 @@ impl Store for SqliteStore {
             conn.execute(
                 "INSERT INTO syncs (project_id, cohort_id, connection_id, mode, interval_secs,
                      status, next_run_at_ms, created_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'active', NULL, ?6)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'active',
+                         CASE WHEN ?4 = 'dynamic' THEN ?6 + ?5 * 1000 END, ?6)",
                 params![
                     project_id,
                     cohort_id,
@@ -1414,12 +1415,21 @@ impl Store for SqliteStore {
 
     async fn fail_interrupted_runs(&self, now_ms: i64) -> StoreResult<usize> {
         self.write(move |conn| {
-            Ok(conn.execute(
+            let tx = conn.transaction()?;
+            let interrupted = tx.execute(
                 "UPDATE sync_runs SET status = 'failed', finished_at_ms = ?1,
                      error = 'interrupted: the server stopped during the run; the next run resumes from what Braze acknowledged'
                  WHERE status = 'running'",
                 [now_ms],
-            )?)
+            )?;
+            // A dynamic sync whose run was cut short may have no next run yet; it runs now.
+            tx.execute(
+                "UPDATE syncs SET next_run_at_ms = ?1
+                 WHERE status = 'active' AND mode = 'dynamic' AND next_run_at_ms IS NULL",
+                [now_ms],
+            )?;
+            tx.commit()?;
+            Ok(interrupted)
         })
         .await
     }
