@@ -131,15 +131,16 @@ async fn invalid_events_are_quarantined_with_2xx() {
         currents_event("users.messages.email.Open", "blank", "   ", NOVEMBER_10),
         currents_event("users.messages.email.Open", "year-3000", "u-a", 32_503_680_000),
         currents_event("users.messages.email.Open", "epoch", "u-a", 0),
-        {"event_type": "users.messages.email.Open", "id": "no-time", "user": {"external_user_id": "u-a"}}
+        {"event_type": "users.messages.email.Open", "id": "no-time", "user": {"external_user_id": "u-a"}},
+        currents_event(&"x".repeat(300), "long-type", "u-a", NOVEMBER_10)
     ]});
     let (status, reply) = post_currents(&server, &server.currents_token, &batch).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["accepted"], 1);
-    assert_eq!(reply["quarantined"], 5);
+    assert_eq!(reply["quarantined"], 6);
     let stats = server.admin_get("/stats").await;
     assert_eq!(stats["events"], 1);
-    assert_eq!(stats["currents_quarantined"], 5);
+    assert_eq!(stats["currents_quarantined"], 6);
     server.stop().await;
 }
 

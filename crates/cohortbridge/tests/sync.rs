@@ -312,6 +312,10 @@ async fn unauthorized_pauses_the_sync_with_reason() {
         .await;
     let dynamic = export(&server, cohort, "dynamic").await;
     assert_eq!(dynamic["run"]["status"], "failed");
+    assert_eq!(
+        dynamic["run"]["requests"], 1,
+        "the rejected request was sent: {dynamic}"
+    );
     assert_eq!(dynamic["sync"]["status"], "paused");
     let reason = dynamic["sync"]["status_reason"].as_str().unwrap();
     assert!(reason.contains("HTTP 401"), "{reason}");
@@ -430,6 +434,11 @@ async fn connection_add_validates_input_and_credentials() {
             json!({"name": "x", "base_url": "ftp://h", "data_import_key": "k"}),
             400,
             "http",
+        ),
+        (
+            json!({"name": "x", "base_url": "http://user:pass@127.0.0.1:9", "data_import_key": "k"}),
+            400,
+            "password",
         ),
         (
             json!({"name": "x", "base_url": emulator.base, "data_import_key": ""}),

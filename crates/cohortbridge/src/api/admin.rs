@@ -526,6 +526,11 @@ fn resolve_instance(
                     "field `base_url` {url:?} must be an http or https URL with a host"
                 )));
             }
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                return Err(ApiError::BadRequest(
+                    "field `base_url` must not contain a user name or password; Braze's credentials go in `data_import_key`".into(),
+                ));
+            }
             Ok((
                 instances::CUSTOM_INSTANCE.to_owned(),
                 url.trim_end_matches('/').to_owned(),

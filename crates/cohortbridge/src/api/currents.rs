@@ -52,6 +52,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Applies the rules every stored event follows: a time from 1971 to one hour ahead of `now`,
 /// and a distinct id that is empty (unattributed) or a real id, not blank or a placeholder.
 fn check_mapped(mapped: currents::MappedEvent, now_ms: i64) -> Result<NewEvent, String> {
+    if mapped.name.chars().count() > event::MAX_EVENT_NAME_LEN {
+        return Err(format!(
+            "event name is longer than {} characters",
+            event::MAX_EVENT_NAME_LEN
+        ));
+    }
     if mapped.time_ms < event::MIN_EVENT_TIME_MS || mapped.time_ms > now_ms + event::MAX_FUTURE_MS {
         return Err(format!(
             "time {} ms is not between 1971-01-01 and one hour from now",
@@ -116,6 +122,12 @@ async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
             )
         }
     };
+    if body.trim_ascii_start().starts_with(b"[") {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "batch must be an object with an `events` array, not an array"}),
+        );
+    }
     let events = match records.as_slice() {
         [] => Vec::new(),
         [batch] => match batch.get("events") {

@@ -16,7 +16,7 @@ pub const TRACK_MAX_AGE_MS: i64 = 5 * 24 * 60 * 60 * 1000;
 /// would be past the year 5000; as milliseconds it is 1973-03-03.
 const MILLISECONDS_THRESHOLD: f64 = 100_000_000_000.0;
 const MAX_INSERT_ID_LEN: usize = 36;
-const MAX_EVENT_NAME_LEN: usize = 255;
+pub const MAX_EVENT_NAME_LEN: usize = 255;
 /// Mixpanel's limit on the length of a string property value, in characters. Longer strings,
 /// at any depth inside lists and objects, are cut to this length.
 pub const MAX_STRING_CHARS: usize = 255;

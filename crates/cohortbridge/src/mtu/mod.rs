@@ -288,7 +288,11 @@ pub async fn explain(
 
     let mut merged: BTreeMap<(String, Source, Option<String>), i64> = BTreeMap::new();
     for group in &groups {
-        let reason = rules.exemption(&group.event, group.partner_id.as_deref());
+        let reason = if canonical.is_empty() {
+            Some("the empty distinct id belongs to no user".to_owned())
+        } else {
+            rules.exemption(&group.event, group.partner_id.as_deref())
+        };
         *merged
             .entry((group.event.clone(), Source::of(group), reason))
             .or_insert(0) += group.count;

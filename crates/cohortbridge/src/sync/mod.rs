@@ -668,8 +668,9 @@ pub fn batches<'a>(
     out
 }
 
-/// Adds the resends of a request that gave up to the run's retries, then maps the error.
+/// Counts a request that failed (it was sent, and a give-up was resent), then maps the error.
 fn braze_failure_counted(error: BrazeError, counts: &mut RunCounts) -> RunFailure {
+    counts.requests += 1;
     if let BrazeError::GaveUp { attempts, .. } = &error {
         counts.retries += i64::from(attempts.saturating_sub(1));
     }
