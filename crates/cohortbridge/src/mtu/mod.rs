@@ -2,10 +2,10 @@
 //! month of the project's time zone, with the figures an auditor needs to check it.
 //!
 //! An event does not qualify when its name is on the never-qualifying list (Mixpanel's
-//! identity, opt-in, session-replay and messaging events), or when it carries a `$partner_id`
-//! and its name is on the partner outreach list (Braze's sends, deliveries, bounces and
-//! Canvas entries). Both lists are configuration; names compare without regard to case, and
-//! an entry ending in `*` matches every name with that prefix. Events of the empty distinct id
+//! identity, opt-in, session-replay and messaging events). It does not qualify either when it
+//! carries a `$partner_id` and its name is on the partner outreach list (Braze's sends,
+//! deliveries, bounces and Canvas entries). Both lists are configuration. Names compare without
+//! regard to case, and an entry ending in `*` matches every name with that prefix. Events of the empty distinct id
 //! belong to no user and never make one count.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -17,7 +17,7 @@ use crate::braze::currents::MTU_EXEMPT_EVENT_NAMES;
 use crate::identity;
 use crate::store::{MtuEventGroup, Store, StoreError};
 
-/// Mixpanel's events that never count towards MTU, whoever sent them.
+/// Mixpanel's events that never count towards MTU, from any sender.
 pub const DEFAULT_NEVER_QUALIFYING: &[&str] = &[
     "$identify",
     "$create_alias",
@@ -28,7 +28,7 @@ pub const DEFAULT_NEVER_QUALIFYING: &[&str] = &[
     "$message_*",
 ];
 
-/// Which events do not qualify for MTU.
+/// The rules that exempt events from MTU.
 #[derive(Debug, Clone, Serialize)]
 pub struct ExemptionRules {
     pub never_qualifying: Vec<String>,
@@ -52,7 +52,7 @@ impl Default for ExemptionRules {
 }
 
 impl ExemptionRules {
-    /// The reason an event does not qualify, or `None` when it does.
+    /// Returns the reason an event does not qualify, or `None` when it does.
     pub fn exemption(&self, event: &str, partner_id: Option<&str>) -> Option<String> {
         if let Some(rule) = self
             .never_qualifying
@@ -82,7 +82,7 @@ fn name_matches(rule: &str, event: &str) -> bool {
     }
 }
 
-/// Where an event came from.
+/// The ingestion path of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
@@ -130,7 +130,7 @@ pub struct MtuReport {
     pub by_source: BTreeMap<Source, SourceCounts>,
 }
 
-/// Why one user counts or not in a month.
+/// The explanation of whether one user counts in a month.
 #[derive(Debug, Serialize)]
 pub struct MtuExplanation {
     pub month: String,
@@ -205,7 +205,7 @@ pub async fn monthly_tracked_users(
     Ok(build_report(month, &groups, &links, rules))
 }
 
-/// The project's time zone; a stored name that no longer parses falls back to UTC.
+/// Reads the project's time zone; a stored name that no longer parses falls back to UTC.
 async fn project_zone(store: &dyn Store, project_id: i64) -> Result<chrono_tz::Tz, MtuError> {
     let name = store.project_timezone(project_id).await?;
     Ok(name.parse().unwrap_or_else(|_| {
