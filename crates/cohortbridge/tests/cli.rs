@@ -48,6 +48,8 @@ async fn projects_show_prints_the_secrets() {
     assert!(text.contains(&server.token), "{text}");
     assert!(text.contains(&server.api_secret), "{text}");
     assert!(text.contains(&server.currents_token), "{text}");
+    assert!(text.contains("time zone:      UTC"), "{text}");
+    assert!(text.contains("identity mode:  simplified"), "{text}");
     server.stop().await;
 }
 

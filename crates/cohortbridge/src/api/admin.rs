@@ -137,6 +137,7 @@ async fn show_project(
         "currents_token": decrypt(&project.currents_token_enc)?,
         "created_at": iso(project.created_at_ms),
         "timezone": state.store.project_timezone(id).await?,
+        "identity_mode": super::ingest::identity_mode(&state, id).await?.as_str(),
     })))
 }
 

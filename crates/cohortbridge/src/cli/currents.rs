@@ -66,6 +66,9 @@ pub async fn run(client: &AdminClient, options: Options, json_output: bool) -> a
                     append_state(&options.state_file, &key)?;
                     imported.insert(key);
                     totals.files += 1;
+                    if options.watch {
+                        eprintln!("{}: imported", file.display());
+                    }
                 }
                 Err(e) => {
                     totals.failed_files += 1;

@@ -391,6 +391,8 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
                 println!("api secret:     {}", text(&project["api_secret"]));
                 println!("currents token: {}", text(&project["currents_token"]));
                 println!("time zone:      {}", text(&project["timezone"]));
+                println!("identity mode:  {}", text(&project["identity_mode"]));
+                println!("time zone:      {}", text(&project["timezone"]));
             }
         }
         Command::Projects(ProjectsCommand::Set {
