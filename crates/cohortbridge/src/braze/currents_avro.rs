@@ -189,7 +189,7 @@ mod tests {
             event_type_from_path(&path).as_deref(),
             Some("users.messages.email.Send")
         );
-        assert_eq!(event_type_from_path(Path::new("/tmp/file.avro")), None);
+        assert_eq!(event_type_from_path(Path::new("/data/file.avro")), None);
     }
 
     #[test]
