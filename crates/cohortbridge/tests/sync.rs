@@ -759,3 +759,41 @@ async fn new_dynamic_sync_has_next_run_before_first_run_ends() {
     assert!(next_run.unwrap() > chrono::Utc::now().timestamp_millis() + 3_000_000);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn custom_url_for_an_eu_instance_uses_the_eu_key() {
+    let emulator = TestEmulator::start().await;
+    // The emulator plays an EU workspace: it accepts only the EU partner key.
+    let server = TestServer::start_with(|config| {
+        config.braze_partner_api_key = Some("pk-for-us-hosts".into());
+        config.braze_partner_api_key_eu = Some(common::PARTNER_API_KEY.into());
+    })
+    .await;
+    let (status, body) = server
+        .admin_post("/connections", &json!({"name": "as-us", "base_url": emulator.base, "data_import_key": DATA_IMPORT_KEY}))
+        .await;
+    assert_eq!(status, 400, "a plain custom URL takes the US key: {body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Invalid Partner API key"),
+        "{body}"
+    );
+
+    let (status, body) = server
+        .admin_post(
+            "/connections",
+            &json!({"name": "as-eu", "base_url": emulator.base, "instance": "EU-01", "data_import_key": DATA_IMPORT_KEY}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["instance"], "EU-01");
+    assert_eq!(body["base_url"], emulator.base);
+
+    let (status, body) = server
+        .admin_post("/connections", &json!({"name": "bad", "base_url": emulator.base, "instance": "EU-09", "data_import_key": "k"}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    server.stop().await;
+}

@@ -507,13 +507,20 @@ pub(super) async fn probe_credentials(
 
 /// Resolves the instance name and base URL of a new connection. A base URL outside Braze's instance
 /// table is accepted only when the operator allowed it at start.
+fn unknown_instance(instance: &str) -> ApiError {
+    ApiError::BadRequest(format!(
+        "field `instance` {instance:?} is not a Braze instance; expected one of {}",
+        instances::instance_ids().join(", ")
+    ))
+}
+
 fn resolve_instance(
     state: &AppState,
     instance: Option<String>,
     base_url: Option<String>,
 ) -> Result<(String, String), ApiError> {
     match (instance, base_url) {
-        (_, Some(url)) => {
+        (instance, Some(url)) => {
             if !state.allow_custom_braze_url {
                 return Err(ApiError::BadRequest(
                     "a custom Braze base URL is not allowed; the operator must start the server with --allow-custom-braze-url".into(),
@@ -532,18 +539,19 @@ fn resolve_instance(
                     "field `base_url` must not contain a user name or password; Braze's credentials go in `data_import_key`".into(),
                 ));
             }
-            Ok((
-                instances::CUSTOM_INSTANCE.to_owned(),
-                url.trim_end_matches('/').to_owned(),
-            ))
+            // A custom URL may stand for a known instance (a proxy, or the emulator playing
+            // one), whose region then picks the partner API key.
+            let instance = match instance {
+                Some(instance) => {
+                    instances::base_url(&instance).ok_or_else(|| unknown_instance(&instance))?;
+                    instance.to_ascii_uppercase()
+                }
+                None => instances::CUSTOM_INSTANCE.to_owned(),
+            };
+            Ok((instance, url.trim_end_matches('/').to_owned()))
         }
         (Some(instance), None) => {
-            let url = instances::base_url(&instance).ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "field `instance` {instance:?} is not a Braze instance; expected one of {}",
-                    instances::instance_ids().join(", ")
-                ))
-            })?;
+            let url = instances::base_url(&instance).ok_or_else(|| unknown_instance(&instance))?;
             Ok((instance.to_ascii_uppercase(), url.to_owned()))
         }
         (None, None) => Err(ApiError::BadRequest(format!(

@@ -241,12 +241,13 @@ pub enum ConnectionsCommand {
         /// Connection name, unique in the project.
         #[arg(long)]
         name: String,
-        /// Braze instance, such as US-01 or EU-02.
+        /// Braze instance, such as US-01 or EU-02. With --base-url, the instance that URL stands
+        /// for, which decides the region of the partner API key.
         #[arg(long, required_unless_present = "base_url")]
         instance: Option<String>,
-        /// Base URL outside the instance table, such as the Braze emulator; the server must
-        /// allow it with --allow-custom-braze-url.
-        #[arg(long, conflicts_with = "instance")]
+        /// Base URL outside the instance table, such as the Braze emulator or a proxy; the server
+        /// must allow it with --allow-custom-braze-url.
+        #[arg(long)]
         base_url: Option<String>,
         /// Braze Data Import Key of the workspace, for the cohort_import delivery.
         #[arg(long, env = "COHORTBRIDGE_DATA_IMPORT_KEY", hide_env_values = true)]

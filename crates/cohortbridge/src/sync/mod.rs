@@ -224,7 +224,11 @@ impl SyncEngine {
         let partner_api_key = if connection.delivery == "attributes" {
             String::new()
         } else {
-            self.partner.api_key_for(&connection.base_url)?.to_owned()
+            // The instance decides the region when it is a known one, so a custom URL that
+            // stands for an EU instance gets the EU key.
+            let region_url =
+                instances::base_url(&connection.instance).unwrap_or(&connection.base_url);
+            self.partner.api_key_for(region_url)?.to_owned()
         };
         let data_import_key = self
             .secrets
