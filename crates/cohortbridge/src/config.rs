@@ -75,7 +75,7 @@ pub struct ServeConfig {
     #[arg(long, env = "COHORTBRIDGE_BRAZE_RETRY_BASE_MS", default_value_t = 500)]
     pub braze_retry_base_ms: u64,
 
-    /// Least wait after a Braze 429, in milliseconds.
+    /// Minimum wait after a Braze 429, in milliseconds.
     #[arg(
         long,
         env = "COHORTBRIDGE_BRAZE_RATE_LIMIT_FLOOR_MS",
@@ -83,7 +83,7 @@ pub struct ServeConfig {
     )]
     pub braze_rate_limit_floor_ms: u64,
 
-    /// Longest wait a Braze 429 may impose on one request, in seconds. A longer wait fails the
+    /// Maximum wait a Braze 429 may impose on one request, in seconds. A longer wait fails the
     /// run, and the sync's next run retries.
     #[arg(
         long,

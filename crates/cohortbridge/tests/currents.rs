@@ -5,7 +5,7 @@ mod common;
 use common::TestServer;
 use serde_json::{json, Value};
 
-/// A Currents event for `user` at `time` (epoch seconds).
+/// Builds a Currents event for `user` at `time` (epoch seconds).
 fn currents_event(event_type: &str, id: &str, user: &str, time: i64) -> Value {
     json!({
         "event_type": event_type,
@@ -180,7 +180,7 @@ async fn unknown_types_and_unattributed_events_are_stored() {
     let purchase = by_name("Purchase").unwrap();
     assert_eq!(purchase["properties"]["[Purchase property] size"], "M");
 
-    // The unattributed Email Open is stored but belongs to nobody.
+    // The unattributed Email Open is stored but belongs to no user.
     assert_eq!(
         server
             .admin_get("/events?distinct_id=")
@@ -237,7 +237,7 @@ async fn braze_currents_credential_marks_imported_events() {
     let secret = created["secret"].as_str().unwrap().to_owned();
     assert_eq!(created["credential"]["partner_id"], "braze");
 
-    // Braze's Mixpanel connector sends events already named as Mixpanel knows them.
+    // Braze's Mixpanel connector sends events already carrying their Mixpanel names.
     let body = [
         json!({"event": "Email Send", "properties": {"time": NOVEMBER_10, "distinct_id": "u-conn", "$insert_id": "c1"}}),
         json!({"event": "Email Send", "properties": {"time": NOVEMBER_10, "distinct_id": "u-own", "$insert_id": "c2"}}),

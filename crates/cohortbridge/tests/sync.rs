@@ -73,7 +73,7 @@ async fn run_sync(server: &TestServer, sync_id: i64) -> Value {
     body
 }
 
-/// The `cohorts/users` requests the emulator applied after request number `after`.
+/// Collects the ids that applied `cohorts/users` requests after request number `after` carried.
 async fn applied_changes(emulator: &TestEmulator, after: u64) -> (Vec<String>, Vec<String>) {
     let requests = emulator.get("/_emulator/requests").await;
     let (mut added, mut removed) = (Vec::new(), Vec::new());
@@ -176,7 +176,7 @@ async fn once_then_dynamic_sends_only_changes() {
 }
 
 #[tokio::test]
-async fn changed_braze_id_is_one_remove_and_one_add() {
+async fn changed_braze_id_swaps_ids() {
     let emulator = TestEmulator::start().await;
     let server = TestServer::start().await;
     connect(&server, &emulator).await;
@@ -730,14 +730,14 @@ async fn numeric_connection_names_are_rejected() {
 }
 
 #[tokio::test]
-async fn new_dynamic_sync_has_next_run_before_first_run_ends() {
+async fn dynamic_sync_scheduled_at_creation() {
     let emulator = TestEmulator::start().await;
     let server = TestServer::start().await;
     connect(&server, &emulator).await;
     seed_user(&server, "ann", "pro", Some("ext-ann"), 2).await;
     let cohort = server.create_cohort("c", issue_definition()).await;
-    // The first run waits on a slow Braze; the sync is already scheduled, so a crash in that
-    // window could not leave it without a next run.
+    // The first run waits on a slow Braze. The sync must already be scheduled by then, so a
+    // crash in that window cannot leave it without a next run.
     emulator.inject(json!({"delay_ms": 1500, "times": 1})).await;
     let request = server
         .http
@@ -761,7 +761,7 @@ async fn new_dynamic_sync_has_next_run_before_first_run_ends() {
 }
 
 #[tokio::test]
-async fn custom_url_for_an_eu_instance_uses_the_eu_key() {
+async fn custom_eu_url_uses_eu_key() {
     let emulator = TestEmulator::start().await;
     // The emulator plays an EU workspace: it accepts only the EU partner key.
     let server = TestServer::start_with(|config| {

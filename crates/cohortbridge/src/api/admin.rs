@@ -23,7 +23,7 @@ use crate::sync::{SyncError, Trigger};
 pub const DEFAULT_USER_ID_PROPERTY: &str = "$braze_external_id";
 /// The cadence of a dynamic sync when none is given: 15 minutes.
 pub const DEFAULT_SYNC_INTERVAL_SECS: i64 = 15 * 60;
-/// The longest cadence of a dynamic sync: 366 days.
+/// Maximum cadence of a dynamic sync: 366 days.
 pub const MAX_SYNC_INTERVAL_SECS: i64 = 366 * 24 * 60 * 60;
 const MAX_NAME_LEN: usize = 255;
 

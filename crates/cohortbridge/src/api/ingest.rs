@@ -1,12 +1,13 @@
 //! `/track`, `/import` and `/engage`, replying as Mixpanel does. `/groups` lives in
 //! `api::groups`. Every endpoint is also routed under any path prefix (`/mp/track`).
 //!
-//! - `/track` and `/engage` find the project by the token in each record and answer `1` or
+//! - `/track` and `/engage` find the project by the token in each record and reply `1` or
 //!   `0`, or `{"status": 1, "error": null}` with `verbose=1`.
-//! - `/import` authenticates with HTTP Basic (API secret as user, project token as user with
-//!   an empty password, or any user with the API secret as password, as service accounts send) and answers `{"code": 200, "num_records_imported": N, "status": 1}`.
-//!   With `strict=1`, invalid records make a 400 that lists `failed_records`; the valid ones
-//!   are stored all the same. Without it, invalid records are dropped and counted.
+//! - `/import` authenticates with HTTP Basic: the API secret as user, the project token as user
+//!   with an empty password, or any user with the API secret as password, as service accounts
+//!   send. It replies `{"code": 200, "num_records_imported": N, "status": 1}`.
+//!   With `strict=1`, invalid records make a 400 that lists `failed_records`, and the valid
+//!   ones are stored all the same. Without it, invalid records are dropped and counted.
 //!
 //! Every success is sent after the store has committed the records to disk.
 

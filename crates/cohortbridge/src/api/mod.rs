@@ -28,7 +28,7 @@ use crate::secrets::SecretBox;
 use crate::store::Store;
 use crate::sync::SyncEngine;
 
-/// What every handler shares.
+/// State shared by every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
@@ -41,7 +41,7 @@ pub struct AppState {
     pub allow_custom_braze_url: bool,
     /// The shortest cadence a dynamic sync may have.
     pub min_sync_interval: std::time::Duration,
-    /// Which events do not count towards Monthly Tracked Users.
+    /// Rules for the events that do not count towards Monthly Tracked Users.
     pub mtu_rules: Arc<crate::mtu::ExemptionRules>,
 }
 

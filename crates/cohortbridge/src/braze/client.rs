@@ -24,9 +24,9 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
-    /// The least a 429 makes the client wait, whatever the headers say.
+    /// Minimum wait after a 429, whatever its headers request.
     pub rate_limit_floor: Duration,
-    /// The longest a 429 may make one request wait. A longer wait ends the request with
+    /// Maximum wait a 429 may impose on one request. A longer wait ends the request with
     /// `BrazeError::RateLimited`, so the run gives its connection back and a later run retries.
     pub max_rate_limit_wait: Duration,
     pub request_timeout: Duration,
@@ -352,7 +352,7 @@ fn endpoint(base_url: &str, credentials: &Credentials, path: &str) -> String {
     )
 }
 
-/// The `message` of a JSON error body, or a short excerpt of any other body (Braze's 5xx
+/// Extracts the `message` of a JSON error body, or a short excerpt of any other body (Braze's 5xx
 /// replies may be HTML).
 fn braze_message(text: &str) -> String {
     if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) {
@@ -378,7 +378,7 @@ fn redact(text: &str, credentials: &Credentials) -> String {
     out
 }
 
-/// How long a 429 asks the client to wait: `x-ratelimit-reset` (epoch seconds) first, then
+/// Returns the wait a 429 requests: `x-ratelimit-reset` (epoch seconds) first, then
 /// `Retry-After` (seconds or an HTTP date). Header names match in any case.
 pub fn rate_limit_wait(headers: &HeaderMap, now_ms: i64) -> Option<Duration> {
     let header = |name: &str| {

@@ -90,14 +90,14 @@ pub fn read_file(path: &Path) -> Result<CurrentsFile, AvroFileError> {
     Ok(CurrentsFile { event_type, events })
 }
 
-/// The event type named by a folder `event_type=<type>` in Braze's storage layout.
+/// Reads the event type from a folder `event_type=<type>` in Braze's storage layout.
 pub fn event_type_from_path(path: &Path) -> Option<String> {
     path.ancestors()
         .filter_map(|dir| dir.file_name()?.to_str())
         .find_map(|name| name.strip_prefix("event_type=").map(str::to_owned))
 }
 
-/// The event type inside a schema's full name, such as
+/// Extracts the event type from a schema's full name, such as
 /// `dataexport.S3.inner.users.messages.email.Send` for `users.messages.email.Send`.
 pub fn event_type_from_schema_name(name: &str) -> Option<String> {
     let start = ["users.", "agentconsole."]

@@ -23,7 +23,7 @@ pub const INSTANCES: &[(&str, &str)] = &[
 /// The instance name a connection records when its base URL was given explicitly.
 pub const CUSTOM_INSTANCE: &str = "custom";
 
-/// The REST base URL of an instance id, matched without regard to case.
+/// Returns the REST base URL of an instance id, matched without regard to case.
 pub fn base_url(instance: &str) -> Option<&'static str> {
     INSTANCES
         .iter()
@@ -35,7 +35,7 @@ pub fn instance_ids() -> Vec<&'static str> {
     INSTANCES.iter().map(|(id, _)| *id).collect()
 }
 
-/// Whether a base URL is on Braze's EU hosts, which take the EU partner API key.
+/// Checks whether a base URL is on Braze's EU hosts, which take the EU partner API key.
 pub fn is_eu(base_url: &str) -> bool {
     reqwest::Url::parse(base_url)
         .ok()

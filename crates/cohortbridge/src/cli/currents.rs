@@ -3,7 +3,7 @@
 //! deduplication as the HTTP connector's batches.
 //!
 //! Folders are walked for `*.avro` files in Braze's layout. Imported files are remembered in a
-//! state file (one `size<TAB>path` line per file), so a later run or `--watch` skips them; a
+//! state file (one `size<TAB>path` line per file), so a later run or `--watch` skips them. A
 //! file that changed size is imported again, which the insert ids make harmless.
 
 use std::collections::HashSet;

@@ -4,7 +4,8 @@
 //!
 //! Events go to `/import?strict=1` in batches of up to 2000 records, authenticated with the
 //! project's API secret. Profiles go to `/engage` as `$set` updates with `$ignore_time`. A batch
-//! that gets a 429, a 503 or no answer is resent after a backoff; the server deduplicates.
+//! that gets a 429, a 503 or no response is resent after a backoff, and the server deduplicates
+//! it.
 
 use std::io::Read;
 use std::path::Path;

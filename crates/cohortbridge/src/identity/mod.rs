@@ -109,13 +109,13 @@ pub struct EventIdentity {
 }
 
 /// Works out an event's identity from its properties. Without `distinct_id`, the id is
-/// `$user_id`, else `$device:<$device_id>`; when none is present the event belongs to no user
-/// if `require_distinct_id` is false and is rejected otherwise.
+/// `$user_id`, else `$device:<$device_id>`. When none is present, the event belongs to no user
+/// if `require_distinct_id` is false, and is rejected otherwise.
 pub fn event_identity(
     properties: &Map<String, Value>,
     require_distinct_id: bool,
 ) -> Result<EventIdentity, FieldError> {
-    // An empty `$user_id` or `$device_id` names nobody, so it counts as absent.
+    // An empty `$user_id` or `$device_id` names no user, so it counts as absent.
     let user_id =
         read_id(properties.get("$user_id"), "properties.$user_id")?.filter(|id| !id.is_empty());
     let device_id =
@@ -154,7 +154,7 @@ pub fn canonical<'a>(links: &'a HashMap<String, String>, distinct_id: &'a str) -
         .unwrap_or(distinct_id)
 }
 
-/// Whether a canonical id is an anonymous device that no user has claimed.
+/// Checks whether a canonical id is an anonymous device that no user has claimed.
 pub fn is_anonymous_device(canonical_id: &str) -> bool {
     canonical_id.starts_with(DEVICE_PREFIX)
 }

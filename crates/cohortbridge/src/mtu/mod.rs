@@ -372,7 +372,7 @@ mod tests {
     }
 
     #[test]
-    fn sms_send_to_carrier_is_exempt_in_both_spellings() {
+    fn carrier_send_exempt_both_spellings() {
         let rules = ExemptionRules::default();
         assert!(rules
             .exemption("SMS Send to Carrier", Some("braze"))

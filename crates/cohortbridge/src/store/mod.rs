@@ -81,7 +81,7 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    /// The `$partner_id` property, which marks events that a partner such as Braze sent.
+    /// Returns the `$partner_id` property, which marks events that a partner such as Braze sent.
     pub fn partner_id(&self) -> Option<&str> {
         self.properties.get("$partner_id").and_then(Value::as_str)
     }
@@ -530,8 +530,8 @@ pub trait Store: Send + std::marker::Sync + 'static {
         error: Option<&str>,
         now_ms: i64,
     ) -> StoreResult<SyncRun>;
-    /// Marks runs left `running` by a previous process as failed, and schedules now every active
-    /// dynamic sync left without a next run; returns how many runs were marked.
+    /// Marks runs left `running` by a previous process as failed and returns how many. Every
+    /// active dynamic sync left without a next run is scheduled to run now.
     async fn fail_interrupted_runs(&self, now_ms: i64) -> StoreResult<usize>;
     async fn list_runs(&self, sync_id: i64) -> StoreResult<Vec<SyncRun>>;
 

@@ -189,6 +189,37 @@ fn read_cohort_inputs(conn: &SqlConnection, project_id: i64) -> StoreResult<Coho
     Ok(inputs)
 }
 
+/// The columns of a query that selects `event, distinct_id, time_ms, insert_id, properties`.
+type EventColumns = (String, String, i64, String, String);
+
+fn event_columns(row: &Row<'_>) -> rusqlite::Result<EventColumns> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
+}
+
+/// Builds events from rows of [`event_columns`], parsing each row's properties.
+fn decode_events(
+    rows: impl Iterator<Item = rusqlite::Result<EventColumns>>,
+) -> StoreResult<Vec<NewEvent>> {
+    let mut events = Vec::new();
+    for row in rows {
+        let (event, distinct_id, time_ms, insert_id, properties) = row?;
+        events.push(NewEvent {
+            event,
+            distinct_id,
+            time_ms,
+            insert_id,
+            properties: serde_json::from_str(&properties)?,
+        });
+    }
+    Ok(events)
+}
+
 fn credential_from_row(row: &Row<'_>) -> rusqlite::Result<ImportCredential> {
     Ok(ImportCredential {
         id: row.get(0)?,
@@ -689,27 +720,8 @@ impl Store for SqliteStore {
                 sql.push_str(&format!(" LIMIT {limit}"));
             }
             let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt.query_map(params_from_iter(values), |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, String>(4)?,
-                ))
-            })?;
-            let mut events = Vec::new();
-            for row in rows {
-                let (event, distinct_id, time_ms, insert_id, properties) = row?;
-                events.push(NewEvent {
-                    event,
-                    distinct_id,
-                    time_ms,
-                    insert_id,
-                    properties: serde_json::from_str(&properties)?,
-                });
-            }
-            Ok(events)
+            let rows = stmt.query_map(params_from_iter(values), event_columns)?;
+            decode_events(rows)
         })
         .await
     }
@@ -737,27 +749,8 @@ impl Store for SqliteStore {
                 "SELECT event, distinct_id, time_ms, insert_id, properties FROM events
                  WHERE project_id = ?1 AND distinct_id = ?2 ORDER BY time_ms, id LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![project_id, distinct_id, limit], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, String>(4)?,
-                ))
-            })?;
-            let mut events = Vec::new();
-            for row in rows {
-                let (event, distinct_id, time_ms, insert_id, properties) = row?;
-                events.push(NewEvent {
-                    event,
-                    distinct_id,
-                    time_ms,
-                    insert_id,
-                    properties: serde_json::from_str(&properties)?,
-                });
-            }
-            Ok(events)
+            let rows = stmt.query_map(params![project_id, distinct_id, limit], event_columns)?;
+            decode_events(rows)
         })
         .await
     }

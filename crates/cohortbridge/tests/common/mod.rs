@@ -24,7 +24,7 @@ pub struct TestServer {
     running: Option<RunningServer>,
 }
 
-/// The config the tests use: quick retries, a short scheduler tick, custom Braze URLs allowed.
+/// Builds the config the tests use: quick retries, a short scheduler tick, custom Braze URLs allowed.
 pub fn test_config(data_dir: PathBuf) -> ServeConfig {
     let mut config = ServeConfig::for_data_dir(data_dir, "127.0.0.1:0".parse().unwrap());
     config.admin_key = Some(ADMIN_KEY.into());
