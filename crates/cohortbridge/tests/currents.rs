@@ -343,3 +343,48 @@ async fn braze_events_land_on_an_aliased_user() {
     assert_eq!(report["users"], 1, "one user, not two: {report}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn numbers_keep_their_exact_values() {
+    let server = TestServer::start().await;
+    // Sent as text, so that nothing in the test rounds the numbers first. The purchase
+    // properties arrive in the JSON string form that storage files use.
+    let body = format!(
+        r#"{{"events": [
+        {{"event_type": "users.behaviors.CustomEvent", "id": "exact-1", "time": {NOVEMBER_10},
+          "user": {{"external_user_id": "u-exact"}},
+          "properties": {{"name": "Paid", "custom_properties": {{"amount": 0.1000000000000000055511151231257827,
+             "big": 123456789012345678901234567890, "price": 19.90}}}}}},
+        {{"event_type": "users.behaviors.Purchase", "id": "exact-2", "time": {NOVEMBER_10},
+          "user": {{"external_user_id": "u-exact"}},
+          "properties": {{"product_id": "p", "price": 1.10,
+             "purchase_properties": "{{\"weight\": 2.675000000000000000001, \"count\": 18446744073709551617}}"}}}}
+    ]}}"#
+    );
+    let response = server
+        .http
+        .post(server.url("/currents"))
+        .bearer_auth(&server.currents_token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    // The workspace builds serde_json with arbitrary precision, so the reply is read back
+    // digit for digit too.
+    let stored = server
+        .admin_get("/events?distinct_id=u-exact")
+        .await
+        .to_string();
+    for exact in [
+        r#""[Custom event property] amount":0.1000000000000000055511151231257827"#,
+        r#""[Custom event property] big":123456789012345678901234567890"#,
+        r#""[Custom event property] price":19.90"#,
+        r#""[Purchase property] weight":2.675000000000000000001"#,
+        r#""[Purchase property] count":18446744073709551617"#,
+    ] {
+        assert!(stored.contains(exact), "{exact} missing from {stored}");
+    }
+    server.stop().await;
+}

@@ -30,6 +30,8 @@ use crate::ingest::decode;
 pub enum BenchCommand {
     /// Post generated events to `/import` and report events per second and peak memory.
     Ingest(IngestArgs),
+    /// Time the monthly MTU report on a generated month of events, and check it is exact.
+    Mtu(super::bench_mtu::MtuArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -148,7 +150,10 @@ fn generate_bodies(count: usize, batch: usize, now_secs: i64) -> Vec<(usize, Vec
 }
 
 pub async fn run(client: &ClientArgs, command: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Ingest(args) = command;
+    let args = match command {
+        BenchCommand::Ingest(args) => args,
+        BenchCommand::Mtu(args) => return super::bench_mtu::run(args).await,
+    };
     if args.clients == 0 || args.events == 0 || !(1..=2000).contains(&args.batch) {
         bail!("--clients and --events must be at least 1, and --batch from 1 to 2000");
     }

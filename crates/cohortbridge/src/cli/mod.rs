@@ -2,6 +2,7 @@
 //! server's HTTP API (`--server`), authenticated with the admin key.
 
 mod bench;
+mod bench_mtu;
 mod client;
 mod cohort_questions;
 mod currents;

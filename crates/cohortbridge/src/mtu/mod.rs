@@ -8,14 +8,14 @@
 //! regard to case, and an entry ending in `*` matches every name with that prefix. Events of the empty distinct id
 //! belong to no user and never make one count.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{Datelike, NaiveDate, TimeZone};
 use serde::Serialize;
 
 use crate::braze::currents::MTU_EXEMPT_EVENT_NAMES;
 use crate::identity;
-use crate::store::{MtuEventGroup, Store, StoreError};
+use crate::store::{MtuKey, MtuMonth, Store, StoreError};
 
 /// Mixpanel's events that never count towards MTU, from any sender.
 pub const DEFAULT_NEVER_QUALIFYING: &[&str] = &[
@@ -95,10 +95,10 @@ pub enum Source {
 }
 
 impl Source {
-    fn of(group: &MtuEventGroup) -> Self {
-        match group.partner_id.as_deref() {
+    fn of(key: &MtuKey) -> Self {
+        match key.partner_id.as_deref() {
             Some(p) if p.eq_ignore_ascii_case(crate::braze::currents::PARTNER_ID) => Source::Braze,
-            _ if group.imported => Source::Import,
+            _ if key.imported => Source::Import,
             _ => Source::Sdk,
         }
     }
@@ -191,6 +191,15 @@ pub fn month_bounds(month: &str, zone: chrono_tz::Tz) -> Result<(i64, i64), MtuE
     Ok((millis(start), millis(end)))
 }
 
+/// Returns `month` (`YYYY-MM`) as the rollup writes it, `YYYY * 100 + MM`.
+pub fn month_key(month: &str) -> Result<i64, MtuError> {
+    // Validates the month the same way as the bounds do.
+    month_bounds(month, chrono_tz::UTC)?;
+    let (year, number) = month.split_once('-').expect("validated above");
+    let number: i64 = number.parse().expect("validated above");
+    Ok(year.parse::<i64>().expect("validated above") * 100 + number)
+}
+
 /// Computes the report of `month`.
 pub async fn monthly_tracked_users(
     store: &dyn Store,
@@ -198,50 +207,41 @@ pub async fn monthly_tracked_users(
     month: &str,
     rules: &ExemptionRules,
 ) -> Result<MtuReport, MtuError> {
-    let zone = project_zone(store, project_id).await?;
-    let (start, end) = month_bounds(month, zone)?;
-    let groups = store.mtu_event_groups(project_id, start, end, None).await?;
-    let links = store.cohort_inputs(project_id).await?.links;
-    Ok(build_report(month, &groups, &links, rules))
+    let rollup = store.mtu_month(project_id, month_key(month)?, None).await?;
+    Ok(build_report(month, &rollup, rules))
 }
 
-/// Reads the project's time zone; a stored name that no longer parses falls back to UTC.
-async fn project_zone(store: &dyn Store, project_id: i64) -> Result<chrono_tz::Tz, MtuError> {
-    let name = store.project_timezone(project_id).await?;
-    Ok(name.parse().unwrap_or_else(|_| {
-        tracing::warn!(project_id, timezone = %name, "stored time zone is invalid; MTU uses UTC");
-        chrono_tz::UTC
-    }))
-}
-
-fn build_report(
-    month: &str,
-    groups: &[MtuEventGroup],
-    links: &HashMap<String, String>,
-    rules: &ExemptionRules,
-) -> MtuReport {
-    let mut counted_users = BTreeSet::new();
-    let mut seen_users = BTreeSet::new();
+fn build_report(month: &str, rollup: &MtuMonth, rules: &ExemptionRules) -> MtuReport {
+    // Each key is classified once, however many users it has.
+    let keys: Vec<(Source, bool)> = rollup
+        .keys
+        .iter()
+        .map(|key| {
+            let exempt = rules
+                .exemption(&key.event, key.partner_id.as_deref())
+                .is_some();
+            (Source::of(key), exempt)
+        })
+        .collect();
+    let mut counted_users = HashSet::new();
+    let mut seen_users = HashSet::new();
     let mut by_source: BTreeMap<Source, SourceCounts> = BTreeMap::new();
     let (mut total_events, mut unattributed_events) = (0, 0);
-    for group in groups {
-        total_events += group.count;
-        let counts = by_source.entry(Source::of(group)).or_default();
-        let exempt = rules
-            .exemption(&group.event, group.partner_id.as_deref())
-            .is_some();
+    for cell in &rollup.cells {
+        let (source, exempt) = keys[cell.key as usize];
+        total_events += cell.events;
+        let counts = by_source.entry(source).or_default();
         if exempt {
-            counts.exempt_events += group.count;
+            counts.exempt_events += cell.events;
         } else {
-            counts.counted_events += group.count;
+            counts.counted_events += cell.events;
         }
-        if group.distinct_id.is_empty() {
-            unattributed_events += group.count;
+        let Some(user) = cell.user else {
+            unattributed_events += cell.events;
             continue;
-        }
-        let user = identity::canonical(links, &group.distinct_id).to_owned();
+        };
         if !exempt {
-            counted_users.insert(user.clone());
+            counted_users.insert(user);
         }
         seen_users.insert(user);
     }
@@ -272,9 +272,8 @@ pub async fn explain(
     distinct_id: &str,
     rules: &ExemptionRules,
 ) -> Result<MtuExplanation, MtuError> {
-    let zone = project_zone(store, project_id).await?;
-    let (start, end) = month_bounds(month, zone)?;
-    let links = store.cohort_inputs(project_id).await?.links;
+    let month_key = month_key(month)?;
+    let links = store.identity_links(project_id).await?;
     let canonical = identity::canonical(&links, distinct_id).to_owned();
     let mut cluster: Vec<String> = links
         .iter()
@@ -282,20 +281,21 @@ pub async fn explain(
         .map(|(from, _)| from.clone())
         .collect();
     cluster.push(canonical.clone());
-    let groups = store
-        .mtu_event_groups(project_id, start, end, Some(cluster))
+    let rollup = store
+        .mtu_month(project_id, month_key, Some(cluster))
         .await?;
 
     let mut merged: BTreeMap<(String, Source, Option<String>), i64> = BTreeMap::new();
-    for group in &groups {
+    for cell in &rollup.cells {
+        let key = &rollup.keys[cell.key as usize];
         let reason = if canonical.is_empty() {
             Some("the empty distinct id belongs to no user".to_owned())
         } else {
-            rules.exemption(&group.event, group.partner_id.as_deref())
+            rules.exemption(&key.event, key.partner_id.as_deref())
         };
         *merged
-            .entry((group.event.clone(), Source::of(group), reason))
-            .or_insert(0) += group.count;
+            .entry((key.event.clone(), Source::of(key), reason))
+            .or_insert(0) += cell.events;
     }
     let events: Vec<ExplainedEvents> = merged
         .into_iter()
@@ -318,7 +318,10 @@ pub async fn explain(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+    use crate::store::MtuEventGroup;
 
     fn group(
         distinct_id: &str,
@@ -415,7 +418,8 @@ mod tests {
             group("", "Viewed", None, false, 7),
         ];
         let links = HashMap::from([("$device:d3".to_owned(), "u3".to_owned())]);
-        let report = build_report("2026-11", &groups, &links, &ExemptionRules::default());
+        let rollup = MtuMonth::from_groups(groups, &links);
+        let report = build_report("2026-11", &rollup, &ExemptionRules::default());
         assert_eq!(
             report.users, 2,
             "u1 opened, u3 viewed (through the merged device)"
@@ -452,16 +456,14 @@ mod tests {
     fn guardrail_applies_above_1000_events_per_user() {
         let report = build_report(
             "2026-11",
-            &[group("u1", "E", None, false, 2500)],
-            &HashMap::new(),
+            &MtuMonth::from_groups(vec![group("u1", "E", None, false, 2500)], &HashMap::new()),
             &ExemptionRules::default(),
         );
         assert!(report.guardrail_applies);
         assert_eq!(report.billable_users, 2);
         let report = build_report(
             "2026-11",
-            &[group("u1", "E", None, false, 1000)],
-            &HashMap::new(),
+            &MtuMonth::from_groups(vec![group("u1", "E", None, false, 1000)], &HashMap::new()),
             &ExemptionRules::default(),
         );
         assert!(!report.guardrail_applies);

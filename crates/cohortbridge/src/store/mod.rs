@@ -303,6 +303,7 @@ pub struct CohortInputs {
 
 /// Events that share a distinct id, a name, a `$partner_id` and an ingestion path, with
 /// their number.
+/// Events of one distinct id, name, `$partner_id` and ingestion path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MtuEventGroup {
     pub distinct_id: String,
@@ -311,6 +312,67 @@ pub struct MtuEventGroup {
     /// Whether the events came through `/import` (they carry `$import: true`).
     pub imported: bool,
     pub count: i64,
+}
+
+/// What decides whether an event counts towards MTU, apart from its user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MtuKey {
+    pub event: String,
+    pub partner_id: Option<String>,
+    pub imported: bool,
+}
+
+/// The events of one key and one user in a month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MtuCell {
+    /// An index into [`MtuMonth::keys`].
+    pub key: u32,
+    /// The user the events belong to after identity resolution, as a number that is unique
+    /// within one [`MtuMonth`]; `None` for events of the empty distinct id.
+    pub user: Option<i64>,
+    pub events: i64,
+}
+
+/// A month of events reduced to what the MTU report needs: event counts per key and user,
+/// with users already resolved through the identity links.
+#[derive(Debug, Clone, Default)]
+pub struct MtuMonth {
+    pub keys: Vec<MtuKey>,
+    pub cells: Vec<MtuCell>,
+}
+
+impl MtuMonth {
+    /// Builds a month from event groups, resolving each distinct id through `links`.
+    pub fn from_groups(groups: Vec<MtuEventGroup>, links: &HashMap<String, String>) -> Self {
+        let mut month = MtuMonth::default();
+        let mut key_index: HashMap<MtuKey, u32> = HashMap::new();
+        let mut users: HashMap<String, i64> = HashMap::new();
+        for group in groups {
+            let key = MtuKey {
+                event: group.event,
+                partner_id: group.partner_id,
+                imported: group.imported,
+            };
+            let next = month.keys.len() as u32;
+            let key = *key_index.entry(key.clone()).or_insert_with(|| {
+                month.keys.push(key);
+                next
+            });
+            let user = if group.distinct_id.is_empty() {
+                None
+            } else {
+                let canonical = crate::identity::canonical(links, &group.distinct_id);
+                let next = users.len() as i64;
+                Some(*users.entry(canonical.to_owned()).or_insert(next))
+            };
+            month.cells.push(MtuCell {
+                key,
+                user,
+                events: group.count,
+            });
+        }
+        month
+    }
 }
 
 /// The inputs of a cohort evaluation, read in one read transaction so that events, links and
@@ -434,6 +496,8 @@ pub trait Store: Send + std::marker::Sync + 'static {
     async fn count_quarantined(&self, project_id: i64) -> StoreResult<i64>;
 
     async fn cohort_inputs(&self, project_id: i64) -> StoreResult<CohortInputs>;
+    /// The project's identity links: each linked distinct id and the id it resolves to.
+    async fn identity_links(&self, project_id: i64) -> StoreResult<HashMap<String, String>>;
     /// Reads, in one read transaction, the identity links, profiles and distinct ids with
     /// events, and the events named in `event_names` up to and including `until_ms`, with their
     /// properties only when `with_properties` is set.
@@ -465,15 +529,14 @@ pub trait Store: Send + std::marker::Sync + 'static {
         since_ms: Option<i64>,
         until_ms: i64,
     ) -> StoreResult<HashMap<String, i64>>;
-    /// Events in `[start_ms, end_ms)` grouped by distinct id, name, `$partner_id` and whether
-    /// `/import` stored them, for the MTU report. With `distinct_ids`, only those ids.
-    async fn mtu_event_groups(
+    /// The MTU rollup of a calendar month of the project's time zone, `month` written as
+    /// `YYYY * 100 + MM`. With `distinct_ids`, only the events of those ids.
+    async fn mtu_month(
         &self,
         project_id: i64,
-        start_ms: i64,
-        end_ms: i64,
+        month: i64,
         distinct_ids: Option<Vec<String>>,
-    ) -> StoreResult<Vec<MtuEventGroup>>;
+    ) -> StoreResult<MtuMonth>;
 
     async fn create_cohort(
         &self,

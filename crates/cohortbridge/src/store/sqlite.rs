@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use super::*;
 
 mod group_commit;
+mod mtu_rollup;
 
 use group_commit::{PendingWrite, WriteQueue};
 
@@ -36,7 +37,14 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0005_import_credentials",
         include_str!("migrations/sqlite/0005_import_credentials.sql"),
     ),
+    (
+        MTU_ROLLUP_MIGRATION,
+        include_str!("migrations/sqlite/0006_mtu_rollup.sql"),
+    ),
 ];
+
+/// The migration that creates the MTU rollup, which is then filled from the stored events.
+const MTU_ROLLUP_MIGRATION: &str = "0006_mtu_rollup";
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -126,6 +134,9 @@ fn migrate(conn: &mut SqlConnection) -> StoreResult<()> {
         }
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        if *name == MTU_ROLLUP_MIGRATION {
+            mtu_rollup::rebuild_all(&tx)?;
+        }
         tx.execute(
             "INSERT INTO schema_migrations (name, applied_at_ms) VALUES (?1, ?2)",
             params![name, chrono::Utc::now().timestamp_millis()],
@@ -348,7 +359,8 @@ fn serialize_properties(events: &[NewEvent]) -> StoreResult<Vec<String>> {
 }
 
 /// Inserts events with their serialised properties; a duplicate on Mixpanel's key replaces the
-/// earlier row.
+/// earlier row. The MTU rollup changes in the same transaction: a new event adds one to its
+/// cell, and a duplicate that changes the key (its `$partner_id` or ingestion path) moves one.
 fn insert_events(
     conn: &SqlConnection,
     project_id: i64,
@@ -356,17 +368,28 @@ fn insert_events(
     properties: &[String],
     now_ms: i64,
 ) -> StoreResult<()> {
-    let mut event_stmt = conn.prepare_cached(
+    let mut insert_stmt = conn.prepare_cached(
         "INSERT INTO events (project_id, event, distinct_id, time_ms, insert_id,
              partner_id, properties, ingested_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (project_id, event, distinct_id, time_ms, insert_id)
-         DO UPDATE SET properties = excluded.properties,
-                       partner_id = excluded.partner_id,
-                       ingested_at_ms = excluded.ingested_at_ms",
+         ON CONFLICT (project_id, event, distinct_id, time_ms, insert_id) DO NOTHING",
     )?;
-    for (event, properties) in events.iter().zip(properties) {
-        event_stmt.execute(params![
+    let mut earlier_stmt = conn.prepare_cached(
+        "SELECT coalesce(partner_id, ''), coalesce(json_extract(properties, '$.\"$import\"'), 0)
+         FROM events
+         WHERE project_id = ?1 AND event = ?2 AND distinct_id = ?3 AND time_ms = ?4
+           AND insert_id = ?5",
+    )?;
+    let mut replace_stmt = conn.prepare_cached(
+        "UPDATE events SET properties = ?7, partner_id = ?6, ingested_at_ms = ?8
+         WHERE project_id = ?1 AND event = ?2 AND distinct_id = ?3 AND time_ms = ?4
+           AND insert_id = ?5",
+    )?;
+    let zone = mtu_rollup::project_zone(conn, project_id)?;
+    let mut earlier_keys: Vec<(String, bool)> = Vec::new();
+    let mut changes: Vec<(usize, Option<usize>)> = Vec::with_capacity(events.len());
+    for (index, (event, properties)) in events.iter().zip(properties).enumerate() {
+        let row = params![
             project_id,
             event.event,
             event.distinct_id,
@@ -375,9 +398,61 @@ fn insert_events(
             event.partner_id(),
             properties,
             now_ms
-        ])?;
+        ];
+        if insert_stmt.execute(row)? == 1 {
+            changes.push((index, None));
+            continue;
+        }
+        let (partner_id, imported): (String, i64) = earlier_stmt.query_row(
+            params![
+                project_id,
+                event.event,
+                event.distinct_id,
+                event.time_ms,
+                event.insert_id
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        replace_stmt.execute(row)?;
+        if partner_id != event.partner_id().unwrap_or("") || (imported != 0) != is_imported(event) {
+            earlier_keys.push((partner_id, imported != 0));
+            changes.push((index, Some(earlier_keys.len() - 1)));
+        }
     }
-    Ok(())
+    let mut rollup = Vec::with_capacity(changes.len());
+    for (index, earlier) in changes {
+        let event = &events[index];
+        let month = mtu_rollup::month_of(zone, event.time_ms);
+        rollup.push(mtu_rollup::Change {
+            month,
+            event: &event.event,
+            partner_id: event.partner_id().unwrap_or(""),
+            imported: is_imported(event),
+            distinct_id: &event.distinct_id,
+            delta: 1,
+        });
+        if let Some(earlier) = earlier {
+            let (partner_id, imported) = &earlier_keys[earlier];
+            rollup.push(mtu_rollup::Change {
+                month,
+                event: &event.event,
+                partner_id,
+                imported: *imported,
+                distinct_id: &event.distinct_id,
+                delta: -1,
+            });
+        }
+    }
+    mtu_rollup::apply(conn, project_id, &rollup)
+}
+
+/// Whether an event came through `/import`, which marks it with `$import: true`.
+fn is_imported(event: &NewEvent) -> bool {
+    event
+        .properties
+        .get("$import")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
 }
 
 /// Number of distinct ids in the cluster whose canonical id is `canonical_id`.
@@ -936,6 +1011,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn identity_links(&self, project_id: i64) -> StoreResult<HashMap<String, String>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT distinct_id, canonical_id FROM identity_links WHERE project_id = ?1",
+            )?;
+            let rows = stmt.query_map([project_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     async fn cohort_inputs(&self, project_id: i64) -> StoreResult<CohortInputs> {
         self.read(move |conn| {
             let mut inputs = CohortInputs::default();
@@ -1028,7 +1114,9 @@ impl Store for SqliteStore {
     async fn set_project_timezone(&self, project_id: i64, timezone: &str) -> StoreResult<()> {
         let timezone = timezone.to_owned();
         self.write(move |conn| {
-            let changed = conn.execute(
+            let tx = conn.transaction()?;
+            let earlier = mtu_rollup::project_zone(&tx, project_id)?;
+            let changed = tx.execute(
                 "UPDATE projects SET timezone = ?2 WHERE id = ?1",
                 params![project_id, timezone],
             )?;
@@ -1038,6 +1126,11 @@ impl Store for SqliteStore {
                     id: project_id.to_string(),
                 });
             }
+            // Months start at local midnight, so a new zone moves events between months.
+            if mtu_rollup::project_zone(&tx, project_id)? != earlier {
+                mtu_rollup::rebuild(&tx, project_id)?;
+            }
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -1095,42 +1188,17 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn mtu_event_groups(
+    async fn mtu_month(
         &self,
         project_id: i64,
-        start_ms: i64,
-        end_ms: i64,
+        month: i64,
         distinct_ids: Option<Vec<String>>,
-    ) -> StoreResult<Vec<MtuEventGroup>> {
+    ) -> StoreResult<MtuMonth> {
         self.read(move |conn| {
-            let mut sql = String::from(
-                "SELECT distinct_id, event, partner_id,
-                        coalesce(json_extract(properties, '$.\"$import\"'), 0) AS imported, count(*)
-                 FROM events WHERE project_id = ?1 AND time_ms >= ?2 AND time_ms < ?3",
-            );
-            let mut values: Vec<rusqlite::types::Value> =
-                vec![project_id.into(), start_ms.into(), end_ms.into()];
-            if let Some(ids) = &distinct_ids {
-                let placeholders: Vec<String> =
-                    (0..ids.len()).map(|i| format!("?{}", i + 4)).collect();
-                sql.push_str(&format!(
-                    " AND distinct_id IN ({})",
-                    placeholders.join(", ")
-                ));
-                values.extend(ids.iter().cloned().map(Into::into));
-            }
-            sql.push_str(" GROUP BY distinct_id, event, partner_id, imported");
-            let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt.query_map(params_from_iter(values), |row| {
-                Ok(MtuEventGroup {
-                    distinct_id: row.get(0)?,
-                    event: row.get(1)?,
-                    partner_id: row.get(2)?,
-                    imported: row.get::<_, i64>(3)? != 0,
-                    count: row.get(4)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let tx = conn.unchecked_transaction()?;
+            let month = mtu_rollup::read_month(&tx, project_id, month, distinct_ids)?;
+            tx.commit()?;
+            Ok(month)
         })
         .await
     }
