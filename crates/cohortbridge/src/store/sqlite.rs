@@ -41,6 +41,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         MTU_ROLLUP_MIGRATION,
         include_str!("migrations/sqlite/0006_mtu_rollup.sql"),
     ),
+    (
+        "0007_time_ordered_dedupe",
+        include_str!("migrations/sqlite/0007_time_ordered_dedupe.sql"),
+    ),
 ];
 
 /// The migration that creates the MTU rollup, which is then filled from the stored events.
@@ -358,9 +362,10 @@ fn serialize_properties(events: &[NewEvent]) -> StoreResult<Vec<String>> {
         .collect::<Result<_, _>>()?)
 }
 
-/// Inserts events with their serialised properties; a duplicate on Mixpanel's key replaces the
-/// earlier row. The MTU rollup changes in the same transaction: a new event adds one to its
-/// cell, and a duplicate that changes the key (its `$partner_id` or ingestion path) moves one.
+/// Inserts events with their serialised properties. A duplicate on Mixpanel's key (name,
+/// distinct id, time, `$insert_id`) replaces the earlier row. The MTU rollup changes in the same
+/// transaction: a new event adds one to its cell, and a duplicate that changes the key (its
+/// `$partner_id` or ingestion path) moves one.
 fn insert_events(
     conn: &SqlConnection,
     project_id: i64,
@@ -368,53 +373,56 @@ fn insert_events(
     properties: &[String],
     now_ms: i64,
 ) -> StoreResult<()> {
+    // The lookup goes through the index on (project, time, insert id), where live events are
+    // appended, then compares the name and the distinct id.
+    let mut find_stmt = conn.prepare_cached(
+        "SELECT id, coalesce(partner_id, ''),
+                coalesce(json_extract(properties, '$.\"$import\"'), 0)
+         FROM events
+         WHERE project_id = ?1 AND time_ms = ?2 AND insert_id = ?3 AND event = ?4
+           AND distinct_id = ?5",
+    )?;
     let mut insert_stmt = conn.prepare_cached(
         "INSERT INTO events (project_id, event, distinct_id, time_ms, insert_id,
              partner_id, properties, ingested_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (project_id, event, distinct_id, time_ms, insert_id) DO NOTHING",
-    )?;
-    let mut earlier_stmt = conn.prepare_cached(
-        "SELECT coalesce(partner_id, ''), coalesce(json_extract(properties, '$.\"$import\"'), 0)
-         FROM events
-         WHERE project_id = ?1 AND event = ?2 AND distinct_id = ?3 AND time_ms = ?4
-           AND insert_id = ?5",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut replace_stmt = conn.prepare_cached(
-        "UPDATE events SET properties = ?7, partner_id = ?6, ingested_at_ms = ?8
-         WHERE project_id = ?1 AND event = ?2 AND distinct_id = ?3 AND time_ms = ?4
-           AND insert_id = ?5",
+        "UPDATE events SET properties = ?2, partner_id = ?3, ingested_at_ms = ?4 WHERE id = ?1",
     )?;
     let zone = mtu_rollup::project_zone(conn, project_id)?;
     let mut earlier_keys: Vec<(String, bool)> = Vec::new();
     let mut changes: Vec<(usize, Option<usize>)> = Vec::with_capacity(events.len());
     for (index, (event, properties)) in events.iter().zip(properties).enumerate() {
-        let row = params![
-            project_id,
-            event.event,
-            event.distinct_id,
-            event.time_ms,
-            event.insert_id,
-            event.partner_id(),
-            properties,
-            now_ms
-        ];
-        if insert_stmt.execute(row)? == 1 {
-            changes.push((index, None));
-            continue;
-        }
-        let (partner_id, imported): (String, i64) = earlier_stmt.query_row(
-            params![
+        let earlier: Option<(i64, String, i64)> = find_stmt
+            .query_row(
+                params![
+                    project_id,
+                    event.time_ms,
+                    event.insert_id,
+                    event.event,
+                    event.distinct_id
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((id, partner_id, imported)) = earlier else {
+            insert_stmt.execute(params![
                 project_id,
                 event.event,
                 event.distinct_id,
                 event.time_ms,
-                event.insert_id
-            ],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        replace_stmt.execute(row)?;
-        if partner_id != event.partner_id().unwrap_or("") || (imported != 0) != is_imported(event) {
+                event.insert_id,
+                event.partner_id(),
+                properties,
+                now_ms
+            ])?;
+            changes.push((index, None));
+            continue;
+        };
+        replace_stmt.execute(params![id, properties, event.partner_id(), now_ms])?;
+        if partner_id != event.partner_id().unwrap_or("") || (imported != 0) != is_imported(event)
+        {
             earlier_keys.push((partner_id, imported != 0));
             changes.push((index, Some(earlier_keys.len() - 1)));
         }
