@@ -4,8 +4,8 @@
 // The test starts the real cohortbridge and braze-emulator binaries on port 0 on loopback, and
 // a small page server for mixpanel-browser. The browser may load only loopback URLs: every
 // other request is aborted and fails the test. Binaries come from COHORTBRIDGE_BIN_DIR, by
-// default the debug build of this workspace; the browser from CHROMIUM_PATH, default
-// /usr/bin/chromium (Debian's `chromium` package).
+// default the debug build of this workspace; the browser from CHROMIUM_PATH, by default the
+// `chromium` found on PATH (Debian's `chromium` package).
 
 "use strict";
 
@@ -27,7 +27,9 @@ const { chromium } = require("playwright-core");
 
 const REPO_ROOT = path.resolve(__dirname, "..", "..", "..");
 const BIN_DIR = process.env.COHORTBRIDGE_BIN_DIR || path.join(REPO_ROOT, "target", "debug");
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+const CHROMIUM =
+  process.env.CHROMIUM_PATH ||
+  execFileSync("sh", ["-c", "command -v chromium"], { encoding: "utf8" }).trim();
 // When set, screenshots of the main pages are written to this folder.
 const SCREENSHOT_DIR = process.env.COHORTBRIDGE_SCREENSHOTS;
 const ADMIN_KEY = "browser-e2e-admin-key-0123456789";
