@@ -4,8 +4,8 @@
 // The test starts the real cohortbridge and braze-emulator binaries on port 0 on loopback, and
 // a small page server for mixpanel-browser. The browser may load only loopback URLs: every
 // other request is aborted and fails the test. Binaries come from COHORTBRIDGE_BIN_DIR, by
-// default the debug build of this workspace; the browser from CHROMIUM_PATH, by default the
-// `chromium` found on PATH (Debian's `chromium` package).
+// default the debug build of this workspace. The browser comes from CHROMIUM_PATH, by default
+// the `chromium` found on PATH (Debian's `chromium` package).
 
 "use strict";
 

@@ -1,7 +1,7 @@
 //! Cross-origin access to the ingestion endpoints. `mixpanel-browser` runs on the customer's
 //! site and posts to this server from that origin with `withCredentials` set, so replies to
 //! `/track`, `/engage` and `/groups` echo the request's `Origin` and allow credentials, and
-//! preflight requests are answered. No cookie authenticates these endpoints (the web UI's
+//! preflight requests get a reply. No cookie authenticates these endpoints (the web UI's
 //! session cookie is scoped to `/ui`), so any origin may send. `/import`, which takes HTTP
 //! Basic credentials, allows any origin but never with credentials.
 
