@@ -341,6 +341,16 @@ async fn sync_errors_are_hidden_from_analysts() {
         }
     }
     assert_eq!(seen, 4, "each role sees one failed run");
+
+    // The sync page of the web UI offers View Error only to roles that may see it.
+    for (role, email, _) in &people {
+        let (_, ui) = UiClient::login(&server.base, email, PASSWORD).await;
+        let (status, html) = ui.get(&format!("/ui/syncs/{sync_id}")).await;
+        assert_eq!(status, StatusCode::OK, "{role:?}");
+        let shown = role.allows(Action::ViewSyncErrors);
+        assert_eq!(html.contains("View Error"), shown, "{role:?}");
+        assert_eq!(html.contains("braze is down"), shown, "{role:?}: {html}");
+    }
     server.stop().await;
 }
 

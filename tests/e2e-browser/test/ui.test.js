@@ -186,6 +186,13 @@ test("admin connects Braze, builds a cohort and exports it", async () => {
   await page.locator('[data-connection="first"]').getByRole("link", { name: "+ Add Connection" }).click();
   await connect("second", IMPORT_KEY);
   assert.match(await page.locator('[data-connection="second"] .status').textContent(), /Connected/);
+  // Reconnecting with a wrong key shows Braze's reason at that connection.
+  await page.locator('[data-connection="first"] summary').click();
+  await page.locator('[data-connection="first"]').getByLabel("New Data Import Key").fill("wrong-again");
+  await page.locator('[data-connection="first"]').getByRole("button", { name: "Reconnect" }).click();
+  await page.waitForLoadState();
+  assert.match(await page.locator('[data-connection="first"] .field-error').textContent(), /Invalid client secret/);
+  assert.match(await page.locator('[data-connection="first"] .status').textContent(), /Connected/);
   await screenshot(page, "integrations");
 
   await page.getByRole("link", { name: "Cohorts" }).click();
@@ -278,7 +285,13 @@ test("MTU and setup pages render", async () => {
 
 test("analyst cannot open connection settings", async () => {
   const page = await newPage();
-  await login(page, "analyst@example.com");
+  // Log in with the keyboard only.
+  await page.goto(`${base}/ui/login`);
+  await page.getByLabel("E-mail").focus();
+  await page.keyboard.type("analyst@example.com");
+  await page.keyboard.press("Tab");
+  await page.keyboard.type(PASSWORD);
+  await Promise.all([page.waitForURL(/\/ui\/cohorts$/), page.keyboard.press("Enter")]);
   assert.equal(await page.getByRole("link", { name: "Integrations" }).count(), 0);
   const response = await page.goto(`${base}/ui/integrations/braze`);
   assert.equal(response.status(), 403);
@@ -350,6 +363,18 @@ test("mixpanel-browser in Chromium sends to cohortbridge", async () => {
   assert.match(table, /Page Viewed/, "the anonymous event is shown through the identity cluster");
   assert.match(table, /Purchase/);
   assert.ok((await page.locator("#cluster li").count()) >= 2, "the anonymous device id is in the cluster");
+  await page.context().close();
+});
+
+test("pages fit a phone screen", async () => {
+  const page = await newPage();
+  await page.setViewportSize({ width: 390, height: 800 });
+  await login(page, "owner@example.com");
+  for (const pathName of ["/ui/cohorts", `/ui/cohorts/${cohortId}`, "/ui/integrations/braze", `/ui/syncs/${syncId}`, "/ui/mtu", "/ui/users?q=alice"]) {
+    await page.goto(`${base}${pathName}`);
+    const width = await page.evaluate(() => document.documentElement.scrollWidth);
+    assert.ok(width <= 390, `${pathName} is ${width} px wide`);
+  }
   await page.context().close();
 });
 
