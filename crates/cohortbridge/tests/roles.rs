@@ -371,6 +371,7 @@ fn ui_matrix(cohort: i64) -> Vec<UiCase> {
         (Action::View, "GET", "/ui/users?q=u1".into(), vec![]),
         (Action::View, "GET", "/ui/mtu?month=2026-01".into(), vec![]),
         (Action::View, "GET", "/ui/setup".into(), vec![]),
+        (Action::View, "GET", "/ui/account".into(), vec![]),
         (
             Action::ManageConnections,
             "GET",
@@ -717,6 +718,43 @@ async fn user_input_errors_name_the_field() {
         let message = reply["error"].as_str().unwrap();
         assert!(message.contains(expected), "{message}");
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn account_page_creates_own_api_key() {
+    let (server, _emulator, _) = setup().await;
+    people(&server).await;
+    let (_, ui) = UiClient::login(&server.base, "consumer@example.com", PASSWORD).await;
+    let (status, html) = ui.post("/ui/account", &[("name", "notebook")]).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let marker = "id=\"new-api-key\">";
+    let start = html.find(marker).expect("the new key is shown") + marker.len();
+    let key = html[start..].split('<').next().unwrap().to_owned();
+    assert_eq!(key.len(), 48, "{key}");
+
+    // The key acts with the consumer's role.
+    let read = server
+        .http
+        .get(server.url("/api/v1/projects/1/cohorts"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    let write = server
+        .http
+        .post(server.url("/api/v1/projects/1/cohorts"))
+        .bearer_auth(&key)
+        .json(&json!({"name": "x", "definition": {"event": "Purchase"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 403);
+
+    // Shown once: the account page does not show it again.
+    let (_, html) = ui.get("/ui/account").await;
+    assert!(!html.contains(&key));
     server.stop().await;
 }
 

@@ -201,6 +201,8 @@ test("admin connects Braze, builds a cohort and exports it", async () => {
   await page.locator("#add-group").click();
   const group = page.locator("#groups .group").first();
   await group.locator('[data-key="event"]').fill("Purchase");
+  await group.locator('[data-key="window"]').selectOption("last_days");
+  await group.locator('[data-key="window_value"]').fill("30");
   await group.getByRole("button", { name: "+ Profile" }).click();
   await group.locator('[data-key="property"]').fill("plan");
   await group.locator('.rule[data-kind="profile"] [data-key="value"]').fill("pro");
@@ -208,7 +210,10 @@ test("admin connects Braze, builds a cohort and exports it", async () => {
   assert.equal(await page.locator("#live-exportable").textContent(), "2");
   const definition = JSON.parse(await page.locator("#definition").inputValue());
   assert.deepEqual(definition, {
-    all: [{ event: "Purchase", count: { gte: 1 } }, { profile: "plan", op: "eq", value: "pro" }],
+    all: [
+      { event: "Purchase", count: { gte: 1 }, within: { last_days: 30 } },
+      { profile: "plan", op: "eq", value: "pro" },
+    ],
   });
   await screenshot(page, "cohort-builder");
   await Promise.all([page.waitForURL(/\/ui\/cohorts\/\d+$/), page.locator("#save-cohort").click()]);
@@ -257,6 +262,8 @@ test("users page explains membership and what Braze has", async () => {
   const membership = page.locator(`#memberships [data-cohort="${cohortId}"]`);
   assert.equal(await membership.locator(".member").textContent(), "member");
   assert.match(await membership.textContent(), /sent to Braze as ext-alice/);
+  // The first run added her; a later scheduled run finds her in Braze already.
+  assert.match(await membership.locator(".last-run").textContent(), /^run #\d+: (add|no-op)$/);
   await membership.locator("summary").click();
   assert.match(await membership.textContent(), /Purchase/);
   await screenshot(page, "user");
@@ -264,6 +271,7 @@ test("users page explains membership and what Braze has", async () => {
   await page.goto(`${base}/ui/users?q=carol`);
   const carol = page.locator(`#memberships [data-cohort="${cohortId}"]`);
   assert.equal(await carol.locator(".member").textContent(), "not a member");
+  assert.match(await carol.locator(".last-run").textContent(), /^run #\d+: not part of it$/);
   await page.context().close();
 });
 

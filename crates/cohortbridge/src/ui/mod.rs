@@ -9,6 +9,7 @@
 // Page helpers return a finished response as their error, the way axum's rejections do.
 #![allow(clippy::result_large_err)]
 
+mod account;
 mod cohorts;
 mod integrations;
 mod login;
@@ -47,6 +48,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/static/style.css", get(style))
         .route("/ui/static/builder.js", get(builder_js))
         .merge(login::routes())
+        .merge(account::routes())
         .merge(integrations::routes())
         .merge(cohorts::routes())
         .merge(syncs::routes())
@@ -250,7 +252,7 @@ pub(crate) fn page(title: &str, user: Option<&UiUser>, content: Markup) -> Html<
                         }
                         form.logout method="post" action="/ui/logout" {
                             (user.csrf_field())
-                            span.who { (user.email) " (" (user.role().as_str()) ")" }
+                            a.who href="/ui/account" { (user.email) " (" (user.role().as_str()) ")" }
                             button type="submit" { "Log out" }
                         }
                     }

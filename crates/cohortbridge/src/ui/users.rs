@@ -160,7 +160,24 @@ async fn render(state: &AppState, distinct_id: &str, user: &UiUser) -> Result<Re
                     .contains(id),
                 None => false,
             };
-            sent.push((sync.id, connection.name, external, in_braze));
+            let last_run = match store.list_runs(sync.id).await?.pop() {
+                Some(run) => {
+                    let operations = store.run_operations(run.id).await?;
+                    let found = operations.into_iter().find(|op| {
+                        op.distinct_id.as_deref() == Some(distinct_id)
+                            || (op.distinct_id.is_none() && op.external_id == external)
+                    });
+                    Some(match found {
+                        Some(op) => match op.reason {
+                            Some(reason) => format!("run #{}: {} ({reason})", run.id, op.operation),
+                            None => format!("run #{}: {}", run.id, op.operation),
+                        },
+                        None => format!("run #{}: not part of it", run.id),
+                    })
+                }
+                None => None,
+            };
+            sent.push((sync.id, connection.name, external, in_braze, last_run));
         }
         memberships.push((cohort, report, sent));
     }
@@ -193,13 +210,14 @@ async fn render(state: &AppState, distinct_id: &str, user: &UiUser) -> Result<Re
                 li.card data-cohort=(cohort.id) {
                     strong { (cohort.name) } " — "
                     span.member { @if report.member { "member" } @else { "not a member" } }
-                    @for (sync_id, connection, external, in_braze) in sent {
+                    @for (sync_id, connection, external, in_braze, last_run) in sent {
                         p.meta {
                             "Sync #" (sync_id) " to " (connection) ": "
                             @match external {
                                 Some(id) => { @if *in_braze { "sent to Braze as " (id) } @else { "not in Braze (" (id) ")" } },
                                 None => { "no user id, so not sent" },
                             }
+                            @if let Some(last_run) = last_run { " · last " span.last-run { (last_run) } }
                         }
                     }
                     details {

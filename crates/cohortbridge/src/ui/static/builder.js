@@ -55,7 +55,11 @@
         ...labelled("Event", input("event")),
         ...labelled("Count", select("op", [["gte", "at least"], ["eq", "exactly"], ["lte", "at most"]])),
         ...labelled("Times", input("count", "number", "1")),
-        ...labelled("In the last days (empty: all time)", input("days", "number")),
+        ...labelled("Window", select("window", [
+          ["all_time", "all time"], ["last_days", "in the last N days"],
+          ["last_hours", "in the last N hours"], ["since", "since a date"],
+        ])),
+        ...labelled("N, or date as YYYY-MM-DD", input("window_value")),
       );
     } else {
       row.append(
@@ -104,8 +108,10 @@
       const count = {};
       count[value(row, "op")] = Number(value(row, "count") || "1");
       condition.count = count;
-      const days = value(row, "days");
-      if (days) condition.within = { last_days: Number(days) };
+      const window = value(row, "window");
+      const windowValue = value(row, "window_value");
+      if (window === "since" && windowValue) condition.within = { since: windowValue };
+      else if (window !== "all_time" && windowValue) condition.within = { [window]: Number(windowValue) };
       return value(row, "negate") === "not" ? { not: condition } : condition;
     }
     const op = value(row, "op");
