@@ -219,6 +219,14 @@ test("admin connects Braze, builds a cohort and exports it", async () => {
   await Promise.all([page.waitForURL(/\/ui\/cohorts\/\d+$/), page.locator("#save-cohort").click()]);
   cohortId = Number(page.url().split("/").pop());
   assert.equal(await page.locator("#member-count").textContent(), "2");
+  // The edit form reads the saved definition back into the builder's rows.
+  const saved = page.locator("#groups .group").first();
+  assert.equal(await saved.locator('[data-key="event"]').inputValue(), "Purchase");
+  assert.equal(await saved.locator('[data-key="window"]').inputValue(), "last_days");
+  assert.equal(await saved.locator('[data-key="window_value"]').inputValue(), "30");
+  assert.equal(await saved.locator('[data-key="property"]').inputValue(), "plan");
+  assert.equal(await saved.locator('.rule[data-kind="profile"] [data-key="value"]').inputValue(), "pro");
+  await page.waitForFunction(() => document.getElementById("live-count").textContent === "2");
 
   await page.getByRole("link", { name: "Export to Braze (second)" }).click();
   assert.equal(await page.locator("#preview-adds").textContent(), "2");
@@ -371,6 +379,17 @@ test("mixpanel-browser in Chromium sends to cohortbridge", async () => {
   assert.match(table, /Page Viewed/, "the anonymous event is shown through the identity cluster");
   assert.match(table, /Purchase/);
   assert.ok((await page.locator("#cluster li").count()) >= 2, "the anonymous device id is in the cluster");
+  await page.context().close();
+});
+
+test("builder leaves unsupported forms to the JSON field", async () => {
+  const definition = { event: "Purchase", sum: { property: "amount", gte: 10 } };
+  const cohort = await admin("POST", "/projects/1/cohorts", { name: "Big spenders", definition });
+  const page = await newPage();
+  await login(page, "analyst@example.com");
+  await page.goto(`${base}/ui/cohorts/${cohort.id}`);
+  assert.match(await page.locator("#builder-note").textContent(), /forms the builder does not show/);
+  assert.deepEqual(JSON.parse(await page.locator("#definition").inputValue()), definition);
   await page.context().close();
 });
 

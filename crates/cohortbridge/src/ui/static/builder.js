@@ -45,7 +45,7 @@
     return el;
   }
 
-  function addRow(group, kind) {
+  function addRow(group, kind, values) {
     const row = document.createElement("div");
     row.className = "rule";
     row.dataset.kind = kind;
@@ -69,8 +69,11 @@
       );
     }
     row.append(button("Remove row", () => { row.remove(); changed(); }));
+    for (const [key, text] of Object.entries(values || {})) {
+      row.querySelector(`[data-key="${key}"]`).value = text;
+    }
     group.querySelector(".rows").appendChild(row);
-    changed();
+    if (!values) changed();
   }
 
   function addGroup() {
@@ -108,10 +111,10 @@
       const count = {};
       count[value(row, "op")] = Number(value(row, "count") || "1");
       condition.count = count;
-      const window = value(row, "window");
+      const windowKind = value(row, "window");
       const windowValue = value(row, "window_value");
-      if (window === "since" && windowValue) condition.within = { since: windowValue };
-      else if (window !== "all_time" && windowValue) condition.within = { [window]: Number(windowValue) };
+      if (windowKind === "since" && windowValue) condition.within = { since: windowValue };
+      else if (windowKind !== "all_time" && windowValue) condition.within = { [windowKind]: Number(windowValue) };
       return value(row, "negate") === "not" ? { not: condition } : condition;
     }
     const op = value(row, "op");
@@ -149,6 +152,80 @@
     const body = await response.json();
     document.getElementById("live-count").textContent = response.ok ? body.count : body.error;
     document.getElementById("live-exportable").textContent = response.ok ? body.exportable : "—";
+  }
+
+  // Reads a stored definition back into groups and rows. Returns false, and leaves the builder
+  // empty, when the definition uses a form the builder does not offer.
+  const COUNT_OPS = ["gte", "eq", "lte"];
+  const PROFILE_OPS = ["eq", "neq", "contains", "set", "not_set"];
+  const WINDOWS = ["last_days", "last_hours", "since"];
+  function rowValues(condition) {
+    let negate = "";
+    if (condition.not && Object.keys(condition).length === 1) {
+      negate = "not";
+      condition = condition.not;
+    }
+    const keys = Object.keys(condition);
+    if ("event" in condition && keys.every((k) => ["event", "count", "within"].includes(k))) {
+      const values = { negate, event: condition.event, op: "gte", count: "1", window: "all_time", window_value: "" };
+      if (condition.count) {
+        const [op, n] = Object.entries(condition.count)[0] || [];
+        if (!COUNT_OPS.includes(op) || Object.keys(condition.count).length !== 1) return null;
+        values.op = op;
+        values.count = String(n);
+      }
+      if (condition.within) {
+        const [kind, value] = Object.entries(condition.within)[0] || [];
+        if (!WINDOWS.includes(kind) || Object.keys(condition.within).length !== 1) return null;
+        values.window = kind;
+        values.window_value = String(value);
+      }
+      return ["event", values];
+    }
+    if (!negate && "profile" in condition && PROFILE_OPS.includes(condition.op)
+      && keys.every((k) => ["profile", "op", "value"].includes(k))) {
+      const value = condition.value === undefined ? "" : String(condition.value);
+      return ["profile", { property: condition.profile, op: condition.op, value }];
+    }
+    return null;
+  }
+  function combinatorOf(node) {
+    const keys = Object.keys(node || {});
+    if (keys.length === 1 && (keys[0] === "all" || keys[0] === "any") && Array.isArray(node[keys[0]])) return keys[0];
+    return null;
+  }
+  function load(definition) {
+    let topCombinator = combinatorOf(definition);
+    let parts = topCombinator ? definition[topCombinator] : [definition];
+    // A combinator over rows alone is one group, as the builder writes a single group.
+    if (topCombinator && parts.every((part) => !combinatorOf(part))) {
+      parts = [definition];
+      topCombinator = null;
+    }
+    const plan = [];
+    for (const part of parts) {
+      const inner = combinatorOf(part);
+      const rows = (inner ? part[inner] : [part]).map(rowValues);
+      if (rows.some((row) => row === null)) return false;
+      plan.push([inner || "all", rows]);
+    }
+    top.value = topCombinator || "all";
+    for (const [combinator, rows] of plan) {
+      const group = addGroup();
+      group.querySelector('[data-key="combinator"]').value = combinator;
+      for (const [kind, values] of rows) addRow(group, kind, values);
+    }
+    return true;
+  }
+  if (field.value.trim()) {
+    let stored = null;
+    try { stored = JSON.parse(field.value); } catch (_) { /* the JSON field shows the text */ }
+    if (stored && !load(stored)) {
+      const note = document.createElement("p");
+      note.id = "builder-note";
+      note.textContent = "This definition uses forms the builder does not show. Edit the JSON below.";
+      root.replaceChildren(note);
+    }
   }
 
   root.addEventListener("input", changed);
