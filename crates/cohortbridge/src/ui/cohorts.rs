@@ -60,6 +60,8 @@ async fn list(State(state): State<AppState>, user: UiUser) -> Response {
         Ok(list) => list,
         Err(e) => return api_error_page(e.into(), Some(&user)),
     };
+    // NOTE: each cohort is evaluated in full on every load of this page, which is slow for
+    // large projects; the engine keeps no cached counts yet.
     let mut rows = Vec::new();
     for cohort in cohorts {
         let count = match counts(&state, &cohort.definition, admin::DEFAULT_USER_ID_PROPERTY).await
