@@ -124,6 +124,20 @@ pub struct ServeConfig {
     )]
     pub max_cohort_members: usize,
 
+    /// Mark web UI session cookies `Secure` on every reply. Without it they are marked
+    /// `Secure` only when a reverse proxy sends `X-Forwarded-Proto: https`.
+    #[arg(long, env = "COHORTBRIDGE_SECURE_COOKIES")]
+    pub secure_cookies: bool,
+
+    /// E-mail of the first owner of the web UI, created on start when nobody has an account
+    /// yet. The password is read from COHORTBRIDGE_OWNER_PASSWORD.
+    #[arg(long, env = "COHORTBRIDGE_OWNER_EMAIL")]
+    pub owner_email: Option<String>,
+
+    /// Password of the first owner (with --owner-email); at least 10 characters.
+    #[arg(long, env = "COHORTBRIDGE_OWNER_PASSWORD", hide_env_values = true)]
+    pub owner_password: Option<String>,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "COHORTBRIDGE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -152,6 +166,9 @@ impl ServeConfig {
             max_dynamic_syncs_per_project: 60,
             max_cohort_members: 10_000_000,
             log_format: "text".into(),
+            secure_cookies: false,
+            owner_email: None,
+            owner_password: None,
             mtu_never_qualifying: default_never_qualifying(),
             mtu_partner_outreach: default_partner_outreach(),
         }

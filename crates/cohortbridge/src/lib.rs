@@ -5,6 +5,7 @@
 //! `cohorts` (evaluate) → `sync` (diff, send) → `braze` (partner API client); Braze Currents
 //! events come back through `api` and `braze::currents`, and `mtu` counts tracked users.
 
+pub mod accounts;
 pub mod api;
 pub mod braze;
 pub mod cli;
@@ -17,3 +18,4 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod ui;

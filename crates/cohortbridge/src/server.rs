@@ -18,6 +18,9 @@ use crate::sync::{self, PartnerSettings, SyncEngine};
 
 const ADMIN_KEY_HASH_SETTING: &str = "admin_key_hash";
 const DATABASE_FILE: &str = "cohortbridge.db";
+/// Failed web UI logins allowed per e-mail address and per client address in the window.
+const LOGIN_MAX_FAILURES: usize = 5;
+const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// A server started in this process.
 pub struct RunningServer {
@@ -63,6 +66,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let (admin_key_hash, generated_admin_key) =
         admin_key(store.as_ref(), config.admin_key.as_deref()).await?;
     ensure_default_project(store.as_ref(), &secret_box).await?;
+    ensure_first_owner(store.as_ref(), &config).await?;
     let interrupted = store
         .fail_interrupted_runs(chrono::Utc::now().timestamp_millis())
         .await?;
@@ -106,6 +110,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
             never_qualifying: config.mtu_never_qualifying.clone(),
             partner_outreach: config.mtu_partner_outreach.clone(),
         }),
+        login_limiter: Arc::new(crate::accounts::LoginLimiter::new(
+            LOGIN_MAX_FAILURES,
+            LOGIN_FAILURE_WINDOW,
+        )),
+        secure_cookies: config.secure_cookies,
     };
 
     let addr = listener.local_addr()?;
@@ -118,7 +127,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let app = api::router(state);
     let http = tokio::spawn(async move {
         let mut shutdown_rx = shutdown_rx;
-        let result = axum::serve(listener, app)
+        // The client address feeds the login rate limit.
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(listener, service)
             .with_graceful_shutdown(async move {
                 let _ = shutdown_rx.changed().await;
             })
@@ -178,6 +189,25 @@ fn restrict_to_owner(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
     }
     #[cfg(not(unix))]
     let _ = (path, mode);
+    Ok(())
+}
+
+/// Creates the first owner from `--owner-email` and its password when nobody has an account.
+async fn ensure_first_owner(store: &dyn Store, config: &ServeConfig) -> anyhow::Result<()> {
+    let Some(email) = &config.owner_email else {
+        return Ok(());
+    };
+    if !store.list_users().await?.is_empty() {
+        return Ok(());
+    }
+    let password = config
+        .owner_password
+        .as_deref()
+        .context("--owner-email needs the owner's password in COHORTBRIDGE_OWNER_PASSWORD")?;
+    crate::api::auth::add_user(store, email, password, "owner")
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the first owner: {e}"))?;
+    tracing::info!("created the first owner of the web UI");
     Ok(())
 }
 

@@ -1,17 +1,19 @@
-//! The admin API under `/api/v1`, authenticated with `Authorization: Bearer <admin key>`.
-//! The CLI's admin commands are clients of these routes. No route returns a Data Import Key.
+//! The admin API under `/api/v1`, authenticated with `Authorization: Bearer <key>`: the admin
+//! key, or a person's API key limited by their role (see `auth`). The CLI's admin commands are
+//! clients of these routes. No route returns a Data Import Key.
 
-use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::Principal;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{identity, ApiError, AppState};
+use crate::accounts::Action;
 use crate::braze::client::BrazeError;
 use crate::braze::instances;
 use crate::cohorts;
@@ -76,30 +78,14 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/mtu", get(mtu_default_project))
         .merge(super::lifecycle::routes())
         .merge(super::cohorts::admin_routes())
-        .route_layer(middleware::from_fn_with_state(state, require_admin))
+        .merge(super::auth::routes())
+        .route_layer(middleware::from_fn_with_state(
+            state,
+            super::auth::require_role,
+        ))
 }
 
-async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, key)| secrets::hash(key.trim()));
-    match presented {
-        Some(hash) if constant_time_eq(hash.as_bytes(), state.admin_key_hash.as_bytes()) => {
-            next.run(request).await
-        }
-        _ => ApiError::Unauthorized.into_response(),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-pub(super) async fn project_or_404(state: &AppState, id: i64) -> Result<Project, ApiError> {
+pub(crate) async fn project_or_404(state: &AppState, id: i64) -> Result<Project, ApiError> {
     state
         .store
         .project(id)
@@ -152,7 +138,7 @@ async fn project_stats(
     })))
 }
 
-async fn show_profile(
+pub(crate) async fn show_profile(
     State(state): State<AppState>,
     ApiPath((id, distinct_id)): ApiPath<(i64, String)>,
 ) -> Result<Json<Value>, ApiError> {
@@ -240,13 +226,13 @@ async fn list_credentials(
 }
 
 #[derive(Deserialize)]
-struct EventsQuery {
+pub(crate) struct EventsQuery {
     distinct_id: Option<String>,
     limit: Option<i64>,
 }
 
 /// Events stored under one distinct id, oldest first (at most `limit`, default 1000).
-async fn list_events(
+pub(crate) async fn list_events(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
     ApiQuery(query): ApiQuery<EventsQuery>,
@@ -273,12 +259,12 @@ async fn list_events(
 }
 
 #[derive(Deserialize)]
-struct NewCohortBody {
+pub(crate) struct NewCohortBody {
     name: Option<String>,
     definition: Option<Value>,
 }
 
-async fn create_cohort(
+pub(crate) async fn create_cohort(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<NewCohortBody>,
@@ -323,7 +309,7 @@ pub(super) fn connection_name(value: Option<String>) -> Result<String, ApiError>
     Ok(name)
 }
 
-async fn list_cohorts(
+pub(crate) async fn list_cohorts(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Value>, ApiError> {
@@ -380,7 +366,7 @@ pub(super) fn connection_json(connection: &Connection) -> Value {
 }
 
 #[derive(Deserialize)]
-struct NewConnectionBody {
+pub(crate) struct NewConnectionBody {
     name: Option<String>,
     instance: Option<String>,
     base_url: Option<String>,
@@ -398,7 +384,7 @@ struct NewConnectionBody {
 pub const DEFAULT_ATTRIBUTE_NAME: &str = "mixpanel_cohorts";
 
 /// Adds a connection after Braze accepts its credentials.
-async fn create_connection(
+pub(crate) async fn create_connection(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<NewConnectionBody>,
@@ -561,7 +547,7 @@ fn resolve_instance(
     }
 }
 
-async fn list_connections(
+pub(crate) async fn list_connections(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Value>, ApiError> {
@@ -574,7 +560,7 @@ async fn list_connections(
 }
 
 #[derive(Deserialize)]
-struct NewExportBody {
+pub(crate) struct NewExportBody {
     cohort_id: Option<i64>,
     connection: Option<String>,
     mode: Option<String>,
@@ -585,7 +571,7 @@ struct NewExportBody {
 }
 
 /// Creates a one-time export or a dynamic sync, runs it once now and returns the run.
-async fn create_export(
+pub(crate) async fn create_export(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<NewExportBody>,
@@ -717,14 +703,38 @@ pub(super) fn sync_error(error: SyncError) -> ApiError {
     }
 }
 
-async fn list_syncs(
+/// Hides error messages from a role that may not see sync errors: the error of each run, and
+/// the reason of a sync that an error paused or failed.
+pub(crate) fn redact_sync_errors(
+    principal: &Principal,
+    sync: &mut crate::store::Sync,
+    runs: &mut [crate::store::SyncRun],
+) {
+    if principal.role.allows(Action::ViewSyncErrors) {
+        return;
+    }
+    let hidden = || Some("hidden: only owners and admins see sync errors".to_owned());
+    for run in runs {
+        if run.error.is_some() {
+            run.error = hidden();
+        }
+    }
+    if sync.paused_by.as_deref() == Some("error") || sync.status == "failed" {
+        sync.status_reason = hidden();
+    }
+}
+
+pub(crate) async fn list_syncs(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Value>, ApiError> {
     project_or_404(&state, id).await?;
     let mut list = Vec::new();
-    for sync in state.store.list_syncs(id).await? {
-        let last_run = state.store.list_runs(sync.id).await?.pop();
+    for mut sync in state.store.list_syncs(id).await? {
+        let mut runs = state.store.list_runs(sync.id).await?;
+        redact_sync_errors(&principal, &mut sync, &mut runs);
+        let last_run = runs.pop();
         list.push(json!({"sync": sync, "last_run": last_run}));
     }
     Ok(Json(json!(list)))
@@ -743,12 +753,14 @@ pub(super) async fn sync_in_project(
         .ok_or_else(|| ApiError::NotFound(format!("sync {sync_id} not found in project {id}")))
 }
 
-async fn show_sync(
+pub(crate) async fn show_sync(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath((id, sync_id)): ApiPath<(i64, i64)>,
 ) -> Result<Json<Value>, ApiError> {
-    let sync = sync_in_project(&state, id, sync_id).await?;
-    let runs = state.store.list_runs(sync_id).await?;
+    let mut sync = sync_in_project(&state, id, sync_id).await?;
+    let mut runs = state.store.list_runs(sync_id).await?;
+    redact_sync_errors(&principal, &mut sync, &mut runs);
     let last_run_at = runs.last().map(|r| iso(r.started_at_ms));
     Ok(Json(json!({
         "sync": sync,
@@ -759,7 +771,7 @@ async fn show_sync(
     })))
 }
 
-async fn run_sync(
+pub(crate) async fn run_sync(
     State(state): State<AppState>,
     ApiPath((id, sync_id)): ApiPath<(i64, i64)>,
 ) -> Result<Json<Value>, ApiError> {
@@ -769,7 +781,7 @@ async fn run_sync(
 }
 
 #[derive(Deserialize)]
-struct MtuQuery {
+pub(crate) struct MtuQuery {
     month: Option<String>,
     /// A distinct id whose standing to explain instead of the month's report.
     explain: Option<String>,
@@ -794,7 +806,7 @@ async fn mtu_default_project(
     mtu_for_project(&state, id, query).await
 }
 
-async fn mtu_for_project(
+pub(crate) async fn mtu_for_project(
     state: &AppState,
     id: i64,
     query: MtuQuery,

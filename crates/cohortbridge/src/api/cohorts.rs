@@ -96,12 +96,12 @@ async fn set_timezone(
 }
 
 #[derive(Deserialize)]
-struct CohortBody {
+pub(crate) struct CohortBody {
     name: Option<String>,
     definition: Option<Value>,
 }
 
-async fn update_cohort(
+pub(crate) async fn update_cohort(
     State(state): State<AppState>,
     Path((id, cohort_id)): Path<(i64, i64)>,
     Json(body): Json<CohortBody>,
@@ -133,14 +133,14 @@ async fn update_cohort(
 }
 
 #[derive(Deserialize)]
-struct PreviewQuery {
+pub(crate) struct PreviewQuery {
     connection: Option<String>,
     sample: Option<usize>,
 }
 
 /// Counts the members, and how many carry the user-id property of a connection (default
 /// `$braze_external_id`) as a non-empty string, so that a sync could export them.
-async fn preview_cohort(
+pub(crate) async fn preview_cohort(
     State(state): State<AppState>,
     Path((id, cohort_id)): Path<(i64, i64)>,
     Query(query): Query<PreviewQuery>,
@@ -187,11 +187,11 @@ async fn preview_cohort(
 }
 
 #[derive(Deserialize)]
-struct ExplainQuery {
+pub(crate) struct ExplainQuery {
     user: Option<String>,
 }
 
-async fn explain_cohort(
+pub(crate) async fn explain_cohort(
     State(state): State<AppState>,
     Path((id, cohort_id)): Path<(i64, i64)>,
     Query(query): Query<ExplainQuery>,

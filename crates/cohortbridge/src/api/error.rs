@@ -12,8 +12,13 @@ use crate::store::StoreError;
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("missing or invalid admin key: send `Authorization: Bearer <admin key>`")]
+    #[error(
+        "missing or invalid admin key: send `Authorization: Bearer <admin key or user API key>`"
+    )]
     Unauthorized,
+    /// Authenticated, but the role does not allow the action.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     /// Missing or wrong HTTP Basic credentials on Mixpanel's query API.
@@ -37,11 +42,13 @@ fn storage_message(error: &StoreError) -> String {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = match &self {
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BasicUnauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -49,7 +56,13 @@ impl IntoResponse for ApiError {
             ApiError::Storage(StoreError::NotFound { .. }) => StatusCode::NOT_FOUND,
             ApiError::Storage(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
             ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(error = %self, "admin request failed on storage");
         }

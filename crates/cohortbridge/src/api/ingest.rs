@@ -45,6 +45,7 @@ pub fn routes() -> Router<AppState> {
         .route("/groups", get(groups::receive).post(groups::receive))
         .route("/groups/", get(groups::receive).post(groups::receive))
         .fallback(prefixed)
+        .layer(axum::middleware::from_fn(super::cors::allow_any_origin))
 }
 
 /// Routes `<any prefix>/track`, `/engage`, `/import` and `/groups` (with or without a trailing

@@ -78,7 +78,7 @@ async fn connection_in_project(
 }
 
 #[derive(Deserialize)]
-struct ReconnectBody {
+pub(crate) struct ReconnectBody {
     data_import_key: Option<String>,
     /// The new key of a connection in `attributes` mode.
     rest_api_key: Option<String>,
@@ -87,7 +87,7 @@ struct ReconnectBody {
 /// Replaces the Data Import Key after Braze accepts it, marks the connection connected and
 /// resumes the syncs that a disconnect or a Braze error paused. Syncs an operator paused stay
 /// paused.
-async fn reconnect(
+pub(crate) async fn reconnect(
     State(state): State<AppState>,
     Path((id, segment)): Path<(i64, String)>,
     Json(body): Json<ReconnectBody>,
@@ -137,7 +137,7 @@ async fn reconnect(
 }
 
 /// Marks a connection disconnected and pauses its dynamic syncs, keeping their state.
-async fn disconnect(
+pub(crate) async fn disconnect(
     State(state): State<AppState>,
     Path((id, segment)): Path<(i64, String)>,
 ) -> Result<Json<Value>, ApiError> {
@@ -164,11 +164,11 @@ async fn disconnect(
 }
 
 #[derive(Deserialize)]
-struct RenameBody {
+pub(crate) struct RenameBody {
     name: Option<String>,
 }
 
-async fn rename_connection(
+pub(crate) async fn rename_connection(
     State(state): State<AppState>,
     Path((id, segment)): Path<(i64, String)>,
     Json(body): Json<RenameBody>,
@@ -208,14 +208,14 @@ async fn rename_cohort(
 }
 
 #[derive(Deserialize)]
-struct RemoveQuery {
+pub(crate) struct RemoveQuery {
     /// First remove every member the sync put in Braze.
     #[serde(default)]
     remove_members: bool,
 }
 
 /// Deletes a cohort and stops its syncs, optionally removing their members from Braze first.
-async fn delete_cohort(
+pub(crate) async fn delete_cohort(
     State(state): State<AppState>,
     Path((id, cohort_id)): Path<(i64, i64)>,
     Query(query): Query<RemoveQuery>,
@@ -265,7 +265,7 @@ async fn delete_cohort(
     })))
 }
 
-async fn pause_sync(
+pub(crate) async fn pause_sync(
     State(state): State<AppState>,
     Path((id, sync_id)): Path<(i64, i64)>,
 ) -> Result<Json<Value>, ApiError> {
@@ -290,7 +290,7 @@ async fn pause_sync(
 }
 
 /// Resumes a paused sync; its next run is due at once.
-async fn resume_sync(
+pub(crate) async fn resume_sync(
     State(state): State<AppState>,
     Path((id, sync_id)): Path<(i64, i64)>,
 ) -> Result<Json<Value>, ApiError> {
@@ -321,7 +321,7 @@ async fn resume_sync(
 }
 
 /// Stops a sync for good, optionally removing its members from Braze first.
-async fn remove_sync(
+pub(crate) async fn remove_sync(
     State(state): State<AppState>,
     Path((id, sync_id)): Path<(i64, i64)>,
     Query(query): Query<RemoveQuery>,
@@ -337,7 +337,7 @@ async fn remove_sync(
 
 /// Lists every operation of one run: each member (add, no-op or skipped with the reason) and each
 /// removed id.
-async fn run_operations(
+pub(crate) async fn run_operations(
     State(state): State<AppState>,
     Path((id, run_id)): Path<(i64, i64)>,
 ) -> Result<Json<Value>, ApiError> {

@@ -1,15 +1,17 @@
 //! HTTP routers: Mixpanel-compatible ingestion, the Braze Currents receiver, and the admin API.
 
-mod admin;
-mod cohorts;
+pub(crate) mod admin;
+pub mod auth;
+pub(crate) mod cohorts;
+mod cors;
 mod currents;
 mod error;
 mod export;
-mod extract;
+pub(crate) mod extract;
 mod groups;
 mod identity;
 mod ingest;
-mod lifecycle;
+pub(crate) mod lifecycle;
 mod query;
 mod query_where;
 
@@ -43,6 +45,10 @@ pub struct AppState {
     pub min_sync_interval: std::time::Duration,
     /// Rules for the events that do not count towards Monthly Tracked Users.
     pub mtu_rules: Arc<crate::mtu::ExemptionRules>,
+    /// Failed web UI logins, for the login rate limit.
+    pub login_limiter: Arc<crate::accounts::LoginLimiter>,
+    /// Whether session cookies carry `Secure` even when no proxy reports HTTPS.
+    pub secure_cookies: bool,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -55,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .merge(export::routes())
         .merge(query::routes())
         .merge(cohorts::query_routes())
+        .merge(crate::ui::routes())
         .nest("/api/v1", admin::routes(state.clone()))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(lifecycle::metrics))

@@ -52,6 +52,13 @@ impl AdminClient {
         Self::send(request, &url).await
     }
 
+    /// POST a path below `/api/v1` that belongs to no project, such as `/users`.
+    pub async fn post_root(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let url = format!("{}/api/v1{path}", self.server);
+        let request = self.http.post(&url).bearer_auth(&self.admin_key).json(body);
+        Self::send(request, &url).await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/api/v1/projects/{}{path}", self.server, self.project)
     }

@@ -7,6 +7,7 @@ mod client;
 mod cohort_questions;
 mod currents;
 mod import;
+mod users;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -78,6 +79,9 @@ pub enum Command {
     /// Inspect and run syncs.
     #[command(subcommand)]
     Syncs(SyncsCommand),
+    /// Add people who log in to the web UI, and give them API keys.
+    #[command(subcommand)]
+    Users(users::UsersCommand),
     /// Measure the server's ingestion speed.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -379,6 +383,7 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
     match command {
         Command::Serve(_) => unreachable!("serve is handled by main"),
         Command::Bench(_) => unreachable!("bench is handled above"),
+        Command::Users(command) => users::run(&client, command, json_output).await?,
         Command::Projects(ProjectsCommand::Show) => {
             let project = client.get("").await?;
             if json_output {

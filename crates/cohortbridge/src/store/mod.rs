@@ -243,7 +243,7 @@ pub struct Sync {
 }
 
 /// The counters of one sync run.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct RunCounts {
     pub members: i64,
     pub added: i64,
@@ -390,6 +390,45 @@ pub struct CohortSnapshot {
 pub struct WriteSummary {
     /// Rows written, including duplicates that replaced an earlier row.
     pub written: usize,
+}
+
+/// A person who logs in to the web UI. `role` is `owner`, `admin`, `analyst` or `consumer`.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: i64,
+    /// Lowercase e-mail address, unique.
+    pub email: String,
+    /// The argon2 hash in PHC string format; never sent to a client.
+    pub password_hash: String,
+    pub role: String,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub email: String,
+    pub password_hash: String,
+    pub role: String,
+}
+
+/// A browser session; the cookie's token is stored only as its SHA-256 hash.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub token_hash: String,
+    pub user_id: i64,
+    /// The token every form of the session must send back.
+    pub csrf_token: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// A per-user admin API key; the key itself is shown once and stored only as a hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserApiKey {
+    pub id: i64,
+    pub user_id: i64,
+    pub name: String,
+    pub created_at_ms: i64,
 }
 
 /// The storage interface. SQLite implements it now; PostgreSQL will implement the same calls.
@@ -683,4 +722,24 @@ pub trait Store: Send + std::marker::Sync + 'static {
         operations: Vec<RunOperation>,
     ) -> StoreResult<()>;
     async fn run_operations(&self, run_id: i64) -> StoreResult<Vec<RunOperation>>;
+
+    // Accounts: people, browser sessions and per-user API keys.
+
+    /// Adds a person; a second person with the same e-mail is a `Conflict`.
+    async fn create_user(&self, user: NewUser, now_ms: i64) -> StoreResult<User>;
+    async fn list_users(&self) -> StoreResult<Vec<User>>;
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
+    /// Stores a session and deletes the expired ones.
+    async fn create_session(&self, session: NewSession) -> StoreResult<()>;
+    /// The person and CSRF token of a session that has not expired at `now_ms`.
+    async fn session(&self, token_hash: &str, now_ms: i64) -> StoreResult<Option<(User, String)>>;
+    async fn delete_session(&self, token_hash: &str) -> StoreResult<()>;
+    async fn create_user_api_key(
+        &self,
+        user_id: i64,
+        name: &str,
+        key_hash: &str,
+        now_ms: i64,
+    ) -> StoreResult<UserApiKey>;
+    async fn user_by_api_key_hash(&self, key_hash: &str) -> StoreResult<Option<User>>;
 }

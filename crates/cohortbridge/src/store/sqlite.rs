@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use super::*;
 
+mod accounts;
 mod group_commit;
 mod mtu_rollup;
 
@@ -44,6 +45,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0007_time_ordered_dedupe",
         include_str!("migrations/sqlite/0007_time_ordered_dedupe.sql"),
+    ),
+    (
+        "0008_accounts",
+        include_str!("migrations/sqlite/0008_accounts.sql"),
     ),
 ];
 
@@ -1864,5 +1869,57 @@ impl Store for SqliteStore {
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
+    }
+
+    // Accounts of the web UI and the admin API; the SQL is in `sqlite/accounts.rs`.
+
+    async fn create_user(&self, user: NewUser, now_ms: i64) -> StoreResult<User> {
+        self.write(move |conn| accounts::create_user(conn, user, now_ms))
+            .await
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<User>> {
+        self.read(accounts::list_users).await
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        let email = email.to_owned();
+        self.read(move |conn| accounts::user_where(conn, "email = ?1", &email))
+            .await
+    }
+
+    async fn create_session(&self, session: NewSession) -> StoreResult<()> {
+        self.write(move |conn| accounts::create_session(conn, session))
+            .await
+    }
+
+    async fn session(&self, token_hash: &str, now_ms: i64) -> StoreResult<Option<(User, String)>> {
+        let token_hash = token_hash.to_owned();
+        self.read(move |conn| accounts::session(conn, &token_hash, now_ms))
+            .await
+    }
+
+    async fn delete_session(&self, token_hash: &str) -> StoreResult<()> {
+        let token_hash = token_hash.to_owned();
+        self.write(move |conn| accounts::delete_session(conn, &token_hash))
+            .await
+    }
+
+    async fn create_user_api_key(
+        &self,
+        user_id: i64,
+        name: &str,
+        key_hash: &str,
+        now_ms: i64,
+    ) -> StoreResult<UserApiKey> {
+        let (name, key_hash) = (name.to_owned(), key_hash.to_owned());
+        self.write(move |conn| accounts::create_api_key(conn, user_id, name, key_hash, now_ms))
+            .await
+    }
+
+    async fn user_by_api_key_hash(&self, key_hash: &str) -> StoreResult<Option<User>> {
+        let key_hash = key_hash.to_owned();
+        self.read(move |conn| accounts::user_by_api_key_hash(conn, &key_hash))
+            .await
     }
 }

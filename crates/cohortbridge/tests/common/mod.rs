@@ -251,6 +251,112 @@ pub fn fixture_path(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A browser-like client of the web UI: keeps the session cookie and the CSRF token, and does
+/// not follow redirects, so tests see each `303` and its `Set-Cookie`.
+pub struct UiClient {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub session: String,
+    pub csrf: String,
+}
+
+/// Reads the value of the first `name="csrf"` hidden field of a page.
+pub fn csrf_of(html: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let start = html.find(marker).expect("the page has a CSRF field") + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+/// Returns the value of cookie `name` set by a response.
+pub fn set_cookie_value(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| v.to_owned())
+}
+
+impl UiClient {
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    }
+
+    /// Logs in through the login form and returns the login reply's status with the client.
+    pub async fn login(base: &str, email: &str, password: &str) -> (reqwest::StatusCode, Self) {
+        let http = Self::client();
+        let page = http.get(format!("{base}/ui/login")).send().await.unwrap();
+        let login_cookie = set_cookie_value(&page, "cb_login_csrf").unwrap();
+        let login_cookie = login_cookie.split(';').next().unwrap().to_owned();
+        let csrf = csrf_of(&page.text().await.unwrap());
+        let reply = http
+            .post(format!("{base}/ui/login"))
+            .header("cookie", login_cookie)
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("email", email),
+                ("password", password),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let status = reply.status();
+        let session = set_cookie_value(&reply, "cb_session")
+            .map(|c| c.split(';').next().unwrap().to_owned())
+            .unwrap_or_default();
+        let mut client = Self {
+            base: base.to_owned(),
+            http,
+            session,
+            csrf: String::new(),
+        };
+        if status == reqwest::StatusCode::SEE_OTHER {
+            let (_, html) = client.get("/ui/cohorts").await;
+            client.csrf = csrf_of(&html);
+        }
+        (status, client)
+    }
+
+    pub async fn get(&self, path: &str) -> (reqwest::StatusCode, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", &self.session)
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
+    /// Posts a form with the session's CSRF token added.
+    pub async fn post(&self, path: &str, fields: &[(&str, &str)]) -> (reqwest::StatusCode, String) {
+        let mut form: Vec<(&str, &str)> = vec![("csrf", &self.csrf)];
+        form.extend_from_slice(fields);
+        self.post_raw(path, &form).await
+    }
+
+    /// Posts a form exactly as given, without adding the CSRF token.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> (reqwest::StatusCode, String) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", &self.session)
+            .form(fields)
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+}
+
 /// A running Braze emulator and a handle to read its state.
 pub struct TestEmulator {
     pub base: String,
