@@ -426,8 +426,7 @@ fn insert_events(
             continue;
         };
         replace_stmt.execute(params![id, properties, event.partner_id(), now_ms])?;
-        if partner_id != event.partner_id().unwrap_or("") || (imported != 0) != is_imported(event)
-        {
+        if partner_id != event.partner_id().unwrap_or("") || (imported != 0) != is_imported(event) {
             earlier_keys.push((partner_id, imported != 0));
             changes.push((index, Some(earlier_keys.len() - 1)));
         }

@@ -67,10 +67,13 @@ pub(super) fn apply(conn: &Connection, project_id: i64, changes: &[Change<'_>]) 
     if changes.is_empty() {
         return Ok(());
     }
-    let mut key_stmt = conn.prepare_cached(
-        "INSERT INTO mtu_keys (project_id, event, partner_id, imported) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (project_id, event, partner_id, imported) DO UPDATE SET event = excluded.event
-         RETURNING id",
+    // Lookups come first: an upsert would rewrite the row, and its page, on every batch.
+    let mut find_key_stmt = conn.prepare_cached(
+        "SELECT id FROM mtu_keys
+         WHERE project_id = ?1 AND event = ?2 AND partner_id = ?3 AND imported = ?4",
+    )?;
+    let mut add_key_stmt = conn.prepare_cached(
+        "INSERT INTO mtu_keys (project_id, event, partner_id, imported) VALUES (?1, ?2, ?3, ?4)",
     )?;
     let mut keys: HashMap<(&str, &str, bool), u32> = HashMap::new();
     let mut by_user: HashMap<(i64, &str), Vec<(u32, i64)>> = HashMap::new();
@@ -78,10 +81,16 @@ pub(super) fn apply(conn: &Connection, project_id: i64, changes: &[Change<'_>]) 
         let key = match keys.get(&(c.event, c.partner_id, c.imported)) {
             Some(id) => *id,
             None => {
-                let id: i64 = key_stmt.query_row(
-                    params![project_id, c.event, c.partner_id, c.imported],
-                    |row| row.get(0),
-                )?;
+                let key = params![project_id, c.event, c.partner_id, c.imported];
+                let found: Option<i64> =
+                    find_key_stmt.query_row(key, |row| row.get(0)).optional()?;
+                let id = match found {
+                    Some(id) => id,
+                    None => {
+                        add_key_stmt.execute(key)?;
+                        conn.last_insert_rowid()
+                    }
+                };
                 let id = u32::try_from(id).map_err(|_| {
                     StoreError::Task(format!("MTU key id {id} does not fit 32 bits"))
                 })?;
@@ -95,11 +104,10 @@ pub(super) fn apply(conn: &Connection, project_id: i64, changes: &[Change<'_>]) 
             .push((key, c.delta));
     }
 
-    let mut user_stmt = conn.prepare_cached(
-        "INSERT INTO mtu_users (project_id, distinct_id) VALUES (?1, ?2)
-         ON CONFLICT (project_id, distinct_id) DO UPDATE SET distinct_id = excluded.distinct_id
-         RETURNING id",
-    )?;
+    let mut find_user_stmt =
+        conn.prepare_cached("SELECT id FROM mtu_users WHERE project_id = ?1 AND distinct_id = ?2")?;
+    let mut add_user_stmt =
+        conn.prepare_cached("INSERT INTO mtu_users (project_id, distinct_id) VALUES (?1, ?2)")?;
     let mut read_stmt = conn.prepare_cached(
         "SELECT counts FROM mtu_members WHERE project_id = ?1 AND month = ?2 AND user_id = ?3",
     )?;
@@ -111,8 +119,16 @@ pub(super) fn apply(conn: &Connection, project_id: i64, changes: &[Change<'_>]) 
         "DELETE FROM mtu_members WHERE project_id = ?1 AND month = ?2 AND user_id = ?3",
     )?;
     for ((month, distinct_id), deltas) in by_user {
-        let user_id: i64 =
-            user_stmt.query_row(params![project_id, distinct_id], |row| row.get(0))?;
+        let found: Option<i64> = find_user_stmt
+            .query_row(params![project_id, distinct_id], |row| row.get(0))
+            .optional()?;
+        let user_id = match found {
+            Some(id) => id,
+            None => {
+                add_user_stmt.execute(params![project_id, distinct_id])?;
+                conn.last_insert_rowid()
+            }
+        };
         let blob: Option<Vec<u8>> = read_stmt
             .query_row(params![project_id, month, user_id], |row| row.get(0))
             .optional()?;
