@@ -123,3 +123,94 @@ async fn engage_query_resolves_merged_ids() {
     assert_eq!(response.status(), 401);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn engage_query_filters_by_cohort() {
+    let server = TestServer::start().await;
+    let updates = [
+        json!({"$token": server.token, "$distinct_id": "buyer-1", "$set": {"plan": "pro"}}),
+        json!({"$token": server.token, "$distinct_id": "browser-1", "$set": {"plan": "free"}}),
+    ];
+    let (status, text) = server.engage(&updates).await;
+    assert_eq!(status, 200, "{text}");
+    // buyer-2 has no profile, only an event.
+    let now = common::now_secs();
+    let events: Vec<Value> = ["buyer-1", "buyer-2"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            json!({"event": "Purchase", "properties": {"token": server.token, "distinct_id": id,
+                "time": now - 60, "$insert_id": format!("p-{i}")}})
+        })
+        .collect();
+    let (status, text) = server.track(&events).await;
+    assert_eq!(status, 200, "{text}");
+    let cohort = server
+        .create_cohort("Buyers", json!({"event": "Purchase"}))
+        .await;
+    let filter = format!(r#"{{"id": {cohort}}}"#);
+
+    let (status, all) = query(&server, &[("filter_by_cohort", &filter)]).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(
+        ids(&all),
+        vec!["buyer-1", "buyer-2"],
+        "members without a profile are listed by default"
+    );
+    assert_eq!(all["results"][1]["$properties"], json!({}));
+    assert_eq!(all["results"][0]["$properties"]["plan"], "pro");
+
+    let (status, with_profile) = query(
+        &server,
+        &[
+            ("filter_by_cohort", &filter),
+            ("include_all_users", "false"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{with_profile}");
+    assert_eq!(ids(&with_profile), vec!["buyer-1"]);
+    assert_ne!(
+        with_profile["session_id"], all["session_id"],
+        "include_all_users is part of the query"
+    );
+
+    let (status, filtered) = query(
+        &server,
+        &[
+            ("filter_by_cohort", &filter),
+            ("where", r#"properties["plan"] == "free""#),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{filtered}");
+    assert_eq!(
+        filtered["total"], 0,
+        "browser-1 is on the free plan but not a buyer"
+    );
+
+    let (status, missing) = query(&server, &[("filter_by_cohort", r#"{"id": 999}"#)]).await;
+    assert_eq!(status, 400);
+    assert!(
+        missing["error"].as_str().unwrap().contains("999"),
+        "{missing}"
+    );
+    for bad in ["12", r#"{"id": "x"}"#, "{"] {
+        let (status, reply) = query(&server, &[("filter_by_cohort", bad)]).await;
+        assert_eq!(status, 400, "{bad}: {reply}");
+        assert!(
+            reply["error"]
+                .as_str()
+                .unwrap()
+                .contains("filter_by_cohort"),
+            "{reply}"
+        );
+    }
+    let (status, reply) = query(&server, &[("include_all_users", "yes")]).await;
+    assert_eq!(status, 400);
+    assert!(
+        reply["error"].as_str().unwrap().contains("\"yes\""),
+        "{reply}"
+    );
+    server.stop().await;
+}

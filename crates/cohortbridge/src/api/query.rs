@@ -2,7 +2,9 @@
 //! secret like the raw export. Parameters come from the form body or the query string:
 //! `distinct_id`, `distinct_ids` (a JSON array), `where` (the subset of Mixpanel's expression
 //! language in `query_where`), `output_properties` (a JSON array of names), `page` and
-//! `session_id`. Replies have Mixpanel's shape:
+//! `session_id`, and `filter_by_cohort` (`{"id": N}`, the members of a saved cohort evaluated
+//! now) with `include_all_users` (default `true`: members without a profile are listed with
+//! empty properties; `false` lists only members with a profile). Replies have Mixpanel's shape:
 //! `{"page", "page_size", "session_id", "status": "ok", "total", "results": [{"$distinct_id",
 //! "$properties"}]}`.
 //!
@@ -11,7 +13,7 @@
 //! rejected. Distinct ids are resolved through the identity links, so a merged id finds its
 //! user's profile.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -25,8 +27,8 @@ use sha2::{Digest, Sha256};
 use super::export::secret_project;
 use super::query_where::{self, Expr};
 use super::AppState;
-use crate::identity;
 use crate::store::CohortInputs;
+use crate::{cohorts, identity};
 
 /// Mixpanel's page size for engage queries.
 const PAGE_SIZE: usize = 1000;
@@ -53,6 +55,9 @@ struct EngageQuery {
     output_properties: Option<Vec<String>>,
     page: usize,
     session_id: Option<String>,
+    /// The saved cohort whose members the query is limited to.
+    cohort_id: Option<i64>,
+    include_all_users: bool,
     /// Identifies the filters, so that pages of one query share it.
     fingerprint: String,
 }
@@ -91,8 +96,38 @@ fn parse_params(query: Option<&str>, body: &[u8]) -> Result<EngageQuery, String>
             .parse()
             .map_err(|_| format!("parameter `page` {text:?} is not a whole number from 0"))?,
     };
+    let cohort_id = params
+        .get("filter_by_cohort")
+        .map(|text| {
+            let invalid = || {
+                format!("parameter `filter_by_cohort` {text:?} is not a JSON object with a numeric `id`, for example {{\"id\": 12}}")
+            };
+            let value: Value = serde_json::from_str(text).map_err(|_| invalid())?;
+            match &value["id"] {
+                Value::Number(n) => n.as_i64().ok_or_else(invalid),
+                Value::String(s) => s.parse().map_err(|_| invalid()),
+                _ => Err(invalid()),
+            }
+        })
+        .transpose()?;
+    let include_all_users = match params.get("include_all_users").map(String::as_str) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return Err(format!(
+                "parameter `include_all_users` {other:?} is not `true` or `false`"
+            ))
+        }
+    };
     let mut hasher = Sha256::new();
-    for name in ["distinct_id", "distinct_ids", "where", "output_properties"] {
+    for name in [
+        "distinct_id",
+        "distinct_ids",
+        "where",
+        "output_properties",
+        "filter_by_cohort",
+        "include_all_users",
+    ] {
         let value = params.get(name).map(String::as_str).unwrap_or_default();
         hasher.update((value.len() as u64).to_be_bytes());
         hasher.update(value.as_bytes());
@@ -103,12 +138,34 @@ fn parse_params(query: Option<&str>, body: &[u8]) -> Result<EngageQuery, String>
         output_properties,
         page,
         session_id: params.get("session_id").cloned(),
+        cohort_id,
+        include_all_users,
         fingerprint: hex::encode(&hasher.finalize()[..12]),
     })
 }
 
-/// Applies a query to a project's profiles: returns how many match and the requested page.
-fn select_profiles(inputs: CohortInputs, params: &EngageQuery) -> (usize, Vec<Value>) {
+/// Applies a query to a project's profiles, limited to `cohort` when the query filters by one,
+/// and returns how many match and the requested page.
+fn select_profiles(
+    mut inputs: CohortInputs,
+    cohort: Option<BTreeSet<String>>,
+    params: &EngageQuery,
+) -> (usize, Vec<Value>) {
+    if let Some(members) = cohort {
+        let mut profiles = HashMap::with_capacity(members.len());
+        for member in members {
+            match inputs.profiles.remove(&member) {
+                Some(properties) => {
+                    profiles.insert(member, properties);
+                }
+                None if params.include_all_users => {
+                    profiles.insert(member, Map::new());
+                }
+                None => {}
+            }
+        }
+        inputs.profiles = profiles;
+    }
     let mut profiles: Vec<(String, Map<String, Value>)> = match &params.distinct_ids {
         Some(ids) => {
             let mut found = BTreeMap::new();
@@ -190,7 +247,29 @@ async fn engage_query(
             );
         }
     };
-    let (total, results) = select_profiles(inputs, &params);
+    let cohort = match params.cohort_id {
+        None => None,
+        Some(cohort_id) => {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            match cohorts::eval::evaluate_cohort(state.store.as_ref(), project.id, cohort_id, now_ms).await {
+                Ok(Some(evaluated)) => Some(evaluated.members),
+                Ok(None) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("parameter `filter_by_cohort`: cohort {cohort_id} not found in this project"),
+                    )
+                }
+                Err(e) => {
+                    tracing::error!(project_id = project.id, cohort_id, error = %e, "engage query could not evaluate the cohort");
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("cohort {cohort_id} could not be evaluated: {e}; retry later"),
+                    );
+                }
+            }
+        }
+    };
+    let (total, results) = select_profiles(inputs, cohort, &params);
     Json(json!({
         "page": params.page,
         "page_size": PAGE_SIZE,
