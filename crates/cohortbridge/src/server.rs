@@ -115,6 +115,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
             LOGIN_FAILURE_WINDOW,
         )),
         secure_cookies: config.secure_cookies,
+        cohort_saves: Arc::default(),
     };
 
     let addr = listener.local_addr()?;

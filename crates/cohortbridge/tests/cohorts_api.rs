@@ -410,3 +410,43 @@ async fn evaluate_cohort_by_id() {
         .unwrap();
     assert!(missing.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_saves_never_close_cycle() {
+    let server = TestServer::start().await;
+    for round in 0..25 {
+        let a = server
+            .create_cohort(&format!("A{round}"), json!({"event": "x"}))
+            .await;
+        let b = server
+            .create_cohort(&format!("B{round}"), json!({"event": "y"}))
+            .await;
+        let a_on_b = json!({"definition": {"in_cohort": b}});
+        let b_on_a = json!({"definition": {"in_cohort": a}});
+        let path_a = format!("/cohorts/{a}");
+        let path_b = format!("/cohorts/{b}");
+        let (first, second) = tokio::join!(
+            admin_put(&server, &path_a, &a_on_b),
+            admin_put(&server, &path_b, &b_on_a)
+        );
+        let saved = [first.0, second.0]
+            .iter()
+            .filter(|status| status.is_success())
+            .count();
+        assert_eq!(
+            saved, 1,
+            "round {round}: exactly one save may pass: {first:?} {second:?}"
+        );
+        let rejected = if first.0.is_success() {
+            &second
+        } else {
+            &first
+        };
+        assert_eq!(rejected.0, 400, "round {round}: {rejected:?}");
+        assert!(
+            rejected.1["error"].as_str().unwrap().contains("in_cohort"),
+            "{rejected:?}"
+        );
+    }
+    server.stop().await;
+}

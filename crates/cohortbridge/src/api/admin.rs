@@ -276,11 +276,12 @@ pub(crate) async fn create_cohort(
         .ok_or_else(|| ApiError::BadRequest("field `definition` is missing".into()))?;
     let parsed = cohorts::parse(&definition)
         .map_err(|e| ApiError::BadRequest(format!("invalid cohort definition: {e}")))?;
-    super::cohorts::check_saved_references(&state, id, None, &parsed).await?;
+    let saving = super::cohorts::check_saved_references(&state, id, None, &parsed).await?;
     let cohort = state
         .store
         .create_cohort(id, &name, &definition, now_ms())
         .await?;
+    drop(saving);
     tracing::info!(project_id = id, cohort_id = cohort.id, "cohort created");
     Ok((StatusCode::CREATED, Json(json!(cohort))))
 }

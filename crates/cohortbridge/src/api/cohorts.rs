@@ -47,19 +47,22 @@ pub fn eval_error(error: EvalError) -> ApiError {
     }
 }
 
-/// Rejects a definition that references a missing cohort or would close a cycle.
+/// Rejects a definition that references a missing cohort or would close a cycle. The returned
+/// guard serialises cohort saves: the caller keeps it until the definition is stored.
 pub async fn check_saved_references(
     state: &AppState,
     project_id: i64,
     cohort_id: Option<i64>,
     definition: &cohorts::Definition,
-) -> Result<(), ApiError> {
+) -> Result<tokio::sync::OwnedMutexGuard<()>, ApiError> {
+    let guard = state.cohort_saves.clone().lock_owned().await;
     cohorts::check_references(state.store.as_ref(), project_id, cohort_id, definition)
         .await
         .map_err(|e| match e {
             EvalError::Store(e) => ApiError::Storage(e),
             other => ApiError::BadRequest(format!("invalid cohort definition: in_cohort: {other}")),
-        })
+        })?;
+    Ok(guard)
 }
 
 async fn project_or_404(state: &AppState, id: i64) -> Result<Project, ApiError> {
@@ -119,11 +122,12 @@ pub(crate) async fn update_cohort(
     let definition = body.definition.unwrap_or(existing.definition);
     let parsed = cohorts::parse(&definition)
         .map_err(|e| ApiError::BadRequest(format!("invalid cohort definition: {e}")))?;
-    check_saved_references(&state, id, Some(cohort_id), &parsed).await?;
+    let saving = check_saved_references(&state, id, Some(cohort_id), &parsed).await?;
     let cohort = state
         .store
         .update_cohort(id, cohort_id, &name, &definition, now_ms())
         .await?;
+    drop(saving);
     tracing::info!(
         project_id = id,
         cohort_id,

@@ -49,6 +49,9 @@ pub struct AppState {
     pub login_limiter: Arc<crate::accounts::LoginLimiter>,
     /// Whether session cookies carry `Secure` even when no proxy reports HTTPS.
     pub secure_cookies: bool,
+    /// Held from the `in_cohort` cycle check until the cohort is saved, so that two concurrent
+    /// saves cannot each pass the check and close a cycle together.
+    pub cohort_saves: Arc<tokio::sync::Mutex<()>>,
 }
 
 pub fn router(state: AppState) -> Router {
