@@ -5,7 +5,8 @@
 //! that stops half-way (a crash, or giving up after retries) therefore leaves a state that the
 //! next run continues from. Nothing acknowledged is sent twice, and nothing unsent is assumed
 //! sent.
-//! Runs of one connection execute one at a time, and a sync never runs twice at once.
+//! Runs of one connection execute one at a time on one node, and a sync never runs twice at
+//! once: a run holds a lease on its sync in the store, which excludes every other node.
 
 mod attributes;
 mod metrics;
@@ -108,6 +109,8 @@ pub enum SyncError {
     NotFound(i64),
     #[error("sync {0} is already running")]
     AlreadyRunning(i64),
+    #[error("sync {0} is already running on another node")]
+    RunningElsewhere(i64),
     #[error("sync {id} is {status}: {reason}")]
     NotActive {
         id: i64,
@@ -128,6 +131,10 @@ pub struct SyncEngine {
     connection_queues: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     limits: SyncLimits,
     metrics: Arc<SyncMetrics>,
+    /// This node's name in sync leases.
+    node_id: String,
+    /// How long a lease holds without renewal.
+    lease: std::time::Duration,
 }
 
 /// Removes a sync from the running set when its run ends, however it ends.
@@ -186,7 +193,20 @@ impl SyncEngine {
             connection_queues: Mutex::new(HashMap::new()),
             limits: SyncLimits::default(),
             metrics,
+            node_id: "local".to_owned(),
+            lease: std::time::Duration::from_secs(30),
         }
+    }
+
+    /// Sets this node's id and the lease time of its runs.
+    pub fn with_lease(mut self, node_id: String, lease: std::time::Duration) -> Self {
+        self.node_id = node_id;
+        self.lease = lease;
+        self
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// Replaces the limits.
@@ -277,6 +297,52 @@ impl SyncEngine {
         let queue = self.connection_queue(sync.connection_id);
         let _turn = queue.lock().await;
 
+        let lease_ms = self.lease.as_millis() as i64;
+        if !self
+            .store
+            .lease_sync(sync_id, &self.node_id, now_ms(), lease_ms)
+            .await?
+        {
+            return Err(SyncError::RunningElsewhere(sync_id));
+        }
+        let heartbeat = self.spawn_lease_heartbeat(sync_id);
+        let result = self.run_leased(&sync, trigger).await;
+        heartbeat.abort();
+        if let Err(e) = self.store.release_sync_lease(sync_id, &self.node_id).await {
+            tracing::warn!(sync_id, error = %e, "cannot release the sync lease; it expires by itself");
+        }
+        result
+    }
+
+    /// Renews this node's lease on `sync_id` every third of the lease time until aborted.
+    fn spawn_lease_heartbeat(&self, sync_id: i64) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        let node_id = self.node_id.clone();
+        let lease = self.lease;
+        tokio::spawn(async move {
+            let lease_ms = lease.as_millis() as i64;
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                match store
+                    .renew_sync_lease(sync_id, &node_id, now_ms(), lease_ms)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::error!(sync_id, node_id = %node_id, "lost the lease on a running sync; another node may take it over");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(sync_id, error = %e, "cannot renew the sync lease; retrying");
+                    }
+                }
+            }
+        })
+    }
+
+    /// Executes a run of `sync`, whose lease this node holds, and records its outcome.
+    async fn run_leased(&self, sync: &Sync, trigger: Trigger) -> Result<SyncRun, SyncError> {
+        let sync_id = sync.id;
         let started = Instant::now();
         let run = self.store.start_run(sync_id, now_ms()).await?;
         self.store.set_run_trigger(run.id, trigger.as_str()).await?;
@@ -292,7 +358,7 @@ impl SyncEngine {
         drop(_entered);
 
         let mut counts = RunCounts::default();
-        let outcome = self.execute(&sync, run.id, &mut counts).await;
+        let outcome = self.execute(sync, run.id, &mut counts).await;
         let finished_at = now_ms();
         let next_run = match sync.mode {
             SyncMode::Dynamic => sync.interval_secs.map(|secs| finished_at + secs * 1000),
