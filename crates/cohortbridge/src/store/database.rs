@@ -10,7 +10,7 @@ use super::{PostgresStore, SqliteStore, Store, StoreResult};
 /// The SQLite file's name inside the data folder.
 pub const SQLITE_FILE: &str = "cohortbridge.db";
 
-/// Where the store lives.
+/// The location of the store.
 #[derive(Debug, Clone)]
 pub enum Database {
     Sqlite {
@@ -29,7 +29,7 @@ pub enum Database {
 pub enum DatabaseUrlError {
     #[error("invalid --database-url {url:?}: it must start with postgres:// or postgresql://")]
     Scheme { url: String },
-    #[error("invalid --database-url {url:?}: {reason}")]
+    #[error("invalid --database-url {url:?}: {reason}; expected postgres://user:password@host:port/database")]
     Invalid { url: String, reason: String },
 }
 

@@ -28,7 +28,7 @@ pub enum StoreError {
     #[error("PostgreSQL error: {}", postgres_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("no PostgreSQL connection available: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
+    Pool(deadpool_postgres::PoolError),
     #[error("stored JSON is invalid: {0}")]
     Json(#[from] serde_json::Error),
     #[error("{what} {id} not found")]
@@ -40,6 +40,16 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    /// Unwraps a failed connection attempt, whose own text already says what failed.
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        match error {
+            deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
+            other => StoreError::Pool(other),
+        }
+    }
+}
 
 /// Describes a PostgreSQL error with the server's SQLSTATE and message, which the error's own
 /// text (`db error`) leaves out.

@@ -68,10 +68,17 @@ impl PostgresStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         advisory_lock(&tx, BOOTSTRAP_LOCK).await?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
-        )
-        .await?;
+        // Checked first, because CREATE TABLE IF NOT EXISTS logs a notice at every start.
+        let exists: bool = tx
+            .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+            .await?
+            .try_get(0)?;
+        if !exists {
+            tx.batch_execute(
+                "CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
+            )
+            .await?;
+        }
         let applied: HashSet<String> = tx
             .query("SELECT name FROM schema_migrations", &[])
             .await?

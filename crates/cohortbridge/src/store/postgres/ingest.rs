@@ -182,7 +182,7 @@ async fn cluster_size(
 }
 
 /// Applies one Original ID Merge, or returns why it cannot happen. The cluster of `from` joins
-/// the cluster of `into`, with the same rules as the SQLite store.
+/// the cluster of `into`, whose canonical id stays.
 pub(super) async fn apply_merge(
     client: &impl GenericClient,
     project_id: i64,
@@ -230,8 +230,8 @@ pub(super) async fn apply_merge(
 }
 
 /// Applies profile updates in order inside the caller's transaction. The profiles they touch are
-/// locked (in sorted order, so two nodes cannot deadlock), read once, changed in memory and
-/// written back, so that a concurrent update on another node is never lost.
+/// locked in sorted order, read once, changed in memory and written back, so that updates of one
+/// profile sent to two nodes at once are applied one after the other.
 pub(super) async fn apply_profile_updates(
     client: &impl GenericClient,
     project_id: i64,
