@@ -332,7 +332,7 @@ async fn three_nodes_survive_sigkill_during_sync() {
     let expected = exportable(&pro);
     wait_converged(survivors[0], &emulator, &expected).await;
 
-    // Braze holds exactly the cohort's exportable members, as every survivor computes them.
+    // Braze contains exactly the cohort's exportable members, as every survivor computes them.
     let braze: BTreeSet<String> = emulator.members(BRAZE_COHORT).await.into_iter().collect();
     assert_eq!(braze.len(), expected.len());
     assert_eq!(braze, expected);
