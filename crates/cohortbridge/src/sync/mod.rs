@@ -135,6 +135,25 @@ pub struct SyncEngine {
     node_id: String,
     /// How long a lease holds without renewal.
     lease: std::time::Duration,
+    /// Runs whose lease another node took over; they stop before their next Braze request.
+    lost_leases: Arc<Mutex<HashSet<i64>>>,
+}
+
+/// Stops a lease's renewal when the run ends, however it ends.
+struct HeartbeatGuard {
+    task: tokio::task::JoinHandle<()>,
+    lost_leases: Arc<Mutex<HashSet<i64>>>,
+    run_id: i64,
+}
+
+impl Drop for HeartbeatGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.lost_leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.run_id);
+    }
 }
 
 /// Removes a sync from the running set when its run ends, however it ends.
@@ -195,6 +214,7 @@ impl SyncEngine {
             metrics,
             node_id: "local".to_owned(),
             lease: std::time::Duration::from_secs(30),
+            lost_leases: Arc::default(),
         }
     }
 
@@ -305,21 +325,21 @@ impl SyncEngine {
         {
             return Err(SyncError::RunningElsewhere(sync_id));
         }
-        let heartbeat = self.spawn_lease_heartbeat(sync_id);
         let result = self.run_leased(&sync, trigger).await;
-        heartbeat.abort();
         if let Err(e) = self.store.release_sync_lease(sync_id, &self.node_id).await {
             tracing::warn!(sync_id, error = %e, "cannot release the sync lease; it expires by itself");
         }
         result
     }
 
-    /// Renews this node's lease on `sync_id` every third of the lease time until aborted.
-    fn spawn_lease_heartbeat(&self, sync_id: i64) -> tokio::task::JoinHandle<()> {
+    /// Renews this node's lease on `sync_id` every third of the lease time while run `run_id`
+    /// goes on. When another node has taken the lease over, marks the run so that it stops.
+    fn keep_lease(&self, sync_id: i64, run_id: i64) -> HeartbeatGuard {
         let store = self.store.clone();
         let node_id = self.node_id.clone();
         let lease = self.lease;
-        tokio::spawn(async move {
+        let lost_leases = self.lost_leases.clone();
+        let task = tokio::spawn(async move {
             let lease_ms = lease.as_millis() as i64;
             loop {
                 tokio::time::sleep(lease / 3).await;
@@ -329,15 +349,40 @@ impl SyncEngine {
                 {
                     Ok(true) => {}
                     Ok(false) => {
-                        tracing::error!(sync_id, node_id = %node_id, "lost the lease on a running sync; another node may take it over");
+                        tracing::error!(sync_id, run_id, node_id = %node_id, "another node took over the lease of this run; the run stops before its next Braze request");
+                        lost_leases
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(run_id);
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(sync_id, error = %e, "cannot renew the sync lease; retrying");
+                        tracing::warn!(sync_id, run_id, error = %e, "cannot renew the sync lease; retrying");
                     }
                 }
             }
-        })
+        });
+        HeartbeatGuard {
+            task,
+            lost_leases: self.lost_leases.clone(),
+            run_id,
+        }
+    }
+
+    /// Fails the run when another node has taken its lease over, so that two nodes never send
+    /// for one sync at once.
+    fn check_lease(&self, run_id: i64) -> Result<(), RunFailure> {
+        let lost = self
+            .lost_leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&run_id);
+        if lost {
+            return Err(RunFailure::retry_later(
+                "another node took over this run's lease; the run stopped, and that node resumes from what Braze acknowledged",
+            ));
+        }
+        Ok(())
     }
 
     /// Executes a run of `sync`, whose lease this node holds, and records its outcome.
@@ -345,6 +390,7 @@ impl SyncEngine {
         let sync_id = sync.id;
         let started = Instant::now();
         let run = self.store.start_run(sync_id, now_ms()).await?;
+        let _heartbeat = self.keep_lease(sync_id, run.id);
         self.store.set_run_trigger(run.id, trigger.as_str()).await?;
         let span = tracing::info_span!(
             "sync_run",
@@ -636,6 +682,7 @@ impl SyncEngine {
 
         let mut last_progress = Instant::now();
         for (added, removed) in batches(&plan.adds, &plan.removes, MAX_IDS_PER_REQUEST) {
+            self.check_lease(run_id)?;
             // Recorded first, so that a crash while the request is in flight leaves these ids
             // marked as unknown, and the next run sends them again.
             self.store
