@@ -94,13 +94,19 @@ async fn taken_over_lease_stops_the_run() {
         braze_after_stop.len()
     );
 
-    // While the other node holds the lease, this node neither runs nor schedules the sync.
+    // While the other node holds the lease, this node neither runs nor removes the sync.
     let sync_id = body["sync"]["id"].as_i64().unwrap();
     let (status, refused) = server
         .admin_post(&format!("/syncs/{sync_id}/run"), &json!({}))
         .await;
     assert_eq!(status, 409, "{refused}");
     assert!(refused.to_string().contains("another node"), "{refused}");
+    let (status, refused) = server
+        .admin_delete(&format!("/syncs/{sync_id}?remove_members=true"))
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    let shown = server.admin_get(&format!("/syncs/{sync_id}")).await;
+    assert_eq!(shown["sync"]["status"], "active", "{shown}");
 
     // Once the lease is free again, the next run resumes and completes the cohort.
     server
