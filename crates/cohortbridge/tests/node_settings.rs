@@ -125,3 +125,45 @@ async fn migrate_applies_each_migration_once() {
     assert!(applied.len() >= 2, "{applied:?}");
     assert_eq!(applied.first().map(String::as_str), Some("0001_init"));
 }
+
+#[tokio::test]
+async fn database_password_never_reaches_the_log() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create(data_dir.path()).await;
+    let Some(url) = database.url() else {
+        eprintln!("skipped: needs COHORTBRIDGE_TEST_DATABASE_URL");
+        return;
+    };
+    // Under trust authentication the server ignores a password, so any will do.
+    let Some(rest) = url.strip_prefix("postgres://postgres@") else {
+        eprintln!("skipped: the test database URL is not postgres://postgres@...");
+        return;
+    };
+    let password = "pw-that-must-stay-secret";
+    let url = format!("postgres://postgres:{password}@{rest}");
+    let log_path = data_dir.path().join("server.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .env("COHORTBRIDGE_DATABASE_URL", &url)
+        .env(
+            "COHORTBRIDGE_ADMIN_KEY",
+            "node-settings-admin-key-0123456789",
+        )
+        .env("COHORTBRIDGE_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first_line).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(first_line.starts_with("listening on "), "{log}");
+    assert!(log.contains("postgres:<redacted>@"), "{log}");
+    assert!(!log.contains(password), "the password is in the log: {log}");
+}
