@@ -225,10 +225,6 @@ impl SyncEngine {
         self
     }
 
-    pub fn node_id(&self) -> &str {
-        &self.node_id
-    }
-
     /// Replaces the limits.
     pub fn with_limits(mut self, limits: SyncLimits) -> Self {
         self.limits = limits;
@@ -369,8 +365,8 @@ impl SyncEngine {
         }
     }
 
-    /// Fails the run when another node has taken its lease over, so that two nodes never send
-    /// for one sync at once.
+    /// Fails the run when a renewal found its lease taken over by another node, so that the run
+    /// sends no further request.
     fn check_lease(&self, run_id: i64) -> Result<(), RunFailure> {
         let lost = self
             .lost_leases
