@@ -2,7 +2,8 @@
 //! them, a dynamic sync runs on whichever node leases it, and the node running it is killed with
 //! SIGKILL in the middle of a run. Afterwards Braze contains exactly the cohort's exportable members,
 //! no two runs overlapped, and only ids whose request was unacknowledged at the kill were applied
-//! twice. Runs only with `COHORTBRIDGE_TEST_DATABASE_URL`, because SQLite serves one process.
+//! twice. Also checks that profile updates sent to two nodes at once all apply. Runs only with
+//! `COHORTBRIDGE_TEST_DATABASE_URL`, because SQLite serves one process.
 
 mod common;
 
@@ -399,5 +400,54 @@ async fn three_nodes_survive_sigkill_during_sync() {
         distinct.len(),
         applied_twice.len(),
         "an unacknowledged id was resent more than once"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_profile_updates_add_up() {
+    let folders: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let database = TestDatabase::create(folders[0].path()).await;
+    if !database.is_postgres() {
+        eprintln!("skipped: the multi-node test needs COHORTBRIDGE_TEST_DATABASE_URL");
+        return;
+    }
+    let first = Node::wait_listening(
+        "node-0",
+        Node::spawn("node-0", folders[0].path(), &database),
+    );
+    let second = Node::wait_listening(
+        "node-1",
+        Node::spawn("node-1", folders[1].path(), &database),
+    );
+    let token = first.get("").await["token"].as_str().unwrap().to_owned();
+
+    // Each node receives 40 increments of one counter at the same time as the other node.
+    const PER_NODE: i64 = 40;
+    let increment = |node: &Node| {
+        let (http, url) = (node.http.clone(), format!("{}/engage", node.base));
+        let update = json!([{"$token": token, "$distinct_id": "counter", "$add": {"visits": 1}}]);
+        async move {
+            for _ in 0..PER_NODE {
+                let response = http
+                    .post(&url)
+                    .form(&[("data", update.to_string())])
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+            }
+        }
+    };
+    tokio::join!(increment(&first), increment(&second));
+
+    let stored = database
+        .query_strings("SELECT properties FROM profiles WHERE distinct_id = 'counter'")
+        .await;
+    assert_eq!(stored.len(), 1);
+    let properties: Value = serde_json::from_str(&stored[0]).unwrap();
+    assert_eq!(
+        properties["visits"],
+        json!(2 * PER_NODE),
+        "an update was lost: {properties}"
     );
 }
