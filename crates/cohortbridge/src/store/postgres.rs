@@ -46,6 +46,8 @@ impl PostgresStore {
     /// connection can be made. Applies no migrations; see [`PostgresStore::migrate`].
     pub async fn connect(url: &str, max_connections: usize) -> StoreResult<Self> {
         let config = tokio_postgres::Config::from_str(url)?;
+        // NOTE: connections are made without TLS, so a URL with `sslmode=require` fails here;
+        // the database must be reached over a trusted network.
         let manager = Manager::from_config(
             config,
             NoTls,
