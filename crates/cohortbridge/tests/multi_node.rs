@@ -451,3 +451,91 @@ async fn concurrent_profile_updates_add_up() {
         "an update was lost: {properties}"
     );
 }
+
+#[tokio::test]
+async fn runs_of_one_connection_take_turns() {
+    let folders: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let database = TestDatabase::create(folders[0].path()).await;
+    if !database.is_postgres() {
+        eprintln!("skipped: the multi-node test needs COHORTBRIDGE_TEST_DATABASE_URL");
+        return;
+    }
+    let emulator = TestEmulator::start().await;
+    emulator
+        .inject(json!({"delay_ms": 300, "times": 100_000}))
+        .await;
+    let nodes = [
+        Node::wait_listening(
+            "node-0",
+            Node::spawn("node-0", folders[0].path(), &database),
+        ),
+        Node::wait_listening(
+            "node-1",
+            Node::spawn("node-1", folders[1].path(), &database),
+        ),
+    ];
+    let project = nodes[0].get("").await;
+    let token = project["token"].as_str().unwrap().to_owned();
+    let secret = project["api_secret"].as_str().unwrap().to_owned();
+    let users: Vec<usize> = (0..1_000).collect();
+    let all: Vec<&Node> = nodes.iter().collect();
+    ingest(&all, &token, &secret, &users, "pro").await;
+    let (status, body) = nodes[0]
+        .post(
+            "/connections",
+            &json!({"name": "emu", "base_url": emulator.base, "data_import_key": DATA_IMPORT_KEY}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    // Two cohorts with the same members, each with a dynamic sync through the one connection.
+    for (node, name) in nodes.iter().zip(["Pro one", "Pro two"]) {
+        let definition = json!({"profile": "plan", "op": "eq", "value": "pro"});
+        let (status, body) = node
+            .post("/cohorts", &json!({"name": name, "definition": definition}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let export = json!({"cohort_id": body["id"], "connection": "emu", "mode": "dynamic",
+            "every_secs": 3600});
+        let (status, body) = node.post("/exports", &export).await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    // Each round changes every member, then runs sync 1 on node 0 and sync 2 on node 1 at the
+    // same moment; each run has a slow request to send.
+    let mut runs = Vec::new();
+    for round in 0..3 {
+        let plan = if round % 2 == 0 { "free" } else { "pro" };
+        ingest(&all, &token, &secret, &users, plan).await;
+        let empty = json!({});
+        let (first, second) = tokio::join!(
+            nodes[0].post("/syncs/1/run", &empty),
+            nodes[1].post("/syncs/2/run", &empty)
+        );
+        for (status, run) in [first, second] {
+            assert_eq!(status, 200, "{run}");
+            assert_eq!(run["status"], "succeeded", "{run}");
+            assert!(run["requests"].as_i64().unwrap() >= 1, "{run}");
+            runs.push(run);
+        }
+    }
+
+    // The two runs of each round sent through the connection one after the other.
+    for pair in runs.chunks(2) {
+        let mut spans: Vec<(i64, i64)> = pair
+            .iter()
+            .map(|run| {
+                let started = run["started_at_ms"].as_i64().unwrap();
+                let finished = run["finished_at_ms"].as_i64().unwrap();
+                (started, finished)
+            })
+            .collect();
+        spans.sort();
+        assert!(
+            spans[1].0 >= spans[0].1,
+            "runs {} and {} overlapped",
+            pair[0]["id"],
+            pair[1]["id"]
+        );
+    }
+}

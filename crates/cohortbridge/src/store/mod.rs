@@ -568,7 +568,7 @@ pub trait Store: Send + std::marker::Sync + 'static {
     ) -> StoreResult<SyncRun>;
     /// Marks as failed the runs left `running` by a stopped process and returns how many: runs
     /// of syncs leased by `node_id` (this node, before its restart), by no node, or under an
-    /// expired lease. Releases `node_id`'s leases, and schedules to run now every active dynamic
+    /// expired lease. Releases `node_id`'s leases and connection turns, and schedules to run now every active dynamic
     /// sync left without a next run. Runs that another live node holds are left alone.
     async fn fail_interrupted_runs(&self, node_id: &str, now_ms: i64) -> StoreResult<usize>;
     /// Leases sync `id` to `node_id` until `now_ms + lease_ms`, unless another node holds an
@@ -591,6 +591,26 @@ pub trait Store: Send + std::marker::Sync + 'static {
     ) -> StoreResult<bool>;
     /// Gives up `node_id`'s lease on sync `id`, if it still holds it.
     async fn release_sync_lease(&self, id: i64, node_id: &str) -> StoreResult<()>;
+    /// Gives `node_id` the turn to send through Braze connection `id` until
+    /// `now_ms + lease_ms`, unless another node holds an unexpired turn; returns whether the
+    /// turn is now `node_id`'s.
+    async fn take_connection_turn(
+        &self,
+        id: i64,
+        node_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StoreResult<bool>;
+    /// Extends `node_id`'s turn on connection `id`; returns `false` when it no longer holds it.
+    async fn renew_connection_turn(
+        &self,
+        id: i64,
+        node_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StoreResult<bool>;
+    /// Gives up `node_id`'s turn on connection `id`, if it still holds it.
+    async fn release_connection_turn(&self, id: i64, node_id: &str) -> StoreResult<()>;
     async fn list_runs(&self, sync_id: i64) -> StoreResult<Vec<SyncRun>>;
 
     async fn braze_cohort(

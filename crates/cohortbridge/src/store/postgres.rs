@@ -28,6 +28,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_sync_leases",
         include_str!("migrations/postgres/0002_sync_leases.sql"),
     ),
+    (
+        "0003_connection_turns",
+        include_str!("migrations/postgres/0003_connection_turns.sql"),
+    ),
 ];
 
 /// Advisory lock key that serialises migrations and the first project across nodes.
@@ -1248,6 +1252,12 @@ impl Store for PostgresStore {
             &[&node_id],
         )
         .await?;
+        tx.execute(
+            "UPDATE connections SET turn_owner = NULL, turn_expires_at_ms = NULL
+             WHERE turn_owner = $1",
+            &[&node_id],
+        )
+        .await?;
         // A dynamic sync whose run was cut short may have no next run yet; it runs now.
         tx.execute(
             "UPDATE syncs SET next_run_at_ms = $1
@@ -1321,6 +1331,55 @@ impl Store for PostgresStore {
             .execute(
                 "UPDATE syncs SET lease_owner = NULL, lease_expires_at_ms = NULL
                  WHERE id = $1 AND lease_owner = $2",
+                &[&id, &node_id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn take_connection_turn(
+        &self,
+        id: i64,
+        node_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StoreResult<bool> {
+        let client = self.client().await?;
+        let taken = client
+            .execute(
+                "UPDATE connections SET turn_owner = $2, turn_expires_at_ms = $3::bigint + $4::bigint
+                 WHERE id = $1
+                   AND (turn_owner IS NULL OR turn_owner = $2 OR turn_expires_at_ms < $3)",
+                &[&id, &node_id, &now_ms, &lease_ms],
+            )
+            .await?;
+        Ok(taken > 0)
+    }
+
+    async fn renew_connection_turn(
+        &self,
+        id: i64,
+        node_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StoreResult<bool> {
+        let client = self.client().await?;
+        let changed = client
+            .execute(
+                "UPDATE connections SET turn_expires_at_ms = $3::bigint + $4::bigint
+                 WHERE id = $1 AND turn_owner = $2",
+                &[&id, &node_id, &now_ms, &lease_ms],
+            )
+            .await?;
+        Ok(changed > 0)
+    }
+
+    async fn release_connection_turn(&self, id: i64, node_id: &str) -> StoreResult<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE connections SET turn_owner = NULL, turn_expires_at_ms = NULL
+                 WHERE id = $1 AND turn_owner = $2",
                 &[&id, &node_id],
             )
             .await?;

@@ -40,6 +40,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_sync_leases",
         include_str!("migrations/sqlite/0006_sync_leases.sql"),
     ),
+    (
+        "0007_connection_turns",
+        include_str!("migrations/sqlite/0007_connection_turns.sql"),
+    ),
 ];
 
 /// The error text of a run whose node stopped or lost its lease.
@@ -1474,6 +1478,11 @@ impl Store for SqliteStore {
                  WHERE lease_owner = ?1",
                 [&node_id],
             )?;
+            tx.execute(
+                "UPDATE connections SET turn_owner = NULL, turn_expires_at_ms = NULL
+                 WHERE turn_owner = ?1",
+                [&node_id],
+            )?;
             // A dynamic sync whose run was cut short may have no next run yet; it runs now.
             tx.execute(
                 "UPDATE syncs SET next_run_at_ms = ?1
@@ -1542,6 +1551,58 @@ impl Store for SqliteStore {
             conn.execute(
                 "UPDATE syncs SET lease_owner = NULL, lease_expires_at_ms = NULL
                  WHERE id = ?1 AND lease_owner = ?2",
+                params![id, node_id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_connection_turn(
+        &self,
+        id: i64,
+        node_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StoreResult<bool> {
+        let node_id = node_id.to_owned();
+        self.write(move |conn| {
+            let taken = conn.execute(
+                "UPDATE connections SET turn_owner = ?2, turn_expires_at_ms = ?3 + ?4
+                 WHERE id = ?1
+                   AND (turn_owner IS NULL OR turn_owner = ?2 OR turn_expires_at_ms < ?3)",
+                params![id, node_id, now_ms, lease_ms],
+            )?;
+            Ok(taken > 0)
+        })
+        .await
+    }
+
+    async fn renew_connection_turn(
+        &self,
+        id: i64,
+        node_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StoreResult<bool> {
+        let node_id = node_id.to_owned();
+        self.write(move |conn| {
+            let changed = conn.execute(
+                "UPDATE connections SET turn_expires_at_ms = ?3 + ?4
+                 WHERE id = ?1 AND turn_owner = ?2",
+                params![id, node_id, now_ms, lease_ms],
+            )?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn release_connection_turn(&self, id: i64, node_id: &str) -> StoreResult<()> {
+        let node_id = node_id.to_owned();
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE connections SET turn_owner = NULL, turn_expires_at_ms = NULL
+                 WHERE id = ?1 AND turn_owner = ?2",
                 params![id, node_id],
             )?;
             Ok(())

@@ -24,7 +24,15 @@ impl SyncEngine {
         let queue = self.connection_queue(sync.connection_id);
         let _turn = queue.lock().await;
 
-        // The removal holds the sync's lease like a run, so no node runs the sync meanwhile.
+        self.wait_for_connection_turn(sync.connection_id).await?;
+        let result = self.remove_in_turn(&sync, remove_members).await;
+        self.release_connection_turn(sync.connection_id).await;
+        result
+    }
+
+    /// Leases the sync like a run, so that no node runs it meanwhile, and removes it.
+    async fn remove_in_turn(&self, sync: &Sync, remove_members: bool) -> Result<(), SyncError> {
+        let sync_id = sync.id;
         let lease_ms = self.lease.as_millis() as i64;
         if !self
             .store
@@ -33,7 +41,7 @@ impl SyncEngine {
         {
             return Err(SyncError::RunningElsewhere(sync_id));
         }
-        let result = self.remove_leased(&sync, remove_members).await;
+        let result = self.remove_leased(sync, remove_members).await;
         if let Err(e) = self.store.release_sync_lease(sync_id, &self.node_id).await {
             tracing::warn!(sync_id, error = %e, "cannot release the sync lease; it expires by itself");
         }
@@ -102,7 +110,7 @@ impl SyncEngine {
         members.sort();
 
         let run = self.store.start_run(sync.id, now_ms()).await?;
-        let _heartbeat = self.keep_lease(sync.id, run.id);
+        let _heartbeat = self.keep_lease(sync.id, sync.connection_id, run.id);
         self.store
             .set_run_trigger(run.id, Trigger::Removal.as_str())
             .await?;
