@@ -12,9 +12,24 @@ pub struct ServeConfig {
     #[arg(long, env = "COHORTBRIDGE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Folder for the SQLite database and the encryption key; created if missing.
+    /// Folder for the SQLite database, the encryption key and the node id; created if missing.
     #[arg(long, env = "COHORTBRIDGE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Name of this server process among the nodes that share one PostgreSQL database, used to
+    /// lease sync runs. Without it, an id kept in the data folder's `node-id` file is used,
+    /// created on first start.
+    #[arg(long, env = "COHORTBRIDGE_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// How long a node's lease on a running sync holds without renewal, in seconds. The node
+    /// renews it every third of this time; when the node stops, another node takes the sync
+    /// over once the lease has expired.
+    #[arg(long, env = "COHORTBRIDGE_SYNC_LEASE_SECS", default_value_t = 30)]
+    pub sync_lease_secs: u64,
 
     /// Admin key for the admin API and CLI. Without it, a key is generated on first start and
     /// printed once.
@@ -143,6 +158,37 @@ pub struct ServeConfig {
     pub log_format: String,
 }
 
+/// Settings that choose the database, shared by `serve` and `migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL database to use instead of the SQLite file in the data folder, as
+    /// `postgres://user:password@host:port/database`. Several nodes may share one database.
+    #[arg(long, env = "COHORTBRIDGE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// PostgreSQL connections one node keeps open at most.
+    #[arg(
+        long,
+        env = "COHORTBRIDGE_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 16
+    )]
+    pub database_max_connections: usize,
+}
+
+impl DatabaseArgs {
+    /// Resolves the settings to a database, checking the URL.
+    pub fn database(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> Result<crate::store::Database, crate::store::DatabaseUrlError> {
+        crate::store::Database::from_settings(
+            self.database_url.as_deref(),
+            data_dir,
+            self.database_max_connections,
+        )
+    }
+}
+
 impl ServeConfig {
     /// Settings for tests and embedding: the defaults, with the given data folder and listen
     /// address.
@@ -150,6 +196,12 @@ impl ServeConfig {
         Self {
             listen,
             data_dir,
+            database: DatabaseArgs {
+                database_url: None,
+                database_max_connections: 16,
+            },
+            node_id: None,
+            sync_lease_secs: 30,
             admin_key: None,
             secret_key: None,
             braze_partner_name: "cohortbridge".into(),

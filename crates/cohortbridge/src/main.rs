@@ -47,6 +47,10 @@ async fn run() -> anyhow::Result<()> {
             running.shutdown().await;
             Ok(())
         }
+        Command::Migrate(args) => {
+            init_logging(false);
+            cli::migrate(args).await
+        }
         command => {
             if std::env::var_os("COHORTBRIDGE_LOG").is_some() {
                 init_logging(false);

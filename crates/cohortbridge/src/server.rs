@@ -1,5 +1,6 @@
 //! Starting the server: open the store, create the default project and the admin key on first
-//! start, start the sync scheduler and serve HTTP until shutdown.
+//! start, check the encryption key against the database, start the sync scheduler and serve HTTP
+//! until shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,14 +14,18 @@ use crate::api::{self, AppState};
 use crate::braze::client::{BrazeClient, RetryPolicy};
 use crate::config::ServeConfig;
 use crate::secrets::{self, SecretBox};
-use crate::store::{NewProject, SqliteStore, Store};
+use crate::store::{self, Database, NewProject, Store};
 use crate::sync::{self, PartnerSettings, SyncEngine};
 
 const ADMIN_KEY_HASH_SETTING: &str = "admin_key_hash";
-const DATABASE_FILE: &str = "cohortbridge.db";
 /// Failed web UI logins allowed per e-mail address and per client address in the window.
 const LOGIN_MAX_FAILURES: usize = 5;
 const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// A known text encrypted with the first node's key, so that a node started with another key
+/// stops at once instead of failing later on every stored secret.
+const SECRET_KEY_CHECK_SETTING: &str = "secret_key_check";
+const SECRET_KEY_CHECK_TEXT: &str = "cohortbridge secret key check";
+const NODE_ID_FILE: &str = "node-id";
 
 /// A server started in this process.
 pub struct RunningServer {
@@ -41,7 +46,8 @@ impl RunningServer {
     }
 }
 
-/// Opens the store in `config.data_dir`, bootstraps it and starts serving on `config.listen`.
+/// Opens the store (the SQLite file in `config.data_dir`, or PostgreSQL), bootstraps it and
+/// starts serving on `config.listen`.
 pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     // Settings are checked and the port is bound before anything is written to disk.
     if let Some(key) = &config.admin_key {
@@ -54,26 +60,29 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
 
+    let database = config.database.database(&config.data_dir)?;
     create_data_dir(&config.data_dir)?;
     let secret_box = SecretBox::load_or_create(&config.data_dir, config.secret_key.as_deref())?;
-    let db_path = config.data_dir.join(DATABASE_FILE);
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&db_path)
-            .with_context(|| format!("cannot open the database {}", db_path.display()))?,
-    );
-    restrict_to_owner(&db_path, 0o600)?;
+    let node_id = node_id(&config)?;
+    let store = store::open(&database)
+        .await
+        .with_context(|| format!("cannot open the database ({})", database.describe()))?;
+    if let Database::Sqlite { path } = &database {
+        restrict_to_owner(path, 0o600)?;
+    }
 
     let (admin_key_hash, generated_admin_key) =
         admin_key(store.as_ref(), config.admin_key.as_deref()).await?;
+    check_secret_key(store.as_ref(), &secret_box).await?;
     ensure_default_project(store.as_ref(), &secret_box).await?;
     ensure_first_owner(store.as_ref(), &config).await?;
     let interrupted = store
-        .fail_interrupted_runs(chrono::Utc::now().timestamp_millis())
+        .fail_interrupted_runs(&node_id, chrono::Utc::now().timestamp_millis())
         .await?;
     if interrupted > 0 {
         tracing::warn!(
             runs = interrupted,
-            "marked sync runs interrupted by the previous stop as failed"
+            "marked sync runs interrupted by a stopped node as failed"
         );
     }
 
@@ -91,12 +100,15 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         api_key_eu: config.braze_partner_api_key_eu.clone(),
     };
     let engine = Arc::new(
-        SyncEngine::new(store.clone(), braze.clone(), secret_box.clone(), partner).with_limits(
-            sync::SyncLimits {
+        SyncEngine::new(store.clone(), braze.clone(), secret_box.clone(), partner)
+            .with_limits(sync::SyncLimits {
                 max_dynamic_syncs_per_project: config.max_dynamic_syncs_per_project,
                 max_cohort_members: config.max_cohort_members,
-            },
-        ),
+            })
+            .with_lease(
+                node_id.clone(),
+                Duration::from_secs(config.sync_lease_secs.max(1)),
+            ),
     );
     let state = AppState {
         store,
@@ -139,7 +151,13 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
             tracing::error!(error = %e, "HTTP server stopped with an error");
         }
     });
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "cohortbridge started");
+    tracing::info!(
+        %addr,
+        data_dir = %config.data_dir.display(),
+        database = %database.describe(),
+        node_id = %node_id,
+        "cohortbridge started"
+    );
     Ok(RunningServer {
         addr,
         generated_admin_key,
@@ -166,8 +184,56 @@ async fn admin_key(
     }
     let key = secrets::random_token(24);
     let hash = secrets::hash(&key);
-    store.put_setting(ADMIN_KEY_HASH_SETTING, &hash).await?;
+    // Another node starting at the same moment may have stored its key first; then that key
+    // is the admin key, and this node prints none.
+    let stored = store
+        .put_setting_if_absent(ADMIN_KEY_HASH_SETTING, &hash)
+        .await?;
+    if stored != hash {
+        return Ok((stored, None));
+    }
     Ok((hash, Some(key)))
+}
+
+/// Checks that this node's encryption key is the one that encrypted the stored secrets, and
+/// records a check value on first start.
+async fn check_secret_key(store: &dyn Store, secret_box: &SecretBox) -> anyhow::Result<()> {
+    let check = secret_box.encrypt(SECRET_KEY_CHECK_TEXT);
+    let stored = store
+        .put_setting_if_absent(SECRET_KEY_CHECK_SETTING, &check)
+        .await?;
+    match secret_box.decrypt(&stored) {
+        Ok(text) if text == SECRET_KEY_CHECK_TEXT => Ok(()),
+        _ => anyhow::bail!(
+            "the encryption key does not match the key that encrypted this database's secrets; \
+             every node of one database needs the same key: copy secret.key from the first \
+             node's data folder, or give all nodes the same --secret-key"
+        ),
+    }
+}
+
+/// Returns the configured node id, or the one kept in the data folder, created on first start.
+fn node_id(config: &ServeConfig) -> anyhow::Result<String> {
+    if let Some(id) = &config.node_id {
+        anyhow::ensure!(
+            !id.trim().is_empty(),
+            "invalid --node-id {id:?}: it must not be empty"
+        );
+        return Ok(id.clone());
+    }
+    let path = config.data_dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read the node id {}", path.display()))
+        }
+    }
+    let id = format!("node-{}", secrets::random_token(6));
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("cannot write the node id {}", path.display()))?;
+    Ok(id)
 }
 
 /// Creates the data folder, readable by its owner only, unless it exists already.
@@ -218,8 +284,8 @@ async fn ensure_default_project(store: &dyn Store, secret_box: &SecretBox) -> an
     }
     let api_secret = secrets::random_token(16);
     let currents_token = secrets::random_token(32);
-    let project = store
-        .create_project(NewProject {
+    let created = store
+        .create_first_project(NewProject {
             name: "Default project".into(),
             token: secrets::random_token(16),
             api_secret_enc: secret_box.encrypt(&api_secret),
@@ -228,6 +294,8 @@ async fn ensure_default_project(store: &dyn Store, secret_box: &SecretBox) -> an
             currents_token_hash: secrets::hash(&currents_token),
         })
         .await?;
-    tracing::info!(project_id = project.id, "created the default project");
+    if let Some(project) = created {
+        tracing::info!(project_id = project.id, "created the default project");
+    }
     Ok(())
 }

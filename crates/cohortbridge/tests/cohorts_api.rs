@@ -343,10 +343,10 @@ async fn storage_failure_keeps_previous_membership() {
     assert_eq!(before, vec!["ext-ann", "ext-bob"]);
 
     // The events table disappears, so evaluation fails while reading it.
-    let db_path = server.data_dir.path().join("cohortbridge.db");
-    let db = rusqlite::Connection::open(&db_path).unwrap();
-    db.execute_batch("ALTER TABLE events RENAME TO events_hidden")
-        .unwrap();
+    server
+        .database
+        .execute("ALTER TABLE events RENAME TO events_hidden")
+        .await;
     let (status, run) = server
         .admin_post(&format!("/syncs/{sync_id}/run"), &json!({}))
         .await;
@@ -367,9 +367,10 @@ async fn storage_failure_keeps_previous_membership() {
     during.sort();
     assert_eq!(during, before);
 
-    db.execute_batch("ALTER TABLE events_hidden RENAME TO events")
-        .unwrap();
-    drop(db);
+    server
+        .database
+        .execute("ALTER TABLE events_hidden RENAME TO events")
+        .await;
     let (status, run) = server
         .admin_post(&format!("/syncs/{sync_id}/run"), &json!({}))
         .await;
@@ -382,7 +383,7 @@ async fn storage_failure_keeps_previous_membership() {
 
 #[tokio::test]
 async fn evaluate_cohort_by_id() {
-    use cohortbridge::store::{SqliteStore, Store};
+    use cohortbridge::store::Store;
 
     let server = TestServer::start().await;
     set_profile(&server, "p1", json!({"plan": "pro"})).await;
@@ -392,9 +393,9 @@ async fn evaluate_cohort_by_id() {
             json!({"profile": "plan", "op": "eq", "value": "pro"}),
         )
         .await;
-    let data_dir = server.stop_keeping_data().await;
-    let store = SqliteStore::open(&data_dir.path().join("cohortbridge.db")).unwrap();
-    let store: &dyn Store = &store;
+    let stopped = server.stop_keeping_data().await;
+    let store = stopped.database.open_store().await;
+    let store: &dyn Store = store.as_ref();
     let now = chrono::Utc::now().timestamp_millis();
     let evaluated = cohortbridge::cohorts::evaluate_cohort(store, 1, cohort, now)
         .await

@@ -1,18 +1,22 @@
 //! Durability: a 2xx from `/import` means the events survive SIGKILL of the server process.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::TestDatabase;
 use serde_json::{json, Value};
 
 const ADMIN_KEY: &str = "crash-test-admin-key-0123456789";
 
 /// Starts the real binary on port 0 and returns it with its base URL.
-fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
+fn spawn_server(data_dir: &std::path::Path, database: &TestDatabase) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .envs(database.envs())
         .env("COHORTBRIDGE_ADMIN_KEY", ADMIN_KEY)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -44,7 +48,8 @@ async fn admin_get(base: &str, path: &str) -> Value {
 #[tokio::test]
 async fn sigkill_after_import_loses_nothing() {
     let data_dir = tempfile::tempdir().unwrap();
-    let (mut child, base) = spawn_server(data_dir.path());
+    let database = TestDatabase::create(data_dir.path()).await;
+    let (mut child, base) = spawn_server(data_dir.path(), &database);
     let api_secret = admin_get(&base, "").await["api_secret"]
         .as_str()
         .unwrap()
@@ -75,7 +80,7 @@ async fn sigkill_after_import_loses_nothing() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let (mut child, base) = spawn_server(data_dir.path());
+    let (mut child, base) = spawn_server(data_dir.path(), &database);
     let stats = admin_get(&base, "/stats").await;
     assert_eq!(stats["events"], acknowledged);
     child.kill().unwrap();
@@ -85,10 +90,12 @@ async fn sigkill_after_import_loses_nothing() {
 #[tokio::test]
 async fn first_start_prints_admin_key_once() {
     let data_dir = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create(data_dir.path()).await;
     let start = || {
         Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir.path())
+            .envs(database.envs())
             .env_remove("COHORTBRIDGE_ADMIN_KEY")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -148,7 +155,8 @@ async fn first_start_prints_admin_key_once() {
 #[tokio::test]
 async fn configured_admin_key_survives_restart_without_it() {
     let data_dir = tempfile::tempdir().unwrap();
-    let (mut first, _) = spawn_server(data_dir.path());
+    let database = TestDatabase::create(data_dir.path()).await;
+    let (mut first, _) = spawn_server(data_dir.path(), &database);
     first.kill().unwrap();
     first.wait().unwrap();
 
@@ -157,6 +165,7 @@ async fn configured_admin_key_survives_restart_without_it() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir.path())
+        .envs(database.envs())
         .env_remove("COHORTBRIDGE_ADMIN_KEY")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -173,8 +182,9 @@ async fn configured_admin_key_survives_restart_without_it() {
     child.kill().unwrap();
     child.wait().unwrap();
 
+    // The SQLite file is the database only without PostgreSQL.
     #[cfg(unix)]
-    {
+    if !database.is_postgres() {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(data_dir.path().join("cohortbridge.db"))
             .unwrap()

@@ -2,12 +2,15 @@
 //! posting `/import` batches, and after a restart every event of every acknowledged batch is
 //! found. Batches in flight at the kill may or may not be stored.
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::TestDatabase;
 use serde_json::{json, Value};
 
 const ADMIN_KEY: &str = "crash-stream-admin-key-0123456789";
@@ -16,10 +19,11 @@ const BATCH: usize = 500;
 /// Batches acknowledged before the kill; requests keep flowing while it happens.
 const BATCHES_BEFORE_KILL: usize = 24;
 
-fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
+fn spawn_server(data_dir: &std::path::Path, database: &TestDatabase) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .envs(database.envs())
         .env("COHORTBRIDGE_ADMIN_KEY", ADMIN_KEY)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -63,7 +67,8 @@ fn batch_body(client: usize, batch: usize) -> String {
 #[tokio::test]
 async fn sigkill_during_stream_loses_no_acknowledged_event() {
     let data_dir = tempfile::tempdir().unwrap();
-    let (mut child, base) = spawn_server(data_dir.path());
+    let database = TestDatabase::create(data_dir.path()).await;
+    let (mut child, base) = spawn_server(data_dir.path(), &database);
     let secret = api_secret(&base).await;
 
     let acknowledged: Arc<Mutex<Vec<(usize, usize)>>> = Arc::default();
@@ -98,7 +103,7 @@ async fn sigkill_during_stream_loses_no_acknowledged_event() {
     while clients.join_next().await.is_some() {}
     assert!(acknowledged.len() >= BATCHES_BEFORE_KILL);
 
-    let (mut child, base) = spawn_server(data_dir.path());
+    let (mut child, base) = spawn_server(data_dir.path(), &database);
     let export = reqwest::Client::new()
         .get(format!(
             "{base}/api/2.0/export?from_date=2023-11-14&to_date=2023-11-15"

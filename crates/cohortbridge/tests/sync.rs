@@ -351,10 +351,10 @@ async fn failed_evaluation_sends_nothing() {
     let sync_id = dynamic["sync"]["id"].as_i64().unwrap();
 
     // Corrupt the stored definition behind the API's back, as a bad migration might.
-    let db = rusqlite::Connection::open(server.data_dir.path().join("cohortbridge.db")).unwrap();
-    db.execute("UPDATE cohorts SET definition = '{\"bogus\": 1}'", [])
-        .unwrap();
-    drop(db);
+    server
+        .database
+        .execute("UPDATE cohorts SET definition = '{\"bogus\": 1}'")
+        .await;
 
     let before = last_seq(&emulator).await;
     let run = run_sync(&server, sync_id).await;
@@ -503,14 +503,24 @@ async fn data_import_key_never_leaves_the_server() {
     let listed = server.admin_get("/connections").await;
     assert_eq!(listed[0]["name"], "emu");
     assert!(!listed.to_string().contains(DATA_IMPORT_KEY), "{listed}");
-    let data_dir = server.stop_keeping_data().await;
-    for entry in std::fs::read_dir(data_dir.path()).unwrap() {
+    let stopped = server.stop_keeping_data().await;
+    for entry in std::fs::read_dir(stopped.data_dir.path()).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         let found = bytes
             .windows(DATA_IMPORT_KEY.len())
             .any(|w| w == DATA_IMPORT_KEY.as_bytes());
         assert!(!found, "the Data Import Key is stored in plain text");
     }
+    let stored_keys = stopped
+        .database
+        .query_strings("SELECT data_import_key_enc FROM connections")
+        .await;
+    assert_eq!(stored_keys.len(), 1);
+    assert!(
+        !stored_keys[0].contains(DATA_IMPORT_KEY),
+        "the Data Import Key is stored in plain text: {}",
+        stored_keys[0]
+    );
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestEmulator, DATA_IMPORT_KEY, PARTNER_API_KEY, PARTNER_NAME};
+use common::{TestDatabase, TestEmulator, DATA_IMPORT_KEY, PARTNER_API_KEY, PARTNER_NAME};
 use serde_json::{json, Value};
 
 const ADMIN_KEY: &str = "crash-sync-admin-key-0123456789";
@@ -23,7 +23,11 @@ struct Server {
 
 impl Server {
     /// Starts the binary on port 0; its log goes to `log` when given.
-    fn spawn(data_dir: &std::path::Path, log: Option<std::fs::File>) -> Self {
+    fn spawn(
+        data_dir: &std::path::Path,
+        database: &TestDatabase,
+        log: Option<std::fs::File>,
+    ) -> Self {
         let stderr = log.map_or_else(Stdio::null, Stdio::from);
         let mut child = Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
             .args([
@@ -43,6 +47,7 @@ impl Server {
             ])
             .arg("--data-dir")
             .arg(data_dir)
+            .envs(database.envs())
             .env("COHORTBRIDGE_ADMIN_KEY", ADMIN_KEY)
             .env("COHORTBRIDGE_LOG", "debug")
             .stdout(Stdio::piped())
@@ -164,8 +169,9 @@ async fn sigkill_during_runs_keeps_braze_exact() {
         .inject(json!({"delay_ms": 20, "times": 100_000}))
         .await;
     let data_dir = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create(data_dir.path()).await;
 
-    let server = Server::spawn(data_dir.path(), None);
+    let server = Server::spawn(data_dir.path(), &database, None);
     let token = server.get("").await["token"].as_str().unwrap().to_owned();
     let mut pro: BTreeSet<usize> = (0..12_000).collect();
     server.set_plans(&token, 0..12_000, "pro").await;
@@ -192,7 +198,7 @@ async fn sigkill_during_runs_keeps_braze_exact() {
     kill_during_run(server, &emulator, "/exports".into(), export, 5).await;
 
     // Kill 2: after churn (2,000 leave, 1,500 join), during the resumed run.
-    let server = Server::spawn(data_dir.path(), None);
+    let server = Server::spawn(data_dir.path(), &database, None);
     server.set_plans(&token, 0..2_000, "free").await;
     server.set_plans(&token, 12_000..13_500, "pro").await;
     pro.retain(|n| *n >= 2_000);
@@ -200,7 +206,7 @@ async fn sigkill_during_runs_keeps_braze_exact() {
     kill_during_run(server, &emulator, "/syncs/1/run".into(), json!({}), 3).await;
 
     // Kill 3: more churn, killed after the first request of the run.
-    let server = Server::spawn(data_dir.path(), None);
+    let server = Server::spawn(data_dir.path(), &database, None);
     server.set_plans(&token, 5_000..6_000, "free").await;
     server.set_plans(&token, 0..500, "pro").await;
     pro.retain(|n| !(5_000..6_000).contains(n));
@@ -208,11 +214,11 @@ async fn sigkill_during_runs_keeps_braze_exact() {
     kill_during_run(server, &emulator, "/syncs/1/run".into(), json!({}), 1).await;
 
     // Kill 4: no churn; killed while the first request of the run is in flight.
-    let server = Server::spawn(data_dir.path(), None);
+    let server = Server::spawn(data_dir.path(), &database, None);
     kill_during_run(server, &emulator, "/syncs/1/run".into(), json!({}), 0).await;
 
     // Restart and let a run finish.
-    let server = Server::spawn(data_dir.path(), None);
+    let server = Server::spawn(data_dir.path(), &database, None);
     let (status, run) = server.post("/syncs/1/run", &json!({})).await.unwrap();
     assert_eq!(status, 200, "{run}");
     assert_eq!(run["status"], "succeeded", "{run}");
@@ -249,9 +255,10 @@ async fn sigkill_during_runs_keeps_braze_exact() {
 async fn keys_never_reach_the_log() {
     let emulator = TestEmulator::start().await;
     let data_dir = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create(data_dir.path()).await;
     let log_path = data_dir.path().join("server.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let server = Server::spawn(data_dir.path(), Some(log));
+    let server = Server::spawn(data_dir.path(), &database, Some(log));
     let token = server.get("").await["token"].as_str().unwrap().to_owned();
     server.set_plans(&token, 0..3, "pro").await;
     let (status, body) = server

@@ -697,9 +697,9 @@ pub(super) fn sync_error(error: SyncError) -> ApiError {
     match error {
         SyncError::Store(e) => ApiError::Storage(e),
         SyncError::NotFound(id) => ApiError::NotFound(format!("sync {id} not found")),
-        e @ (SyncError::AlreadyRunning(_) | SyncError::NotActive { .. }) => {
-            ApiError::Conflict(e.to_string())
-        }
+        e @ (SyncError::AlreadyRunning(_)
+        | SyncError::RunningElsewhere(_)
+        | SyncError::NotActive { .. }) => ApiError::Conflict(e.to_string()),
         e @ SyncError::Removal { .. } => ApiError::Upstream(e.to_string()),
     }
 }

@@ -8,7 +8,9 @@
 //!
 //! With `--start-server` the command starts `cohortbridge serve` itself on 127.0.0.1 with a
 //! fresh data folder, so the memory figure is exact. Otherwise it uses `--server`, and reads
-//! memory only when `--server-pid` is given.
+//! memory only when `--server-pid` is given. With `--database-url` the started servers use a
+//! fresh schema in that PostgreSQL database, dropped afterwards, and `--nodes` starts several
+//! servers on it, to which the clients send requests in turn.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -52,6 +54,14 @@ pub struct IngestArgs {
     /// Process id of the server behind `--server`, to read its peak memory.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// PostgreSQL database for the servers that `--start-server` starts. The command creates a
+    /// schema of its own in it and drops the schema afterwards.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Servers to start on one database with `--start-server`; more than one needs
+    /// `--database-url`.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
 }
 
 /// A server this command started, stopped and removed when dropped.
@@ -68,21 +78,37 @@ impl Drop for OwnedServer {
     }
 }
 
-fn start_server(admin_key: &str) -> anyhow::Result<(OwnedServer, String)> {
+/// Settings shared by the servers that one benchmark starts.
+struct ServerSettings<'a> {
+    admin_key: &'a str,
+    secret_key: &'a str,
+    /// The schema-qualified database URL, or `None` for SQLite.
+    database_url: Option<&'a str>,
+}
+
+fn start_server(
+    settings: &ServerSettings<'_>,
+    node: usize,
+) -> anyhow::Result<(OwnedServer, String)> {
     let data_dir = std::env::temp_dir().join(format!(
-        "cohortbridge-bench-{}-{}",
+        "cohortbridge-bench-{}-{}-{node}",
         std::process::id(),
         chrono::Utc::now().timestamp_millis()
     ));
     let executable = std::env::current_exe().context("cannot find the cohortbridge binary")?;
-    let mut child = Process::new(executable)
+    let mut process = Process::new(executable);
+    process
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data_dir)
-        .env("COHORTBRIDGE_ADMIN_KEY", admin_key)
+        .env("COHORTBRIDGE_ADMIN_KEY", settings.admin_key)
+        .env("COHORTBRIDGE_SECRET_KEY", settings.secret_key)
+        .env_remove("COHORTBRIDGE_DATABASE_URL")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start cohortbridge serve")?;
+        .stderr(Stdio::null());
+    if let Some(url) = settings.database_url {
+        process.env("COHORTBRIDGE_DATABASE_URL", url);
+    }
+    let mut child = process.spawn().context("cannot start cohortbridge serve")?;
     let stdout = child.stdout.take().context("server stdout is not piped")?;
     let server = OwnedServer { child, data_dir };
     for line in BufReader::new(stdout).lines() {
@@ -92,6 +118,39 @@ fn start_server(admin_key: &str) -> anyhow::Result<(OwnedServer, String)> {
         }
     }
     bail!("the server stopped before printing its address")
+}
+
+/// A PostgreSQL schema that the benchmark creates for its servers.
+struct BenchSchema {
+    client: tokio_postgres::Client,
+    name: String,
+    /// The database URL with the schema as its search path.
+    url: String,
+}
+
+impl BenchSchema {
+    async fn create(database_url: &str) -> anyhow::Result<Self> {
+        let shown = crate::store::redact_url(database_url);
+        let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+            .await
+            .with_context(|| format!("cannot connect to --database-url {shown}"))?;
+        tokio::spawn(connection);
+        let name = format!("bench_{}", crate::secrets::random_token(6));
+        client
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
+            .await
+            .with_context(|| format!("cannot create the schema {name} in {shown}"))?;
+        let separator = if database_url.contains('?') { '&' } else { '?' };
+        let url = format!("{database_url}{separator}options=-c%20search_path%3D{name}");
+        Ok(Self { client, name, url })
+    }
+
+    async fn drop_schema(self) {
+        let drop = format!("DROP SCHEMA {} CASCADE", self.name);
+        if let Err(e) = self.client.batch_execute(&drop).await {
+            eprintln!("cannot drop the benchmark schema {}: {e}", self.name);
+        }
+    }
 }
 
 /// Peak resident memory of a process in KiB, from `VmHWM` in `/proc/<pid>/status`.
@@ -157,19 +216,63 @@ pub async fn run(client: &ClientArgs, command: BenchCommand) -> anyhow::Result<(
     if args.clients == 0 || args.events == 0 || !(1..=2000).contains(&args.batch) {
         bail!("--clients and --events must be at least 1, and --batch from 1 to 2000");
     }
-    let (owned, server, admin_key, pid) = if args.start_server {
-        let key = crate::secrets::random_token(24);
-        let (owned, address) = start_server(&key)?;
-        let pid = owned.child.id();
-        (Some(owned), address, key, Some(pid))
+    if args.nodes == 0 || (args.nodes > 1 && args.database_url.is_none()) {
+        bail!(
+            "invalid --nodes {}: use 1, or more with --database-url",
+            args.nodes
+        );
+    }
+    if (args.nodes > 1 || args.database_url.is_some()) && !args.start_server {
+        bail!("--nodes and --database-url apply to servers that --start-server starts");
+    }
+    if let Some(url) = &args.database_url {
+        crate::store::Database::from_settings(Some(url), std::path::Path::new("."), 1)?;
+    }
+    let schema = match &args.database_url {
+        Some(url) => Some(BenchSchema::create(url).await?),
+        None => None,
+    };
+    let outcome = measure(client, &args, schema.as_ref().map(|s| s.url.as_str())).await;
+    if let Some(schema) = schema {
+        schema.drop_schema().await;
+    }
+    outcome
+}
+
+/// Starts the servers (or uses `--server`), posts the events and prints the figures.
+async fn measure(
+    client: &ClientArgs,
+    args: &IngestArgs,
+    database_url: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut owned = Vec::new();
+    let (servers, admin_key) = if args.start_server {
+        let settings = ServerSettings {
+            admin_key: &crate::secrets::random_token(24),
+            secret_key: &crate::secrets::random_token(32),
+            database_url,
+        };
+        let mut servers = Vec::new();
+        // One after the other, so that the first creates the project and the others find it.
+        for node in 0..args.nodes {
+            let (server, address) = start_server(&settings, node)?;
+            owned.push(server);
+            servers.push(address);
+        }
+        (servers, settings.admin_key.to_owned())
     } else {
         let key = client
             .admin_key
             .clone()
             .context("no admin key: pass --admin-key, or use --start-server")?;
-        (None, client.server.clone(), key, args.server_pid)
+        (vec![client.server.clone()], key)
     };
-    let admin = AdminClient::new(&server, &admin_key, client.project)?;
+    let pids: Vec<u32> = if args.start_server {
+        owned.iter().map(|server| server.child.id()).collect()
+    } else {
+        args.server_pid.into_iter().collect()
+    };
+    let admin = AdminClient::new(&servers[0], &admin_key, client.project)?;
     let project = admin.get("").await?;
     let api_secret = project["api_secret"]
         .as_str()
@@ -188,24 +291,30 @@ pub async fn run(client: &ClientArgs, command: BenchCommand) -> anyhow::Result<(
     let parse_secs = parse_started.elapsed().as_secs_f64();
 
     eprintln!(
-        "posting {} requests from {} clients to {server}/import...",
+        "posting {} requests from {} clients to /import on {}...",
         bodies.len(),
-        args.clients
+        args.clients,
+        servers.join(", ")
     );
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicUsize::new(0));
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
         .build()?;
-    let url = format!("{server}/import");
+    let urls: Arc<Vec<String>> = Arc::new(
+        servers
+            .iter()
+            .map(|server| format!("{server}/import"))
+            .collect(),
+    );
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..args.clients {
-        let (bodies, next, http, url, secret) = (
+        let (bodies, next, http, urls, secret) = (
             bodies.clone(),
             next.clone(),
             http.clone(),
-            url.clone(),
+            urls.clone(),
             api_secret.clone(),
         );
         tasks.spawn(async move {
@@ -215,8 +324,10 @@ pub async fn run(client: &ClientArgs, command: BenchCommand) -> anyhow::Result<(
                 let Some((_, body)) = bodies.get(index) else {
                     return Ok::<u64, anyhow::Error>(imported);
                 };
+                // Requests go to the servers in turn.
+                let url = &urls[index % urls.len()];
                 let response = http
-                    .post(&url)
+                    .post(url)
                     .basic_auth(&secret, Some(""))
                     .header("content-type", "application/json")
                     .body(body.clone())
@@ -236,11 +347,21 @@ pub async fn run(client: &ClientArgs, command: BenchCommand) -> anyhow::Result<(
         imported += result??;
     }
     let secs = started.elapsed().as_secs_f64();
-    let memory = pid.and_then(peak_memory_kib);
+    let memory: Vec<u64> = pids
+        .iter()
+        .filter_map(|pid| peak_memory_kib(*pid))
+        .collect();
     drop(owned);
 
     let rate = imported as f64 / secs;
     let parse_rate = args.events as f64 / parse_secs;
+    let database = match database_url {
+        Some(url) => format!("PostgreSQL {}", crate::store::redact_url(url)),
+        None if args.start_server => "SQLite".to_owned(),
+        None => "the running server's".to_owned(),
+    };
+    println!("database:                {database}");
+    println!("servers:                 {}", servers.len());
     println!("events sent:             {}", args.events);
     println!("events imported:         {imported}");
     println!("payload:                 {:.1} MB", bytes as f64 / 1e6);
@@ -248,10 +369,10 @@ pub async fn run(client: &ClientArgs, command: BenchCommand) -> anyhow::Result<(
     println!("throughput:              {rate:.0} events/s");
     println!("serde_json parse alone:  {parse_rate:.0} events/s (one thread)");
     println!("ratio serde_json/server: {:.2}", parse_rate / rate);
-    match memory {
+    match memory.iter().max() {
         Some(kib) => println!(
-            "server peak memory:      {:.1} MiB (VmHWM)",
-            kib as f64 / 1024.0
+            "server peak memory:      {:.1} MiB (VmHWM, largest server)",
+            *kib as f64 / 1024.0
         ),
         None => println!("server peak memory:      unknown (pass --server-pid or --start-server)"),
     }

@@ -62,6 +62,8 @@ pub struct ClientArgs {
 pub enum Command {
     /// Run the server.
     Serve(ServeConfig),
+    /// Apply pending database migrations and exit; `serve` also applies them at start.
+    Migrate(MigrateArgs),
     /// Show project settings.
     #[command(subcommand)]
     Projects(ProjectsCommand),
@@ -97,6 +99,44 @@ pub enum Command {
         #[arg(long)]
         details: bool,
     },
+}
+
+/// Settings of `cohortbridge migrate`.
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// Folder of the SQLite database, used when no --database-url is given.
+    #[arg(long, env = "COHORTBRIDGE_DATA_DIR", default_value = "./data")]
+    pub data_dir: std::path::PathBuf,
+
+    #[command(flatten)]
+    pub database: crate::config::DatabaseArgs,
+}
+
+/// Applies pending migrations to the configured database and prints what was applied.
+pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+
+    let database = args.database.database(&args.data_dir)?;
+    if let crate::store::Database::Sqlite { .. } = database {
+        std::fs::create_dir_all(&args.data_dir).with_context(|| {
+            format!("cannot create the data folder {}", args.data_dir.display())
+        })?;
+    }
+    let applied = database
+        .migrate()
+        .await
+        .with_context(|| format!("cannot migrate the database ({})", database.describe()))?;
+    if applied.is_empty() {
+        println!("{}: no pending migrations", database.describe());
+    } else {
+        println!(
+            "{}: applied {} migration(s): {}",
+            database.describe(),
+            applied.len(),
+            applied.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Parses an IANA time zone name for `--source-time-zone`.
@@ -381,7 +421,9 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
     };
 
     match command {
-        Command::Serve(_) => unreachable!("serve is handled by main"),
+        Command::Serve(_) | Command::Migrate(_) => {
+            unreachable!("serve and migrate are handled by main")
+        }
         Command::Bench(_) => unreachable!("bench is handled above"),
         Command::Users(command) => users::run(&client, command, json_output).await?,
         Command::Projects(ProjectsCommand::Show) => {

@@ -3,7 +3,12 @@
 //!
 //! Every write method returns only after its transaction is committed to disk, so the API layer
 //! may acknowledge a request as soon as the call returns.
+//!
+//! Two backends implement the interface: an embedded SQLite file (the default) and PostgreSQL,
+//! which several server processes can share. [`open`] picks one from the configuration.
 
+mod database;
+mod postgres;
 mod sqlite;
 
 use std::collections::{HashMap, HashSet};
@@ -12,12 +17,18 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+pub use database::{open, redact_url, Database, DatabaseUrlError};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL error: {}", postgres_message(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("no PostgreSQL connection available: {0}")]
+    Pool(deadpool_postgres::PoolError),
     #[error("stored JSON is invalid: {0}")]
     Json(#[from] serde_json::Error),
     #[error("{what} {id} not found")]
@@ -29,6 +40,25 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    /// Unwraps a failed connection attempt, whose own text already says what failed.
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        match error {
+            deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
+            other => StoreError::Pool(other),
+        }
+    }
+}
+
+/// Describes a PostgreSQL error with the server's SQLSTATE and message, which the error's own
+/// text (`db error`) leaves out.
+fn postgres_message(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
 
 /// A project with its secrets still encrypted.
 #[derive(Debug, Clone)]
@@ -431,13 +461,19 @@ pub struct UserApiKey {
     pub created_at_ms: i64,
 }
 
-/// The storage interface. SQLite implements it now; PostgreSQL will implement the same calls.
+/// The storage interface, implemented by [`SqliteStore`] and [`PostgresStore`].
 #[async_trait]
 pub trait Store: Send + std::marker::Sync + 'static {
     async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
     async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()>;
+    /// Stores `value` under `key` unless the key has a value already, and returns the value
+    /// stored after the call. Two nodes that race get the same answer.
+    async fn put_setting_if_absent(&self, key: &str, value: &str) -> StoreResult<String>;
 
     async fn create_project(&self, project: NewProject) -> StoreResult<Project>;
+    /// Creates `project` only while the store has no project at all, and returns it; `None`
+    /// when a project exists. Nodes that start at once create one project between them.
+    async fn create_first_project(&self, project: NewProject) -> StoreResult<Option<Project>>;
     async fn list_projects(&self) -> StoreResult<Vec<Project>>;
     async fn project(&self, id: i64) -> StoreResult<Option<Project>>;
     async fn project_by_token(&self, token: &str) -> StoreResult<Option<Project>>;
@@ -632,9 +668,51 @@ pub trait Store: Send + std::marker::Sync + 'static {
         error: Option<&str>,
         now_ms: i64,
     ) -> StoreResult<SyncRun>;
-    /// Marks runs left `running` by a previous process as failed and returns how many. Every
-    /// active dynamic sync left without a next run is scheduled to run now.
-    async fn fail_interrupted_runs(&self, now_ms: i64) -> StoreResult<usize>;
+    /// Marks as failed the runs left `running` by a stopped process and returns how many: runs
+    /// of syncs leased by `node_id` (this node, before its restart), by no node, or under an
+    /// expired lease. Releases `node_id`'s leases and connection turns, and schedules to run now every active dynamic
+    /// sync left without a next run. Runs that another live node holds are left alone.
+    async fn fail_interrupted_runs(&self, node_id: &str, now_ms: i64) -> StoreResult<usize>;
+    /// Leases sync `id` to `node_id` until `now_ms + lease_ms`, unless another node holds an
+    /// unexpired lease; returns whether the lease is now `node_id`'s. Taking over an expired
+    /// lease marks the previous holder's unfinished runs of the sync as failed.
+    async fn lease_sync(
+        &self,
+        id: i64,
+        node_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StoreResult<bool>;
+    /// Extends `node_id`'s lease on sync `id`; returns `false` when the node no longer holds it.
+    async fn renew_sync_lease(
+        &self,
+        id: i64,
+        node_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StoreResult<bool>;
+    /// Gives up `node_id`'s lease on sync `id`, if it still holds it.
+    async fn release_sync_lease(&self, id: i64, node_id: &str) -> StoreResult<()>;
+    /// Gives `node_id` the turn to send through Braze connection `id` until
+    /// `now_ms + lease_ms`, unless another node holds an unexpired turn; returns whether the
+    /// turn is now `node_id`'s.
+    async fn take_connection_turn(
+        &self,
+        id: i64,
+        node_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StoreResult<bool>;
+    /// Extends `node_id`'s turn on connection `id`; returns `false` when it no longer holds it.
+    async fn renew_connection_turn(
+        &self,
+        id: i64,
+        node_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StoreResult<bool>;
+    /// Gives up `node_id`'s turn on connection `id`, if it still holds it.
+    async fn release_connection_turn(&self, id: i64, node_id: &str) -> StoreResult<()>;
     async fn list_runs(&self, sync_id: i64) -> StoreResult<Vec<SyncRun>>;
 
     async fn braze_cohort(

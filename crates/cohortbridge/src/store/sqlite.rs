@@ -50,10 +50,21 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0008_accounts",
         include_str!("migrations/sqlite/0008_accounts.sql"),
     ),
+    (
+        "0009_sync_leases",
+        include_str!("migrations/sqlite/0009_sync_leases.sql"),
+    ),
+    (
+        "0010_connection_turns",
+        include_str!("migrations/sqlite/0010_connection_turns.sql"),
+    ),
 ];
 
 /// The migration that creates the MTU rollup, which is then filled from the stored events.
 const MTU_ROLLUP_MIGRATION: &str = "0006_mtu_rollup";
+
+/// The error text of a run whose node stopped or lost its lease.
+const INTERRUPTED: &str = "interrupted: the server stopped during the run; the next run resumes from what Braze acknowledged";
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -77,6 +88,14 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             queue: WriteQueue::default(),
         })
+    }
+
+    /// Opens (or creates) the database file, applies pending migrations and returns the names
+    /// of those applied now.
+    pub fn migrate_file(path: &Path) -> StoreResult<Vec<String>> {
+        let mut conn = SqlConnection::open(path)?;
+        configure(&conn)?;
+        migrate(&mut conn)
     }
 
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
@@ -127,11 +146,13 @@ fn configure_writer(conn: &SqlConnection) -> StoreResult<()> {
     Ok(())
 }
 
-/// Applies every migration not yet recorded in `schema_migrations`, each in its own transaction.
-fn migrate(conn: &mut SqlConnection) -> StoreResult<()> {
+/// Applies every migration not yet recorded in `schema_migrations`, each in its own
+/// transaction, and returns the names applied now.
+fn migrate(conn: &mut SqlConnection) -> StoreResult<Vec<String>> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at_ms INTEGER NOT NULL)",
     )?;
+    let mut now_applied = Vec::new();
     for (name, sql) in MIGRATIONS {
         let applied: bool = conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE name = ?1)",
@@ -152,8 +173,9 @@ fn migrate(conn: &mut SqlConnection) -> StoreResult<()> {
         )?;
         tx.commit()?;
         tracing::info!(migration = name, "applied migration");
+        now_applied.push((*name).to_owned());
     }
-    Ok(())
+    Ok(now_applied)
 }
 
 fn is_unique_violation(err: &rusqlite::Error) -> bool {
@@ -549,6 +571,39 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    async fn put_setting_if_absent(&self, key: &str, value: &str) -> StoreResult<String> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                params![key, value],
+            )?;
+            Ok(
+                conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
+                    row.get(0)
+                })?,
+            )
+        })
+        .await
+    }
+
+    async fn create_first_project(&self, project: NewProject) -> StoreResult<Option<Project>> {
+        // One writer connection serialises writes, so the check and the insert cannot race.
+        let exists = self
+            .read(|conn| {
+                Ok(
+                    conn.query_row("SELECT EXISTS (SELECT 1 FROM projects)", [], |row| {
+                        row.get::<_, bool>(0)
+                    })?,
+                )
+            })
+            .await?;
+        if exists {
+            return Ok(None);
+        }
+        self.create_project(project).await.map(Some)
     }
 
     async fn create_project(&self, project: NewProject) -> StoreResult<Project> {
@@ -1411,6 +1466,7 @@ impl Store for SqliteStore {
                 "SELECT {SYNC_COLUMNS} FROM syncs
                  WHERE status = 'active' AND mode = 'dynamic'
                    AND next_run_at_ms IS NOT NULL AND next_run_at_ms <= ?1
+                   AND (lease_expires_at_ms IS NULL OR lease_expires_at_ms < ?1)
                  ORDER BY next_run_at_ms, id"
             );
             let mut stmt = conn.prepare(&sql)?;
@@ -1486,14 +1542,26 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn fail_interrupted_runs(&self, now_ms: i64) -> StoreResult<usize> {
+    async fn fail_interrupted_runs(&self, node_id: &str, now_ms: i64) -> StoreResult<usize> {
+        let node_id = node_id.to_owned();
         self.write(move |conn| {
             let tx = conn.transaction()?;
             let interrupted = tx.execute(
-                "UPDATE sync_runs SET status = 'failed', finished_at_ms = ?1,
-                     error = 'interrupted: the server stopped during the run; the next run resumes from what Braze acknowledged'
-                 WHERE status = 'running'",
-                [now_ms],
+                "UPDATE sync_runs SET status = 'failed', finished_at_ms = ?2, error = ?3
+                 WHERE status = 'running' AND sync_id IN (
+                     SELECT id FROM syncs
+                     WHERE lease_owner IS NULL OR lease_owner = ?1 OR lease_expires_at_ms < ?2)",
+                params![node_id, now_ms, INTERRUPTED],
+            )?;
+            tx.execute(
+                "UPDATE syncs SET lease_owner = NULL, lease_expires_at_ms = NULL
+                 WHERE lease_owner = ?1",
+                [&node_id],
+            )?;
+            tx.execute(
+                "UPDATE connections SET turn_owner = NULL, turn_expires_at_ms = NULL
+                 WHERE turn_owner = ?1",
+                [&node_id],
             )?;
             // A dynamic sync whose run was cut short may have no next run yet; it runs now.
             tx.execute(
@@ -1503,6 +1571,121 @@ impl Store for SqliteStore {
             )?;
             tx.commit()?;
             Ok(interrupted)
+        })
+        .await
+    }
+
+    async fn lease_sync(
+        &self,
+        id: i64,
+        node_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StoreResult<bool> {
+        let node_id = node_id.to_owned();
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            let leased = tx.execute(
+                "UPDATE syncs SET lease_owner = ?2, lease_expires_at_ms = ?3 + ?4
+                 WHERE id = ?1
+                   AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_expires_at_ms < ?3)",
+                params![id, node_id, now_ms, lease_ms],
+            )?;
+            if leased == 0 {
+                return Ok(false);
+            }
+            // A run still marked running belongs to a node that lost this lease: it will never
+            // finish.
+            tx.execute(
+                "UPDATE sync_runs SET status = 'failed', finished_at_ms = ?2, error = ?3
+                 WHERE sync_id = ?1 AND status = 'running'",
+                params![id, now_ms, INTERRUPTED],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn renew_sync_lease(
+        &self,
+        id: i64,
+        node_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StoreResult<bool> {
+        let node_id = node_id.to_owned();
+        self.write(move |conn| {
+            let changed = conn.execute(
+                "UPDATE syncs SET lease_expires_at_ms = ?3 + ?4 WHERE id = ?1 AND lease_owner = ?2",
+                params![id, node_id, now_ms, lease_ms],
+            )?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn release_sync_lease(&self, id: i64, node_id: &str) -> StoreResult<()> {
+        let node_id = node_id.to_owned();
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE syncs SET lease_owner = NULL, lease_expires_at_ms = NULL
+                 WHERE id = ?1 AND lease_owner = ?2",
+                params![id, node_id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_connection_turn(
+        &self,
+        id: i64,
+        node_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StoreResult<bool> {
+        let node_id = node_id.to_owned();
+        self.write(move |conn| {
+            let taken = conn.execute(
+                "UPDATE connections SET turn_owner = ?2, turn_expires_at_ms = ?3 + ?4
+                 WHERE id = ?1
+                   AND (turn_owner IS NULL OR turn_owner = ?2 OR turn_expires_at_ms < ?3)",
+                params![id, node_id, now_ms, lease_ms],
+            )?;
+            Ok(taken > 0)
+        })
+        .await
+    }
+
+    async fn renew_connection_turn(
+        &self,
+        id: i64,
+        node_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StoreResult<bool> {
+        let node_id = node_id.to_owned();
+        self.write(move |conn| {
+            let changed = conn.execute(
+                "UPDATE connections SET turn_expires_at_ms = ?3 + ?4
+                 WHERE id = ?1 AND turn_owner = ?2",
+                params![id, node_id, now_ms, lease_ms],
+            )?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn release_connection_turn(&self, id: i64, node_id: &str) -> StoreResult<()> {
+        let node_id = node_id.to_owned();
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE connections SET turn_owner = NULL, turn_expires_at_ms = NULL
+                 WHERE id = ?1 AND turn_owner = ?2",
+                params![id, node_id],
+            )?;
+            Ok(())
         })
         .await
     }

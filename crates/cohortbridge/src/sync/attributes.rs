@@ -105,6 +105,7 @@ impl SyncEngine {
                         .map(|id| attribute_object(id, &attribute, &[], &all_names)),
                 )
                 .collect();
+            self.check_lease(run_id)?;
             self.store
                 .record_braze_pending(connection.id, cohort.id, [added, removed].concat())
                 .await

@@ -5,7 +5,8 @@
 //! that stops half-way (a crash, or giving up after retries) therefore leaves a state that the
 //! next run continues from. Nothing acknowledged is sent twice, and nothing unsent is assumed
 //! sent.
-//! Runs of one connection execute one at a time, and a sync never runs twice at once.
+//! Runs of one connection execute one at a time, and a sync never runs twice at once, also
+//! across nodes: a run holds its connection's turn and a lease on its sync in the store.
 
 mod attributes;
 mod metrics;
@@ -108,6 +109,8 @@ pub enum SyncError {
     NotFound(i64),
     #[error("sync {0} is already running")]
     AlreadyRunning(i64),
+    #[error("sync {0} is already running on another node")]
+    RunningElsewhere(i64),
     #[error("sync {id} is {status}: {reason}")]
     NotActive {
         id: i64,
@@ -128,6 +131,29 @@ pub struct SyncEngine {
     connection_queues: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     limits: SyncLimits,
     metrics: Arc<SyncMetrics>,
+    /// This node's name in sync leases.
+    node_id: String,
+    /// How long a lease holds without renewal.
+    lease: std::time::Duration,
+    /// Runs whose lease another node took over; they stop before their next Braze request.
+    lost_leases: Arc<Mutex<HashSet<i64>>>,
+}
+
+/// Stops a lease's renewal when the run ends, however it ends.
+struct HeartbeatGuard {
+    task: tokio::task::JoinHandle<()>,
+    lost_leases: Arc<Mutex<HashSet<i64>>>,
+    run_id: i64,
+}
+
+impl Drop for HeartbeatGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.lost_leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.run_id);
+    }
 }
 
 /// Removes a sync from the running set when its run ends, however it ends.
@@ -186,7 +212,17 @@ impl SyncEngine {
             connection_queues: Mutex::new(HashMap::new()),
             limits: SyncLimits::default(),
             metrics,
+            node_id: "local".to_owned(),
+            lease: std::time::Duration::from_secs(30),
+            lost_leases: Arc::default(),
         }
+    }
+
+    /// Sets this node's id and the lease time of its runs.
+    pub fn with_lease(mut self, node_id: String, lease: std::time::Duration) -> Self {
+        self.node_id = node_id;
+        self.lease = lease;
+        self
     }
 
     /// Replaces the limits.
@@ -277,8 +313,158 @@ impl SyncEngine {
         let queue = self.connection_queue(sync.connection_id);
         let _turn = queue.lock().await;
 
+        self.wait_for_connection_turn(sync.connection_id).await?;
+        let result = self.run_in_turn(sync_id, trigger).await;
+        self.release_connection_turn(sync.connection_id).await;
+        result
+    }
+
+    /// Waits until this node has the turn to send through Braze connection `connection_id`.
+    /// Runs of one connection on several nodes take turns, as runs on one node do.
+    pub(super) async fn wait_for_connection_turn(
+        &self,
+        connection_id: i64,
+    ) -> Result<(), SyncError> {
+        let lease_ms = self.lease.as_millis() as i64;
+        let mut logged = false;
+        while !self
+            .store
+            .take_connection_turn(connection_id, &self.node_id, now_ms(), lease_ms)
+            .await?
+        {
+            if !logged {
+                tracing::debug!(
+                    connection_id,
+                    "another node is sending through this connection; waiting for its turn to end"
+                );
+                logged = true;
+            }
+            tokio::time::sleep(CONNECTION_TURN_POLL).await;
+        }
+        Ok(())
+    }
+
+    /// Gives up this node's turn on a connection, logging a failure (the turn then expires).
+    pub(super) async fn release_connection_turn(&self, connection_id: i64) {
+        if let Err(e) = self
+            .store
+            .release_connection_turn(connection_id, &self.node_id)
+            .await
+        {
+            tracing::warn!(connection_id, error = %e, "cannot release the connection turn; it expires by itself");
+        }
+    }
+
+    /// Leases sync `sync_id` and runs it, during this node's turn on the sync's connection.
+    async fn run_in_turn(&self, sync_id: i64, trigger: Trigger) -> Result<SyncRun, SyncError> {
+        let lease_ms = self.lease.as_millis() as i64;
+        if !self
+            .store
+            .lease_sync(sync_id, &self.node_id, now_ms(), lease_ms)
+            .await?
+        {
+            return Err(SyncError::RunningElsewhere(sync_id));
+        }
+        let result = self.run_current(sync_id, trigger).await;
+        if let Err(e) = self.store.release_sync_lease(sync_id, &self.node_id).await {
+            tracing::warn!(sync_id, error = %e, "cannot release the sync lease; it expires by itself");
+        }
+        result
+    }
+
+    /// Reads the sync again after the waits for its turn and lease, and runs it unless it was
+    /// paused, removed, or (for a scheduled run) run by another node in the meantime.
+    async fn run_current(&self, sync_id: i64, trigger: Trigger) -> Result<SyncRun, SyncError> {
+        let sync = self
+            .store
+            .sync(sync_id)
+            .await?
+            .ok_or(SyncError::NotFound(sync_id))?;
+        if sync.status != "active" {
+            return Err(SyncError::NotActive {
+                id: sync_id,
+                status: sync.status.clone(),
+                reason: sync
+                    .status_reason
+                    .clone()
+                    .unwrap_or_else(|| "no reason recorded".into()),
+            });
+        }
+        let due = sync.next_run_at_ms.is_some_and(|at| at <= now_ms());
+        if trigger == Trigger::Schedule && !due {
+            return Err(SyncError::RunningElsewhere(sync_id));
+        }
+        self.run_leased(&sync, trigger).await
+    }
+
+    /// Renews this node's lease on `sync_id`, and its turn on `connection_id`, every third of
+    /// the lease time while run `run_id` goes on. When another node has taken either over, marks
+    /// the run so that it stops.
+    fn keep_lease(&self, sync_id: i64, connection_id: i64, run_id: i64) -> HeartbeatGuard {
+        let store = self.store.clone();
+        let node_id = self.node_id.clone();
+        let lease = self.lease;
+        let lost_leases = self.lost_leases.clone();
+        let task = tokio::spawn(async move {
+            let lease_ms = lease.as_millis() as i64;
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                let renewed = match store
+                    .renew_sync_lease(sync_id, &node_id, now_ms(), lease_ms)
+                    .await
+                {
+                    Ok(true) => {
+                        store
+                            .renew_connection_turn(connection_id, &node_id, now_ms(), lease_ms)
+                            .await
+                    }
+                    other => other,
+                };
+                match renewed {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::error!(sync_id, run_id, node_id = %node_id, "another node took over the lease of this run; the run stops before its next Braze request");
+                        lost_leases
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(run_id);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(sync_id, run_id, error = %e, "cannot renew the sync lease; retrying");
+                    }
+                }
+            }
+        });
+        HeartbeatGuard {
+            task,
+            lost_leases: self.lost_leases.clone(),
+            run_id,
+        }
+    }
+
+    /// Fails the run when a renewal found its lease taken over by another node, so that the run
+    /// sends no further request.
+    fn check_lease(&self, run_id: i64) -> Result<(), RunFailure> {
+        let lost = self
+            .lost_leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&run_id);
+        if lost {
+            return Err(RunFailure::retry_later(
+                "another node took over this run's lease; the run stopped, and that node resumes from what Braze acknowledged",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Executes a run of `sync`, whose lease this node holds, and records its outcome.
+    async fn run_leased(&self, sync: &Sync, trigger: Trigger) -> Result<SyncRun, SyncError> {
+        let sync_id = sync.id;
         let started = Instant::now();
         let run = self.store.start_run(sync_id, now_ms()).await?;
+        let _heartbeat = self.keep_lease(sync_id, sync.connection_id, run.id);
         self.store.set_run_trigger(run.id, trigger.as_str()).await?;
         let span = tracing::info_span!(
             "sync_run",
@@ -292,7 +478,7 @@ impl SyncEngine {
         drop(_entered);
 
         let mut counts = RunCounts::default();
-        let outcome = self.execute(&sync, run.id, &mut counts).await;
+        let outcome = self.execute(sync, run.id, &mut counts).await;
         let finished_at = now_ms();
         let next_run = match sync.mode {
             SyncMode::Dynamic => sync.interval_secs.map(|secs| finished_at + secs * 1000),
@@ -570,6 +756,7 @@ impl SyncEngine {
 
         let mut last_progress = Instant::now();
         for (added, removed) in batches(&plan.adds, &plan.removes, MAX_IDS_PER_REQUEST) {
+            self.check_lease(run_id)?;
             // Recorded first, so that a crash while the request is in flight leaves these ids
             // marked as unknown, and the next run sends them again.
             self.store
@@ -616,6 +803,9 @@ impl SyncEngine {
         Ok(())
     }
 }
+
+/// Time between two attempts to take a connection's turn while another node has it.
+const CONNECTION_TURN_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Least time between two writes of a run's counts while it sends.
 const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);

@@ -24,8 +24,35 @@ impl SyncEngine {
         let queue = self.connection_queue(sync.connection_id);
         let _turn = queue.lock().await;
 
+        self.wait_for_connection_turn(sync.connection_id).await?;
+        let result = self.remove_in_turn(&sync, remove_members).await;
+        self.release_connection_turn(sync.connection_id).await;
+        result
+    }
+
+    /// Leases the sync like a run, so that no node runs it meanwhile, and removes it.
+    async fn remove_in_turn(&self, sync: &Sync, remove_members: bool) -> Result<(), SyncError> {
+        let sync_id = sync.id;
+        let lease_ms = self.lease.as_millis() as i64;
+        if !self
+            .store
+            .lease_sync(sync_id, &self.node_id, now_ms(), lease_ms)
+            .await?
+        {
+            return Err(SyncError::RunningElsewhere(sync_id));
+        }
+        let result = self.remove_leased(sync, remove_members).await;
+        if let Err(e) = self.store.release_sync_lease(sync_id, &self.node_id).await {
+            tracing::warn!(sync_id, error = %e, "cannot release the sync lease; it expires by itself");
+        }
+        result
+    }
+
+    /// Removes a sync whose lease this node holds, after removing its members when asked.
+    async fn remove_leased(&self, sync: &Sync, remove_members: bool) -> Result<(), SyncError> {
+        let sync_id = sync.id;
         if remove_members {
-            self.remove_members(&sync).await?;
+            self.remove_members(sync).await?;
         }
         let reason = if remove_members {
             "removed; its members were removed from Braze"
@@ -83,12 +110,20 @@ impl SyncEngine {
         members.sort();
 
         let run = self.store.start_run(sync.id, now_ms()).await?;
+        let _heartbeat = self.keep_lease(sync.id, sync.connection_id, run.id);
         self.store
             .set_run_trigger(run.id, Trigger::Removal.as_str())
             .await?;
         let mut counts = RunCounts::default();
         let outcome = self
-            .send_removes(&connection, &known, sync.cohort_id, &members, &mut counts)
+            .send_removes(
+                run.id,
+                &connection,
+                &known,
+                sync.cohort_id,
+                &members,
+                &mut counts,
+            )
             .await;
         let error = outcome.as_ref().err().cloned();
         let status = if error.is_some() {
@@ -104,6 +139,7 @@ impl SyncEngine {
 
     async fn send_removes(
         &self,
+        run_id: i64,
         connection: &Connection,
         known: &BrazeCohort,
         cohort_id: i64,
@@ -118,6 +154,8 @@ impl SyncEngine {
             MAX_IDS_PER_REQUEST
         };
         for removed in members.chunks(chunk_size) {
+            self.check_lease(run_id)
+                .map_err(|failure| failure.message)?;
             self.store
                 .record_braze_pending(connection.id, cohort_id, removed.to_vec())
                 .await

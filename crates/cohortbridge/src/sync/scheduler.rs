@@ -6,7 +6,8 @@ use std::time::Duration;
 use super::SyncEngine;
 
 /// Checks for due syncs every `tick` and starts each in its own task, until `shutdown` fires.
-/// A sync still running from an earlier tick is left alone, so runs never overlap.
+/// A sync still running from an earlier tick is left alone, and a sync leased by another node
+/// is not listed as due, so runs never overlap.
 pub fn spawn_scheduler(
     engine: Arc<SyncEngine>,
     tick: Duration,
@@ -37,11 +38,21 @@ pub fn spawn_scheduler(
                 }
                 let engine = engine.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = engine
+                    match engine
                         .run_triggered(sync.id, super::Trigger::Schedule)
                         .await
                     {
-                        tracing::warn!(sync_id = sync.id, error = %e, "scheduled sync run did not start");
+                        Ok(_) => {}
+                        // Another node leased the sync between the listing and this start.
+                        Err(super::SyncError::RunningElsewhere(_)) => {
+                            tracing::debug!(
+                                sync_id = sync.id,
+                                "scheduled sync run is running on another node"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(sync_id = sync.id, error = %e, "scheduled sync run did not start");
+                        }
                     }
                 });
             }

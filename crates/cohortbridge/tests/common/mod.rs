@@ -1,7 +1,12 @@
 //! Test harness: the real server and the Braze emulator, each started in-process on port 0.
+//!
+//! The server uses the SQLite file in its data folder, or PostgreSQL when
+//! `COHORTBRIDGE_TEST_DATABASE_URL` names a database: each server then gets a schema of its own
+//! in that database, dropped when the test ends.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine;
 use braze_emulator::{Config as EmulatorConfig, Emulator};
@@ -21,7 +26,163 @@ pub struct TestServer {
     pub api_secret: String,
     pub currents_token: String,
     pub data_dir: tempfile::TempDir,
+    pub database: TestDatabase,
     running: Option<RunningServer>,
+}
+
+/// A stopped server's data folder and database, kept until dropped.
+pub struct StoppedServer {
+    pub data_dir: tempfile::TempDir,
+    pub database: TestDatabase,
+}
+
+/// The environment variable that points the tests at a PostgreSQL database.
+pub const TEST_DATABASE_URL_VAR: &str = "COHORTBRIDGE_TEST_DATABASE_URL";
+
+/// The database of one test server: the SQLite file in its data folder, or a schema of its own
+/// in the PostgreSQL database named by `COHORTBRIDGE_TEST_DATABASE_URL`.
+pub struct TestDatabase {
+    sqlite_path: PathBuf,
+    postgres: Option<PostgresSchema>,
+}
+
+struct PostgresSchema {
+    /// The database URL as configured, without a schema.
+    base_url: String,
+    schema: String,
+}
+
+impl TestDatabase {
+    /// Uses the SQLite file in `data_dir`, or creates a fresh PostgreSQL schema.
+    pub async fn create(data_dir: &Path) -> Self {
+        let sqlite_path = data_dir.join("cohortbridge.db");
+        let Ok(base_url) = std::env::var(TEST_DATABASE_URL_VAR) else {
+            return Self {
+                sqlite_path,
+                postgres: None,
+            };
+        };
+        let schema = format!("t_{}", cohortbridge::secrets::random_token(8));
+        let client = postgres_client(&base_url).await;
+        client
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create the test schema {schema}: {e}"));
+        Self {
+            sqlite_path,
+            postgres: Some(PostgresSchema { base_url, schema }),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+
+    /// The `--database-url` a server needs for this database; `None` for SQLite.
+    pub fn url(&self) -> Option<String> {
+        self.postgres.as_ref().map(|pg| {
+            let separator = if pg.base_url.contains('?') { '&' } else { '?' };
+            format!(
+                "{}{separator}options=-c%20search_path%3D{}",
+                pg.base_url, pg.schema
+            )
+        })
+    }
+
+    /// The environment that points a spawned `cohortbridge serve` at this database.
+    pub fn envs(&self) -> Vec<(&'static str, String)> {
+        self.url()
+            .map(|url| ("COHORTBRIDGE_DATABASE_URL", url))
+            .into_iter()
+            .collect()
+    }
+
+    /// Runs SQL statements directly on the database, behind the server's back.
+    pub async fn execute(&self, sql: &str) {
+        match &self.postgres {
+            Some(pg) => {
+                let client = postgres_client(&pg.base_url).await;
+                client
+                    .batch_execute(&format!("SET search_path TO {}; {sql}", pg.schema))
+                    .await
+                    .unwrap();
+            }
+            None => {
+                let db = rusqlite::Connection::open(&self.sqlite_path).unwrap();
+                db.execute_batch(sql).unwrap();
+            }
+        }
+    }
+
+    /// Returns the first column of a query's rows as text.
+    pub async fn query_strings(&self, sql: &str) -> Vec<String> {
+        match &self.postgres {
+            Some(pg) => {
+                let client = postgres_client(&pg.base_url).await;
+                client
+                    .batch_execute(&format!("SET search_path TO {}", pg.schema))
+                    .await
+                    .unwrap();
+                let rows = client.query(sql, &[]).await.unwrap();
+                rows.iter().map(|row| row.get::<_, String>(0)).collect()
+            }
+            None => {
+                let db = rusqlite::Connection::open(&self.sqlite_path).unwrap();
+                let mut statement = db.prepare(sql).unwrap();
+                let rows = statement.query_map([], |row| row.get(0)).unwrap();
+                rows.map(Result::unwrap).collect()
+            }
+        }
+    }
+
+    /// Opens the store directly, as the server does.
+    pub async fn open_store(&self) -> Arc<dyn cohortbridge::store::Store> {
+        let database = match self.url() {
+            Some(url) => cohortbridge::store::Database::Postgres {
+                url,
+                max_connections: 2,
+            },
+            None => cohortbridge::store::Database::Sqlite {
+                path: self.sqlite_path.clone(),
+            },
+        };
+        cohortbridge::store::open(&database).await.unwrap()
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some(pg) = self.postgres.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime, which cannot block on a future, so the schema is
+        // dropped from a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let client = postgres_client(&pg.base_url).await;
+                let drop = format!(
+                    "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {} CASCADE",
+                    pg.schema
+                );
+                if let Err(e) = client.batch_execute(&drop).await {
+                    eprintln!("cannot drop the test schema {}: {e}", pg.schema);
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn postgres_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {TEST_DATABASE_URL_VAR}: {e}"));
+    tokio::spawn(connection);
+    client
 }
 
 /// Builds the config the tests use: quick retries, a short scheduler tick, custom Braze URLs allowed.
@@ -48,7 +209,9 @@ impl TestServer {
 
     pub async fn start_with(adjust: impl FnOnce(&mut ServeConfig)) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
+        let database = TestDatabase::create(data_dir.path()).await;
         let mut config = test_config(data_dir.path().to_path_buf());
+        config.database.database_url = database.url();
         adjust(&mut config);
         let running = server::start(config).await.expect("server starts");
         let base = format!("http://{}", running.addr);
@@ -60,6 +223,7 @@ impl TestServer {
             api_secret: String::new(),
             currents_token: String::new(),
             data_dir,
+            database,
             running: Some(running),
         };
         let project = server.admin_get("").await;
@@ -73,12 +237,15 @@ impl TestServer {
         drop(self.stop_keeping_data().await);
     }
 
-    /// Stops the server and hands back its data folder, which is deleted when dropped.
-    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+    /// Stops the server and hands back its data folder and database, deleted when dropped.
+    pub async fn stop_keeping_data(mut self) -> StoppedServer {
         if let Some(running) = self.running.take() {
             running.shutdown().await;
         }
-        self.data_dir
+        StoppedServer {
+            data_dir: self.data_dir,
+            database: self.database,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
