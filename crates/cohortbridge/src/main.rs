@@ -37,7 +37,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Serve(mut config) => {
             init_logging(config.log_format == "json");
             config.admin_key = client.admin_key;
-            let running = server::start(config).await?;
+            let running = server::start(*config).await?;
             if let Some(key) = &running.generated_admin_key {
                 println!("admin key (shown once; store it, for example as COHORTBRIDGE_ADMIN_KEY): {key}");
             }

@@ -61,7 +61,7 @@ pub struct ClientArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Apply pending database migrations and exit; `serve` also applies them at start.
     Migrate(MigrateArgs),
     /// Show project settings.
