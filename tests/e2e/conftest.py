@@ -256,8 +256,42 @@ def admin_key() -> str:
     return secrets.token_hex(16)
 
 
+def _psql(url: str, sql: str) -> None:
+    subprocess.run(
+        ["psql", url, "--quiet", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 @pytest.fixture
-def cohortbridge(binary_dir: Path, tmp_path: Path, admin_key: str) -> Iterator[CohortBridge]:
+def database_env() -> Iterator[dict[str, str]]:
+    """The environment that points a server at its database.
+
+    Without COHORTBRIDGE_TEST_DATABASE_URL the server uses the SQLite file in its data folder.
+    With it, the server gets a PostgreSQL schema of its own in that database, as in the Rust
+    tests, and the schema is dropped after the test. `psql` creates and drops it.
+    """
+    base = os.environ.get("COHORTBRIDGE_TEST_DATABASE_URL")
+    if not base:
+        yield {}
+        return
+    schema = f"e2e_{secrets.token_hex(6)}"
+    _psql(base, f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in base else "?"
+    try:
+        yield {
+            "COHORTBRIDGE_DATABASE_URL": f"{base}{separator}options=-c%20search_path%3D{schema}"
+        }
+    finally:
+        _psql(base, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture
+def cohortbridge(
+    binary_dir: Path, tmp_path: Path, admin_key: str, database_env: dict[str, str]
+) -> Iterator[CohortBridge]:
     """A `cohortbridge serve` on a free loopback port with a fresh data folder.
 
     It accepts custom Braze base URLs, such as the emulator's, and dynamic syncs as short as 1 s.
@@ -278,7 +312,7 @@ def cohortbridge(binary_dir: Path, tmp_path: Path, admin_key: str) -> Iterator[C
             "--min-sync-interval-secs",
             "1",
         ],
-        _child_env({"COHORTBRIDGE_ADMIN_KEY": admin_key}),
+        _child_env({"COHORTBRIDGE_ADMIN_KEY": admin_key, **database_env}),
         tmp_path / "cohortbridge.stderr.log",
     )
     try:

@@ -38,7 +38,10 @@ const IMPORT_KEY = "browser-e2e-data-import-key";
 const PASSWORD = "browser test password 1";
 const STARTUP_TIMEOUT_MS = 20_000;
 
+const { testDatabase } = require("../../support/database");
+
 let workDir;
+let database;
 let server;
 let emulator;
 let base;
@@ -130,6 +133,7 @@ async function screenshot(page, name) {
 
 before(async () => {
   workDir = fs.mkdtempSync(path.join(os.tmpdir(), "cohortbridge-browser-"));
+  database = testDatabase();
   emulatorBase = await startBinary("braze-emulator", [
     "--listen", "127.0.0.1:0", "--partner-name", "cohortbridge",
     "--partner-api-key", PARTNER_KEY, "--data-import-key", IMPORT_KEY,
@@ -138,7 +142,7 @@ before(async () => {
     "serve", "--listen", "127.0.0.1:0", "--data-dir", path.join(workDir, "data"),
     "--braze-partner-api-key", PARTNER_KEY, "--allow-custom-braze-url",
     "--owner-email", "owner@example.com",
-  ], { COHORTBRIDGE_ADMIN_KEY: ADMIN_KEY, COHORTBRIDGE_OWNER_PASSWORD: PASSWORD });
+  ], { COHORTBRIDGE_ADMIN_KEY: ADMIN_KEY, COHORTBRIDGE_OWNER_PASSWORD: PASSWORD, ...database.env });
   token = (await admin("GET", "/projects/1")).token;
   // People are added with the CLI, as an operator would.
   for (const role of ["admin", "analyst", "consumer"]) {
@@ -152,7 +156,11 @@ before(async () => {
 
 after(async () => {
   if (browser) await browser.close();
-  for (const child of children) child.kill("SIGTERM");
+  const running = children.filter((child) => child.exitCode === null);
+  const exited = running.map((child) => new Promise((resolve) => child.once("exit", resolve)));
+  for (const child of running) child.kill("SIGTERM");
+  await Promise.all(exited);
+  database?.drop();
   if (workDir) fs.rmSync(workDir, { recursive: true, force: true });
 });
 

@@ -26,6 +26,8 @@ const { test, before, after } = require("node:test");
 
 const Mixpanel = require("mixpanel");
 
+const { testDatabase } = require("../../support/database");
+
 const ADMIN_KEY = "node-e2e-admin-key-0123456789";
 const REPO_ROOT = path.resolve(__dirname, "..", "..", "..");
 const BIN_DIR =
@@ -38,6 +40,7 @@ let project;
 let proxy;
 let proxyPort;
 let workDir;
+let database;
 
 /** Starts `cohortbridge serve` on port 0 and resolves with its base URL. */
 function startServer(dataDir) {
@@ -45,7 +48,7 @@ function startServer(dataDir) {
     path.join(BIN_DIR, "cohortbridge"),
     ["serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir],
     {
-      env: { PATH: process.env.PATH, COHORTBRIDGE_ADMIN_KEY: ADMIN_KEY },
+      env: { PATH: process.env.PATH, COHORTBRIDGE_ADMIN_KEY: ADMIN_KEY, ...database.env },
       stdio: ["ignore", "pipe", "inherit"],
     },
   );
@@ -149,6 +152,7 @@ function tlsClient(auth) {
 
 before(async () => {
   workDir = fs.mkdtempSync(path.join(os.tmpdir(), "cohortbridge-node-"));
+  database = testDatabase();
   server = startServer(path.join(workDir, "data"));
   base = await server.url;
   const projectReply = await admin("");
@@ -160,9 +164,14 @@ before(async () => {
   process.env.NODE_TLS_REJECT_UNAUTHORIZED = "0";
 });
 
-after(() => {
+after(async () => {
   proxy?.close();
-  server?.child.kill("SIGTERM");
+  if (server && server.child.exitCode === null) {
+    const exited = new Promise((resolve) => server.child.once("exit", resolve));
+    server.child.kill("SIGTERM");
+    await exited;
+  }
+  database?.drop();
   fs.rmSync(workDir, { recursive: true, force: true });
 });
 
