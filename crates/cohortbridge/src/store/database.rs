@@ -104,7 +104,7 @@ pub async fn open(database: &Database) -> StoreResult<Arc<dyn Store>> {
 pub fn redact_url(url: &str) -> String {
     let (scheme, rest) = match url.find("://") {
         Some(at) => url.split_at(at + 3),
-        None => ("", url),
+        None => return redact_key_value(url),
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
@@ -136,9 +136,54 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}{authority}{tail}")
 }
 
+/// Redacts a libpq key=value connection string, such as `host=db password=secret`. A quoted
+/// password may contain spaces, so everything after `password=` up to the next ` key=` goes.
+fn redact_key_value(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let Some(start) = lower.find("password=") else {
+        return text.to_owned();
+    };
+    let value_start = start + "password=".len();
+    let rest = &text[value_start..];
+    // The value ends where the next `name=` pair begins.
+    let end = rest
+        .char_indices()
+        .filter(|(_, c)| *c == ' ')
+        .map(|(i, _)| i)
+        .find(|&i| {
+            let next = &rest[i + 1..];
+            let word_end = next.find([' ', '=']).unwrap_or(next.len());
+            next[word_end..].starts_with('=') && word_end > 0
+        })
+        .unwrap_or(rest.len());
+    format!(
+        "{}<redacted>{}",
+        &text[..value_start],
+        redact_key_value(&rest[end..])
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redact_url_hides_key_value_password() {
+        let text = "host=127.0.0.1 user=postgres password=KvPwLeak123 dbname=nonexist";
+        let shown = redact_url(text);
+        assert!(!shown.contains("KvPwLeak123"), "{shown}");
+        assert_eq!(
+            shown,
+            "host=127.0.0.1 user=postgres password=<redacted> dbname=nonexist"
+        );
+        let quoted = redact_url("PASSWORD='a b c' host=x");
+        assert_eq!(quoted, "PASSWORD=<redacted> host=x");
+        let error = Database::from_settings(Some(text), Path::new("."), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("KvPwLeak123"), "{error}");
+        assert!(error.contains("postgres://"), "{error}");
+    }
 
     #[test]
     fn redact_url_hides_user_password() {
