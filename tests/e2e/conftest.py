@@ -312,7 +312,9 @@ def cohortbridge(
             "--min-sync-interval-secs",
             "1",
         ],
-        _child_env({"COHORTBRIDGE_ADMIN_KEY": admin_key, **database_env}),
+        _child_env(
+            {"COHORTBRIDGE_ADMIN_KEY": admin_key, "COHORTBRIDGE_INSTALLATION_ID": "e2e", **database_env}
+        ),
         tmp_path / "cohortbridge.stderr.log",
     )
     try:

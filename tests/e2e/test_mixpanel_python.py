@@ -132,7 +132,7 @@ def test_mixpanel_library_to_braze_loop(
     )
 
     # A one-time export sends every member that has a Braze external id.
-    braze_cohort_id = f"cohortbridge-{project['id']}-{cohort_id}"
+    braze_cohort_id = f"cohortbridge-e2e-{project['id']}-{cohort_id}"
     export = cli.json("export", str(cohort_id), "--connection", "emu", "--once")
     run = export["run"]
     assert run["status"] == "succeeded", f"one-time export failed: {run}"

@@ -103,7 +103,8 @@ async fn main() -> anyhow::Result<()> {
             api_key_eu: None,
         },
     )
-    .with_limits(SyncLimits::default());
+    .with_limits(SyncLimits::default())
+    .with_installation_id("bench".into());
 
     measure_preview(
         &engine,
@@ -118,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
     let braze_members = emulator
         .members(
             0,
-            &cohortbridge::sync::braze_cohort_id(project.id, cohort.id),
+            &cohortbridge::sync::braze_cohort_id("bench", project.id, cohort.id),
             MemberKind::UserIds,
         )
         .map(|m| match m {

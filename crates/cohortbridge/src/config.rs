@@ -25,6 +25,13 @@ pub struct ServeConfig {
     #[arg(long, env = "COHORTBRIDGE_NODE_ID")]
     pub node_id: Option<String>,
 
+    /// Names this installation in the ids of the cohorts it creates in Braze, so that two
+    /// installations exporting to one Braze workspace never share a cohort. Only the first start
+    /// of a database records it; without it, a random id is recorded then. Letters, digits and
+    /// `-`, at most 32 characters.
+    #[arg(long, env = "COHORTBRIDGE_INSTALLATION_ID", value_parser = parse_installation_id)]
+    pub installation_id: Option<String>,
+
     /// How long a node's lease on a running sync holds without renewal, in seconds. The node
     /// renews it every third of this time; when the node stops, another node takes the sync
     /// over once the lease has expired.
@@ -201,6 +208,7 @@ impl ServeConfig {
                 database_max_connections: 16,
             },
             node_id: None,
+            installation_id: None,
             sync_lease_secs: 30,
             admin_key: None,
             secret_key: None,
@@ -233,4 +241,17 @@ fn default_never_qualifying() -> Vec<String> {
 
 fn default_partner_outreach() -> Vec<String> {
     crate::mtu::ExemptionRules::default().partner_outreach
+}
+
+/// Checks an `--installation-id`: 1 to 32 ASCII letters, digits or `-`.
+fn parse_installation_id(text: &str) -> Result<String, String> {
+    let valid = (1..=32).contains(&text.len())
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not 1 to 32 ASCII letters, digits or '-'"
+        ))
+    }
 }

@@ -18,6 +18,8 @@ use crate::store::{self, Database, NewProject, Store};
 use crate::sync::{self, PartnerSettings, SyncEngine};
 
 const ADMIN_KEY_HASH_SETTING: &str = "admin_key_hash";
+/// The id that names this installation in the ids of its Braze cohorts.
+const INSTALLATION_ID_SETTING: &str = "installation_id";
 /// Failed web UI logins allowed per e-mail address and per client address in the window.
 const LOGIN_MAX_FAILURES: usize = 5;
 const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -74,6 +76,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let (admin_key_hash, generated_admin_key) =
         admin_key(store.as_ref(), config.admin_key.as_deref()).await?;
     check_secret_key(store.as_ref(), &secret_box).await?;
+    let installation_id =
+        installation_id(store.as_ref(), config.installation_id.as_deref()).await?;
     ensure_default_project(store.as_ref(), &secret_box).await?;
     ensure_first_owner(store.as_ref(), &config).await?;
     let interrupted = store
@@ -108,7 +112,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
             .with_lease(
                 node_id.clone(),
                 Duration::from_secs(config.sync_lease_secs.max(1)),
-            ),
+            )
+            .with_installation_id(installation_id),
     );
     let state = AppState {
         store,
@@ -193,6 +198,26 @@ async fn admin_key(
         return Ok((stored, None));
     }
     Ok((hash, Some(key)))
+}
+
+/// Returns the id that the database recorded on its first start: `configured`, or a random id
+/// when none was configured. A later `--installation-id` that differs is ignored with a warning,
+/// because changing it would orphan the cohorts already created in Braze.
+async fn installation_id(store: &dyn Store, configured: Option<&str>) -> anyhow::Result<String> {
+    let proposed = configured
+        .map(str::to_owned)
+        .unwrap_or_else(|| secrets::random_token(8).to_ascii_lowercase());
+    let stored = store
+        .put_setting_if_absent(INSTALLATION_ID_SETTING, &proposed)
+        .await?;
+    if let Some(configured) = configured.filter(|c| *c != stored) {
+        tracing::warn!(
+            configured,
+            recorded = %stored,
+            "--installation-id differs from the id this database recorded on its first start; the recorded id stays"
+        );
+    }
+    Ok(stored)
 }
 
 /// Checks that this node's encryption key is the one that encrypted the stored secrets, and

@@ -170,6 +170,6 @@ async fn sync_commands_end_to_end() {
 
     let text = run_ok(&server, &["cohorts", "delete", &cohort, "--remove-members"]).await;
     assert!(text.contains("removed from Braze"), "{text}");
-    assert!(emulator.members("cohortbridge-1-1").await.is_empty());
+    assert!(emulator.members("cohortbridge-test-1-1").await.is_empty());
     server.stop().await;
 }

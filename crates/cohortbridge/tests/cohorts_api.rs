@@ -337,7 +337,7 @@ async fn storage_failure_keeps_previous_membership() {
     assert_eq!(status, 201, "{export}");
     assert_eq!(export["run"]["status"], "succeeded", "{export}");
     let sync_id = export["sync"]["id"].as_i64().unwrap();
-    let braze_cohort = format!("cohortbridge-1-{cohort}");
+    let braze_cohort = format!("cohortbridge-test-1-{cohort}");
     let mut before = emulator.members(&braze_cohort).await;
     before.sort();
     assert_eq!(before, vec!["ext-ann", "ext-bob"]);

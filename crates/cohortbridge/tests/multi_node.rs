@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 const ADMIN_KEY: &str = "multi-node-admin-key-0123456789";
 /// The same encryption key on every node, as a deployment must have.
 const SECRET_KEY: &str = "6d756c74692d6e6f64652d746573742d6b65792d303132333435363738396162";
-const BRAZE_COHORT: &str = "cohortbridge-1-1";
+const BRAZE_COHORT: &str = "cohortbridge-test-1-1";
 const LEASE_SECS: &str = "2";
 
 struct Node {

@@ -130,7 +130,7 @@ async fn once_then_dynamic_sends_only_changes() {
     assert_eq!(run["added"], 2);
     assert_eq!(run["skipped"], 1, "dee has no Braze id");
     assert_eq!(once["sync"]["status"], "completed");
-    let braze_id = "cohortbridge-1-1";
+    let braze_id = "cohortbridge-test-1-1";
     assert_eq!(emulator.members(braze_id).await, vec!["ext-ann", "ext-bob"]);
     let cohorts = emulator.get("/_emulator/cohorts").await;
     assert_eq!(cohorts[0]["name"], "Pro buyers");
@@ -202,7 +202,7 @@ async fn changed_braze_id_swaps_ids() {
         "{run}"
     );
     assert_eq!(
-        emulator.members("cohortbridge-1-1").await,
+        emulator.members("cohortbridge-test-1-1").await,
         vec!["new-id", "shared"]
     );
     server.stop().await;
@@ -263,7 +263,10 @@ async fn rate_limit_waits_then_resends() {
         "resent at {waited_until}, before the reset at {reset}"
     );
     assert!(started.elapsed() >= Duration::from_millis(900));
-    assert_eq!(emulator.members("cohortbridge-1-1").await, vec!["ext-ann"]);
+    assert_eq!(
+        emulator.members("cohortbridge-test-1-1").await,
+        vec!["ext-ann"]
+    );
     server.stop().await;
 }
 
@@ -289,13 +292,16 @@ async fn server_errors_exhaust_retries_then_next_run_resumes() {
         dynamic["sync"]["status"], "active",
         "a transient failure does not pause the sync"
     );
-    assert!(emulator.members("cohortbridge-1-1").await.is_empty());
+    assert!(emulator.members("cohortbridge-test-1-1").await.is_empty());
 
     let sync_id = dynamic["sync"]["id"].as_i64().unwrap();
     let run = run_sync(&server, sync_id).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["added"], 1);
-    assert_eq!(emulator.members("cohortbridge-1-1").await, vec!["ext-ann"]);
+    assert_eq!(
+        emulator.members("cohortbridge-test-1-1").await,
+        vec!["ext-ann"]
+    );
     server.stop().await;
 }
 
@@ -368,7 +374,7 @@ async fn failed_evaluation_sends_nothing() {
     );
     assert_eq!(last_seq(&emulator).await, before, "nothing was sent");
     assert_eq!(
-        emulator.members("cohortbridge-1-1").await,
+        emulator.members("cohortbridge-test-1-1").await,
         vec!["ext-ann"],
         "members were not removed"
     );
@@ -393,7 +399,7 @@ async fn scheduler_runs_due_dynamic_syncs() {
 
     seed_user(&server, "bob", "pro", Some("ext-bob"), 2).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while emulator.members("cohortbridge-1-1").await.len() < 2 {
+    while emulator.members("cohortbridge-test-1-1").await.len() < 2 {
         assert!(
             std::time::Instant::now() < deadline,
             "the scheduler did not run the sync within 10 s"
@@ -646,7 +652,10 @@ async fn disconnected_client_does_not_cancel_run() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(emulator.members("cohortbridge-1-1").await, vec!["ext-ann"]);
+    assert_eq!(
+        emulator.members("cohortbridge-test-1-1").await,
+        vec!["ext-ann"]
+    );
     server.stop().await;
 }
 
@@ -806,4 +815,40 @@ async fn custom_eu_url_uses_eu_key() {
         .await;
     assert_eq!(status, 400, "{body}");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn two_installations_keep_separate_braze_cohorts() {
+    let emulator = TestEmulator::start().await;
+    let staging = TestServer::start_with(|c| c.installation_id = Some("staging".into())).await;
+    // No configured id: a random one is recorded on first start.
+    let production = TestServer::start_with(|c| c.installation_id = None).await;
+    for (server, user) in [(&staging, "stage-user"), (&production, "prod-user")] {
+        connect(server, &emulator).await;
+        seed_user(server, user, "pro", Some(&format!("ext-{user}")), 2).await;
+        let cohort = server.create_cohort("Pro buyers", issue_definition()).await;
+        assert_eq!(cohort, 1, "both installations number their first cohort 1");
+        let once = export(server, cohort, "once").await;
+        assert_eq!(once["run"]["status"], "succeeded", "{once}");
+    }
+    let cohorts = emulator.get("/_emulator/cohorts").await;
+    let ids: Vec<&str> = cohorts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cohort_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "one Braze cohort per installation: {cohorts}");
+    assert!(ids.contains(&"cohortbridge-staging-1-1"), "{ids:?}");
+    assert_eq!(
+        emulator.members("cohortbridge-staging-1-1").await,
+        vec!["ext-stage-user"]
+    );
+    let production_id = ids
+        .iter()
+        .find(|id| **id != "cohortbridge-staging-1-1")
+        .unwrap();
+    assert_eq!(emulator.members(production_id).await, vec!["ext-prod-user"]);
+    staging.stop().await;
+    production.stop().await;
 }

@@ -259,6 +259,6 @@ async fn unknown_users_are_ignored_by_braze() {
         emulator.emulator.attribute_holders(0, ATTRIBUTE, "Pro"),
         ids(0..2)
     );
-    assert_eq!(emulator.members("cohortbridge-1-1").await, ids(0..2));
+    assert_eq!(emulator.members("cohortbridge-test-1-1").await, ids(0..2));
     server.stop().await;
 }

@@ -13,7 +13,7 @@ use common::{TestDatabase, TestEmulator, DATA_IMPORT_KEY, PARTNER_API_KEY, PARTN
 use serde_json::{json, Value};
 
 const ADMIN_KEY: &str = "crash-sync-admin-key-0123456789";
-const BRAZE_COHORT: &str = "cohortbridge-1-1";
+const BRAZE_COHORT: &str = "cohortbridge-test-1-1";
 
 struct Server {
     child: Child,

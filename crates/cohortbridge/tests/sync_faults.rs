@@ -6,7 +6,7 @@ mod common;
 use common::{TestEmulator, TestServer, DATA_IMPORT_KEY};
 use serde_json::{json, Value};
 
-const BRAZE_COHORT: &str = "cohortbridge-1-1";
+const BRAZE_COHORT: &str = "cohortbridge-test-1-1";
 
 /// A server with a 1 s Braze timeout, a connection to `emulator` and a dynamic sync of a
 /// two-member cohort whose first run already succeeded.

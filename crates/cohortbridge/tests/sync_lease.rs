@@ -87,7 +87,9 @@ async fn taken_over_lease_stops_the_run() {
         sent < 6,
         "the run kept sending after it lost its lease: {sent} requests"
     );
-    let braze_after_stop = emulator.members(&format!("cohortbridge-1-{cohort}")).await;
+    let braze_after_stop = emulator
+        .members(&format!("cohortbridge-test-1-{cohort}"))
+        .await;
     assert!(
         braze_after_stop.len() < MEMBERS,
         "{}",
@@ -118,7 +120,9 @@ async fn taken_over_lease_stops_the_run() {
         .await;
     assert_eq!(status, 200, "{resumed}");
     assert_eq!(resumed["status"], "succeeded", "{resumed}");
-    let mut braze = emulator.members(&format!("cohortbridge-1-{cohort}")).await;
+    let mut braze = emulator
+        .members(&format!("cohortbridge-test-1-{cohort}"))
+        .await;
     braze.sort();
     let mut expected: Vec<String> = (0..MEMBERS).map(|n| format!("ext-{n}")).collect();
     expected.sort();

@@ -7,7 +7,7 @@ mod common;
 use common::{TestEmulator, TestServer, DATA_IMPORT_KEY};
 use serde_json::{json, Value};
 
-const BRAZE_COHORT: &str = "cohortbridge-1-1";
+const BRAZE_COHORT: &str = "cohortbridge-test-1-1";
 
 async fn connect(server: &TestServer, emulator: &TestEmulator, name: &str) {
     let (status, body) = server
@@ -296,8 +296,8 @@ async fn cohort_delete_with_and_without_removal() {
     let cleared_sync = export_dynamic(&server, cleared, "emu").await["sync"]["id"]
         .as_i64()
         .unwrap();
-    let kept_braze = format!("cohortbridge-1-{kept}");
-    let cleared_braze = format!("cohortbridge-1-{cleared}");
+    let kept_braze = format!("cohortbridge-test-1-{kept}");
+    let cleared_braze = format!("cohortbridge-test-1-{cleared}");
     assert_eq!(emulator.members(&kept_braze).await.len(), 2);
     assert_eq!(emulator.members(&cleared_braze).await.len(), 2);
 

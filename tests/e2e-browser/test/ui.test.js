@@ -142,7 +142,12 @@ before(async () => {
     "serve", "--listen", "127.0.0.1:0", "--data-dir", path.join(workDir, "data"),
     "--braze-partner-api-key", PARTNER_KEY, "--allow-custom-braze-url",
     "--owner-email", "owner@example.com",
-  ], { COHORTBRIDGE_ADMIN_KEY: ADMIN_KEY, COHORTBRIDGE_OWNER_PASSWORD: PASSWORD, ...database.env });
+  ], {
+    COHORTBRIDGE_ADMIN_KEY: ADMIN_KEY,
+    COHORTBRIDGE_OWNER_PASSWORD: PASSWORD,
+    COHORTBRIDGE_INSTALLATION_ID: "e2e",
+    ...database.env,
+  });
   token = (await admin("GET", "/projects/1")).token;
   // People are added with the CLI, as an operator would.
   for (const role of ["admin", "analyst", "consumer"]) {
@@ -245,7 +250,7 @@ test("admin connects Braze, builds a cohort and exports it", async () => {
   syncId = Number(page.url().split("/").pop());
   assert.equal(await page.locator("#sync-status").textContent(), "Active");
   assert.equal(await page.locator("#runs tbody tr td.added").first().textContent(), "2");
-  const members = await (await fetch(`${emulatorBase}/_emulator/cohorts/cohortbridge-1-${cohortId}/members`)).json();
+  const members = await (await fetch(`${emulatorBase}/_emulator/cohorts/cohortbridge-e2e-1-${cohortId}/members`)).json();
   assert.deepEqual([...members].sort(), ["ext-alice", "ext-bob"]);
 
   const [download] = await Promise.all([page.waitForEvent("download"), page.locator("a.csv").first().click()]);

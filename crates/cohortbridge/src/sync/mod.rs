@@ -133,6 +133,8 @@ pub struct SyncEngine {
     metrics: Arc<SyncMetrics>,
     /// This node's name in sync leases.
     node_id: String,
+    /// Names this installation in the ids of the cohorts it creates in Braze.
+    installation_id: String,
     /// How long a lease holds without renewal.
     lease: std::time::Duration,
     /// Runs whose lease another node took over; they stop before their next Braze request.
@@ -213,9 +215,16 @@ impl SyncEngine {
             limits: SyncLimits::default(),
             metrics,
             node_id: "local".to_owned(),
+            installation_id: "local".to_owned(),
             lease: std::time::Duration::from_secs(30),
             lost_leases: Arc::default(),
         }
+    }
+
+    /// Sets the installation id that Braze cohort ids carry.
+    pub fn with_installation_id(mut self, installation_id: String) -> Self {
+        self.installation_id = installation_id;
+        self
     }
 
     /// Sets this node's id and the lease time of its runs.
@@ -688,13 +697,17 @@ impl SyncEngine {
                 )
                 .await;
         }
-        let braze_cohort_id = braze_cohort_id(sync.project_id, cohort.id);
-
         let known = self
             .store
             .braze_cohort(connection.id, cohort.id)
             .await
             .map_err(store_failure)?;
+        // A cohort already created in Braze keeps its recorded id, which may predate the
+        // installation id.
+        let braze_cohort_id = match &known {
+            Some(known) => known.braze_cohort_id.clone(),
+            None => braze_cohort_id(&self.installation_id, sync.project_id, cohort.id),
+        };
         if known.as_ref().is_none_or(|k| k.name_sent != cohort.name) {
             let created_at = Utc
                 .timestamp_millis_opt(cohort.created_at_ms)
@@ -810,10 +823,10 @@ const CONNECTION_TURN_POLL: std::time::Duration = std::time::Duration::from_mill
 /// Least time between two writes of a run's counts while it sends.
 const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Builds the id a cohort has in Braze. It carries the project id so two projects exporting to one
-/// workspace never share a Braze cohort.
-pub fn braze_cohort_id(project_id: i64, cohort_id: i64) -> String {
-    format!("cohortbridge-{project_id}-{cohort_id}")
+/// Builds the id a cohort gets in Braze. It carries the installation and project ids, so that
+/// two installations or two projects exporting to one workspace never share a Braze cohort.
+pub fn braze_cohort_id(installation_id: &str, project_id: i64, cohort_id: i64) -> String {
+    format!("cohortbridge-{installation_id}-{project_id}-{cohort_id}")
 }
 
 /// Maps members to the external ids to send, counting members and skipped members. A member is

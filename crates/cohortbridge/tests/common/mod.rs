@@ -15,6 +15,9 @@ use cohortbridge::server::{self, RunningServer};
 use serde_json::{json, Value};
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
+/// The installation id of every test server, so that Braze cohort ids are known in advance:
+/// cohort C of project P is `cohortbridge-test-P-C`.
+pub const INSTALLATION_ID: &str = "test";
 pub const PARTNER_NAME: &str = "cohortbridge";
 pub const PARTNER_API_KEY: &str = "pk-test";
 pub const DATA_IMPORT_KEY: &str = "dik-test-secret";
@@ -89,12 +92,12 @@ impl TestDatabase {
         })
     }
 
-    /// The environment that points a spawned `cohortbridge serve` at this database.
+    /// The environment that points a spawned `cohortbridge serve` at this database, with the
+    /// installation id that the tests' Braze cohort ids carry.
     pub fn envs(&self) -> Vec<(&'static str, String)> {
-        self.url()
-            .map(|url| ("COHORTBRIDGE_DATABASE_URL", url))
-            .into_iter()
-            .collect()
+        let mut envs = vec![("COHORTBRIDGE_INSTALLATION_ID", INSTALLATION_ID.to_owned())];
+        envs.extend(self.url().map(|url| ("COHORTBRIDGE_DATABASE_URL", url)));
+        envs
     }
 
     /// Runs SQL statements directly on the database, behind the server's back.
@@ -189,6 +192,7 @@ async fn postgres_client(url: &str) -> tokio_postgres::Client {
 pub fn test_config(data_dir: PathBuf) -> ServeConfig {
     let mut config = ServeConfig::for_data_dir(data_dir, "127.0.0.1:0".parse().unwrap());
     config.admin_key = Some(ADMIN_KEY.into());
+    config.installation_id = Some(INSTALLATION_ID.into());
     config.braze_partner_name = PARTNER_NAME.into();
     config.braze_partner_api_key = Some(PARTNER_API_KEY.into());
     config.allow_custom_braze_url = true;
