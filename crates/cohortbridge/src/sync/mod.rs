@@ -895,7 +895,7 @@ fn braze_failure(error: BrazeError) -> RunFailure {
             let advice = match status {
                 401 | 403 => "check the connection's Data Import Key and the partner API key",
                 404 => "check the connection's Braze instance and the partner name",
-                _ => "the request was invalid; this is a bug worth reporting",
+                _ => "check whether the cohort still exists in Braze; otherwise report this message as a bug",
             };
             RunFailure::pause(format!(
                 "Braze rejected the request (HTTP {status}: {message}); {advice}"
