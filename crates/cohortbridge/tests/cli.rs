@@ -53,6 +53,41 @@ async fn projects_show_prints_the_secrets() {
     server.stop().await;
 }
 
+/// `cohortbridge projects show | head -2` closes stdout before the command has written it all.
+#[cfg(unix)]
+#[tokio::test]
+async fn closed_stdout_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    let server = TestServer::start().await;
+    let base = server.base.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
+            .args(["--server", &base, "projects", "show"])
+            .env("COHORTBRIDGE_ADMIN_KEY", ADMIN_KEY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the cohortbridge binary runs");
+        // Closing the read end before the reply arrives makes every write to stdout fail.
+        drop(child.stdout.take());
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let errors = stderr(&output);
+    assert!(!errors.contains("panicked"), "{errors}");
+    assert!(!errors.contains("Broken pipe"), "{errors}");
+    let sigpipe = output.status.signal() == Some(libc::SIGPIPE);
+    assert!(
+        output.status.success() || sigpipe,
+        "exit status {:?}",
+        output.status
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn import_events_and_profiles_from_files() {
     let server = TestServer::start().await;
