@@ -49,6 +49,7 @@ async fn projects_show_prints_the_secrets() {
     assert!(text.contains(&server.api_secret), "{text}");
     assert!(text.contains(&server.currents_token), "{text}");
     assert!(text.contains("time zone:      UTC"), "{text}");
+    assert_eq!(text.matches("time zone:").count(), 1, "{text}");
     assert!(text.contains("identity mode:  simplified"), "{text}");
     server.stop().await;
 }
