@@ -311,3 +311,67 @@ async fn cohort_questions_from_the_cli() {
     assert_eq!(stdout(&output).trim(), "bob");
     server.stop().await;
 }
+
+/// Runs `cohortbridge ARGS` for a command that needs no server.
+fn run_local(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
+        .args(args)
+        .output()
+        .expect("the cohortbridge binary runs")
+}
+
+#[test]
+fn bench_mtu_reuse_checks_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let bench = ["bench", "mtu", "--data-dir", data_dir];
+
+    let first = run_local(
+        &[
+            &bench[..],
+            &["--events", "200", "--users", "20", "--repeat", "0"],
+        ]
+        .concat(),
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(stdout(&first).contains("200 events"), "{}", stdout(&first));
+
+    let conflicting = run_local(&[&bench[..], &["--reuse", "--events", "10"]].concat());
+    assert!(!conflicting.status.success());
+    assert!(
+        stderr(&conflicting).contains("cannot be used with"),
+        "{}",
+        stderr(&conflicting)
+    );
+
+    let tally_path = dir.path().join("bench-mtu.expected.json");
+    let mut tally: Value = serde_json::from_slice(&std::fs::read(&tally_path).unwrap()).unwrap();
+    tally["events"] = json!(201);
+    std::fs::write(&tally_path, tally.to_string()).unwrap();
+    let tampered = run_local(&[&bench[..], &["--reuse"]].concat());
+    assert!(!tampered.status.success());
+    let errors = stderr(&tampered);
+    assert!(errors.contains("expected 201 events"), "{errors}");
+    assert!(errors.contains("the report found 200 events"), "{errors}");
+    assert!(!errors.contains("MtuReport"), "{errors}");
+
+    std::fs::write(&tally_path, "{\"events\": \"many\"}").unwrap();
+    let unreadable = run_local(&[&bench[..], &["--reuse"]].concat());
+    assert!(!unreadable.status.success());
+    assert!(
+        stderr(&unreadable).contains("is not a tally that bench mtu wrote"),
+        "{}",
+        stderr(&unreadable)
+    );
+}
+
+#[test]
+fn bench_mtu_help_explains_repeat_zero() {
+    let help = run_local(&["bench", "mtu", "--help"]);
+    assert!(help.status.success(), "{}", stderr(&help));
+    assert!(
+        stdout(&help).contains("0 times only that first run"),
+        "{}",
+        stdout(&help)
+    );
+}
