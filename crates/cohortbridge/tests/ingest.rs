@@ -487,3 +487,23 @@ async fn admin_api_requires_the_admin_key() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn engage_names_extra_operations() {
+    let server = TestServer::start().await;
+    let update = json!({"$token": server.token, "$distinct_id": "u-two-ops",
+        "$set": {"plan": "pro"}, "$unset": ["trial"]});
+    let (status, text) = server.engage(&[update]).await;
+    assert_eq!(status, 400, "{text}");
+    let reply: Value = serde_json::from_str(&text).unwrap();
+    let failure = &reply["failed_records"][0];
+    assert_eq!(failure["field"], "$set, $unset", "{reply}");
+    assert!(
+        failure["message"]
+            .as_str()
+            .unwrap()
+            .contains("$set, $unset"),
+        "{reply}"
+    );
+    server.stop().await;
+}
