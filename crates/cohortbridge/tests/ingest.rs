@@ -507,3 +507,33 @@ async fn engage_names_extra_operations() {
     );
     server.stop().await;
 }
+
+/// A body over the limit before any decompression gets the same reply as a gzip body that
+/// decompresses past it.
+#[tokio::test]
+async fn oversized_plain_body_replies_in_json() {
+    let server = TestServer::start().await;
+    let oversized = vec![b' '; 10 * 1024 * 1024 + 128 * 1024];
+    let expected_error = "payload is larger than 10485760 bytes uncompressed";
+
+    let (status, reply) = server.import_raw("", oversized.clone()).await;
+    assert_eq!(status, 413);
+    assert_eq!(
+        reply,
+        json!({"code": 413, "error": expected_error, "status": 0})
+    );
+
+    let response = server
+        .http
+        .post(server.url("/track?verbose=1"))
+        .header("content-type", "application/json")
+        .body(oversized)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let reply: Value = response.json().await.unwrap();
+    assert_eq!(reply, json!({"status": 0, "error": expected_error}));
+    assert_eq!(server.event_count().await, 0);
+    server.stop().await;
+}
