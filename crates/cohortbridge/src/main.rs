@@ -20,6 +20,23 @@ fn init_logging(json: bool) {
     }
 }
 
+/// Restores the default action of `SIGPIPE`, so that a client command whose stdout is closed
+/// early (`cohortbridge projects show | head -2`) ends quietly, as other Unix tools do. Rust
+/// ignores `SIGPIPE` at start-up, which makes `println!` panic on the closed pipe. `serve`
+/// keeps it ignored, and sockets are unaffected because Rust sends on them with
+/// `MSG_NOSIGNAL` (Linux) or `SO_NOSIGPIPE` (macOS).
+#[cfg(unix)]
+fn restore_default_sigpipe() {
+    // SAFETY: `SIG_DFL` installs no handler, so no Rust code runs in signal context, and the call
+    // only changes the process-wide action of one signal.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn restore_default_sigpipe() {}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match run().await {
@@ -52,6 +69,7 @@ async fn run() -> anyhow::Result<()> {
             cli::migrate(args).await
         }
         command => {
+            restore_default_sigpipe();
             if std::env::var_os("COHORTBRIDGE_LOG").is_some() {
                 init_logging(false);
             }

@@ -49,7 +49,43 @@ async fn projects_show_prints_the_secrets() {
     assert!(text.contains(&server.api_secret), "{text}");
     assert!(text.contains(&server.currents_token), "{text}");
     assert!(text.contains("time zone:      UTC"), "{text}");
+    assert_eq!(text.matches("time zone:").count(), 1, "{text}");
     assert!(text.contains("identity mode:  simplified"), "{text}");
+    server.stop().await;
+}
+
+/// `cohortbridge projects show | head -2` closes stdout before the command has written it all.
+#[cfg(unix)]
+#[tokio::test]
+async fn closed_stdout_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    let server = TestServer::start().await;
+    let base = server.base.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
+            .args(["--server", &base, "projects", "show"])
+            .env("COHORTBRIDGE_ADMIN_KEY", ADMIN_KEY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the cohortbridge binary runs");
+        // Closing the read end before the reply arrives makes every write to stdout fail.
+        drop(child.stdout.take());
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let errors = stderr(&output);
+    assert!(!errors.contains("panicked"), "{errors}");
+    assert!(!errors.contains("Broken pipe"), "{errors}");
+    let sigpipe = output.status.signal() == Some(libc::SIGPIPE);
+    assert!(
+        output.status.success() || sigpipe,
+        "exit status {:?}",
+        output.status
+    );
     server.stop().await;
 }
 
@@ -274,4 +310,68 @@ async fn cohort_questions_from_the_cli() {
     let output = run(&server, &["cohorts", "members", &cohort]).await;
     assert_eq!(stdout(&output).trim(), "bob");
     server.stop().await;
+}
+
+/// Runs `cohortbridge ARGS` for a command that needs no server.
+fn run_local(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
+        .args(args)
+        .output()
+        .expect("the cohortbridge binary runs")
+}
+
+#[test]
+fn bench_mtu_reuse_checks_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let bench = ["bench", "mtu", "--data-dir", data_dir];
+
+    let first = run_local(
+        &[
+            &bench[..],
+            &["--events", "200", "--users", "20", "--repeat", "0"],
+        ]
+        .concat(),
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(stdout(&first).contains("200 events"), "{}", stdout(&first));
+
+    let conflicting = run_local(&[&bench[..], &["--reuse", "--events", "10"]].concat());
+    assert!(!conflicting.status.success());
+    assert!(
+        stderr(&conflicting).contains("cannot be used with"),
+        "{}",
+        stderr(&conflicting)
+    );
+
+    let tally_path = dir.path().join("bench-mtu.expected.json");
+    let mut tally: Value = serde_json::from_slice(&std::fs::read(&tally_path).unwrap()).unwrap();
+    tally["events"] = json!(201);
+    std::fs::write(&tally_path, tally.to_string()).unwrap();
+    let tampered = run_local(&[&bench[..], &["--reuse"]].concat());
+    assert!(!tampered.status.success());
+    let errors = stderr(&tampered);
+    assert!(errors.contains("expected 201 events"), "{errors}");
+    assert!(errors.contains("the report found 200 events"), "{errors}");
+    assert!(!errors.contains("MtuReport"), "{errors}");
+
+    std::fs::write(&tally_path, "{\"events\": \"many\"}").unwrap();
+    let unreadable = run_local(&[&bench[..], &["--reuse"]].concat());
+    assert!(!unreadable.status.success());
+    assert!(
+        stderr(&unreadable).contains("is not a tally that bench mtu wrote"),
+        "{}",
+        stderr(&unreadable)
+    );
+}
+
+#[test]
+fn bench_mtu_help_explains_repeat_zero() {
+    let help = run_local(&["bench", "mtu", "--help"]);
+    assert!(help.status.success(), "{}", stderr(&help));
+    assert!(
+        stdout(&help).contains("0 times only that first run"),
+        "{}",
+        stdout(&help)
+    );
 }

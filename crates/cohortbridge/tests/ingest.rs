@@ -487,3 +487,53 @@ async fn admin_api_requires_the_admin_key() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn engage_names_extra_operations() {
+    let server = TestServer::start().await;
+    let update = json!({"$token": server.token, "$distinct_id": "u-two-ops",
+        "$set": {"plan": "pro"}, "$unset": ["trial"]});
+    let (status, text) = server.engage(&[update]).await;
+    assert_eq!(status, 400, "{text}");
+    let reply: Value = serde_json::from_str(&text).unwrap();
+    let failure = &reply["failed_records"][0];
+    assert_eq!(failure["field"], "$set, $unset", "{reply}");
+    assert!(
+        failure["message"]
+            .as_str()
+            .unwrap()
+            .contains("$set, $unset"),
+        "{reply}"
+    );
+    server.stop().await;
+}
+
+/// A body over the limit before any decompression gets the same reply as a gzip body that
+/// decompresses past it.
+#[tokio::test]
+async fn oversized_plain_body_replies_in_json() {
+    let server = TestServer::start().await;
+    let oversized = vec![b' '; 10 * 1024 * 1024 + 128 * 1024];
+    let expected_error = "payload is larger than 10485760 bytes uncompressed";
+
+    let (status, reply) = server.import_raw("", oversized.clone()).await;
+    assert_eq!(status, 413);
+    assert_eq!(
+        reply,
+        json!({"code": 413, "error": expected_error, "status": 0})
+    );
+
+    let response = server
+        .http
+        .post(server.url("/track?verbose=1"))
+        .header("content-type", "application/json")
+        .body(oversized)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let reply: Value = response.json().await.unwrap();
+    assert_eq!(reply, json!({"status": 0, "error": expected_error}));
+    assert_eq!(server.event_count().await, 0);
+    server.stop().await;
+}

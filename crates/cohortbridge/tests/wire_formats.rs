@@ -336,3 +336,66 @@ async fn engage_accepts_every_encoding() {
     }
     server.stop().await;
 }
+
+/// Bodies that decode to no records name what they contain, on `/import` and on `/track`.
+#[tokio::test]
+async fn bodies_without_records_are_named() {
+    let server = TestServer::start().await;
+    let record = event("Opened", "u-none", json!({"token": server.token}));
+    let rows = [
+        (
+            "json number as form",
+            Some(FORM),
+            None,
+            b"42".to_vec(),
+            "payload is a JSON number",
+        ),
+        (
+            "json number",
+            Some("application/json"),
+            None,
+            b"42".to_vec(),
+            "payload is a JSON number",
+        ),
+        (
+            "gzip of gzip",
+            Some("application/json"),
+            Some("gzip"),
+            gzip(&gzip(record.to_string().as_bytes())),
+            "still gzip-compressed",
+        ),
+    ];
+    for (name, content_type, content_encoding, body, expected) in rows {
+        let row = Row {
+            name,
+            method: reqwest::Method::POST,
+            query: String::new(),
+            content_type,
+            content_encoding,
+            body,
+        };
+        let (status, text) = send(&server, "/import", &row, true).await;
+        assert_eq!(status, 400, "{name}: {text}");
+        let reply: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(reply["code"], 400, "{name}: {reply}");
+        assert_eq!(reply["status"], 0, "{name}: {reply}");
+        let error = reply["error"].as_str().unwrap();
+        assert!(error.contains(expected), "{name}: {error}");
+        assert!(!error.contains("no payload"), "{name}: {error}");
+
+        let verbose = Row {
+            query: "verbose=1".into(),
+            ..row
+        };
+        let (status, text) = send(&server, "/track", &verbose, false).await;
+        assert_eq!(status, 400, "{name}: {text}");
+        let reply: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(reply["status"], 0, "{name}: {reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains(expected),
+            "{name}: {reply}"
+        );
+    }
+    assert_eq!(server.event_count().await, 0);
+    server.stop().await;
+}

@@ -51,7 +51,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Applies the rules every stored event follows: a time from 1971 to one hour ahead of `now`,
 /// and a distinct id that is empty (unattributed) or a real id, not blank or a placeholder.
-fn check_mapped(mapped: currents::MappedEvent, now_ms: i64) -> Result<NewEvent, String> {
+/// `sent_time` is the event's `time` as Braze sent it, for the error message.
+fn check_mapped(
+    mapped: currents::MappedEvent,
+    sent_time: Option<&Value>,
+    now_ms: i64,
+) -> Result<NewEvent, String> {
     if mapped.name.chars().count() > event::MAX_EVENT_NAME_LEN {
         return Err(format!(
             "event name is longer than {} characters",
@@ -59,9 +64,10 @@ fn check_mapped(mapped: currents::MappedEvent, now_ms: i64) -> Result<NewEvent, 
         ));
     }
     if mapped.time_ms < event::MIN_EVENT_TIME_MS || mapped.time_ms > now_ms + event::MAX_FUTURE_MS {
+        let sent = sent_time.map_or_else(|| mapped.time_ms.to_string(), Value::to_string);
         return Err(format!(
-            "time {} ms is not between 1971-01-01 and one hour from now",
-            mapped.time_ms
+            "time {sent} is not between 1971-01-01 and one hour from now. \
+             The time is expected in seconds since the Unix epoch, not in milliseconds"
         ));
     }
     // The empty id marks an unattributed event; a blank or placeholder id is a bad one.
@@ -153,7 +159,7 @@ async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
     for raw in &events {
         let mapped = currents::map_event(raw)
             .map_err(|e| e.to_string())
-            .and_then(|mapped| check_mapped(mapped, now));
+            .and_then(|mapped| check_mapped(mapped, raw.get("time"), now));
         match mapped {
             Ok(event) => stored.push(event),
             Err(reason) => quarantined.push((raw.to_string(), reason)),
@@ -183,4 +189,28 @@ async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
         StatusCode::OK,
         json!({"accepted": accepted, "quarantined": rejected}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn time_in_milliseconds_is_shown_as_sent() {
+        let event = json!({"event_type": "users.messages.email.Open", "id": "ms-1",
+            "time": 1_796_410_861_000_i64, "user": {"external_user_id": "u-a"}, "properties": {}});
+        let mapped = currents::map_event(&event).unwrap();
+        let now_ms = 1_796_410_861_000;
+
+        let reason = check_mapped(mapped, event.get("time"), now_ms).unwrap_err();
+
+        assert!(
+            reason.starts_with("time 1796410861000 is not between"),
+            "{reason}"
+        );
+        assert!(reason.contains("in seconds"), "{reason}");
+        assert!(!reason.contains("1796410861000000"), "{reason}");
+    }
 }

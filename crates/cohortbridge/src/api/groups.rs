@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -12,7 +11,7 @@ use serde_json::Value;
 
 use super::ingest::{
     decode_request, projects_by_token, rejection_reply, status_reply, storage_unavailable,
-    wants_verbose,
+    wants_verbose, RequestBody,
 };
 use super::AppState;
 use crate::identity::FieldError;
@@ -22,7 +21,7 @@ pub(super) async fn receive(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
 ) -> Response {
     let decoded = match decode_request(query.clone(), &headers, &body) {
         Ok(decoded) => decoded,

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -33,6 +34,11 @@ use crate::store::{IdentityLink, NewEvent, Project, StoreError};
 
 /// Mixpanel's limit of records per request on all three endpoints.
 pub const MAX_RECORDS_PER_REQUEST: usize = 2000;
+
+/// A request body, or axum's rejection when it could not be read, such as a body over the size
+/// limit. Ingestion handlers take it in place of `Bytes`, so that they reject such a body in
+/// Mixpanel's reply shape instead of axum's plain text.
+pub(super) type RequestBody = Result<Bytes, BytesRejection>;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -57,7 +63,7 @@ async fn prefixed(
     uri: Uri,
     query: RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
 ) -> Response {
     if method != Method::GET && method != Method::POST {
         return StatusCode::NOT_FOUND.into_response();
@@ -145,12 +151,25 @@ pub(super) fn receipt(headers: &HeaderMap) -> Receipt {
     }
 }
 
+/// Builds the status and message that reject a body axum could not read. A body over the size
+/// limit gets the message of a body over the limit after decompression.
+fn unreadable_body(rejection: &BytesRejection) -> (StatusCode, String) {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let error = DecodeError::TooLarge {
+            limit: decode::MAX_UNCOMPRESSED_BYTES,
+        };
+        return (StatusCode::PAYLOAD_TOO_LARGE, error.to_string());
+    }
+    (rejection.status(), rejection.body_text())
+}
+
 /// Decodes a request, or builds the response that rejects it.
 pub(super) fn decode_request(
     query: Option<String>,
     headers: &HeaderMap,
-    body: &[u8],
+    body: &RequestBody,
 ) -> Result<Decoded, (StatusCode, String)> {
+    let body = body.as_ref().map_err(unreadable_body)?;
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let decoded = decode::decode(
         query.as_deref(),
@@ -245,7 +264,7 @@ async fn track(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
 ) -> Response {
     let receipt = receipt(&headers);
     let decoded = match decode_request(query.clone(), &headers, &body) {
@@ -318,7 +337,7 @@ async fn engage_handler(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
 ) -> Response {
     let decoded = match decode_request(query.clone(), &headers, &body) {
         Ok(decoded) => decoded,
@@ -375,7 +394,8 @@ async fn engage_handler(
 }
 
 /// Checks whether a request that failed to decode asked for a verbose reply in its query or form.
-pub(super) fn wants_verbose(query: Option<&str>, body: &[u8]) -> bool {
+pub(super) fn wants_verbose(query: Option<&str>, body: &RequestBody) -> bool {
+    let body = body.as_deref().unwrap_or_default();
     let head = String::from_utf8_lossy(&body[..body.len().min(4096)]);
     query
         .into_iter()
@@ -474,9 +494,9 @@ async fn import(
     state: State<AppState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
 ) -> Response {
-    let terse = asks_terse_reply(query.as_deref(), &body);
+    let terse = asks_terse_reply(query.as_deref(), body.as_deref().unwrap_or_default());
     let response = import_json(state, RawQuery(query), headers, body).await;
     if !terse {
         return response;
@@ -505,7 +525,7 @@ async fn import_json(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
 ) -> Response {
     let receipt = receipt(&headers);
     let ImportAuth {

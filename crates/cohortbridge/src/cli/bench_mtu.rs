@@ -18,18 +18,19 @@ use clap::Args;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use roaring::RoaringBitmap;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map};
 
 use crate::mtu::{self, ExemptionRules};
 use crate::store::{NewEvent, NewProject, SqliteStore, Store};
 
 #[derive(Debug, Clone, Args)]
 pub struct MtuArgs {
-    /// Events in the month.
-    #[arg(long, default_value_t = 20_000_000)]
+    /// Events in the month. Not allowed with `--reuse`, whose store already contains its events.
+    #[arg(long, default_value_t = 20_000_000, conflicts_with = "reuse")]
     pub events: u64,
-    /// Distinct users sending them.
-    #[arg(long, default_value_t = 200_000)]
+    /// Distinct users sending them. Not allowed with `--reuse`.
+    #[arg(long, default_value_t = 200_000, conflicts_with = "reuse")]
     pub users: u32,
     /// Folder for the benchmark's store, created when missing.
     #[arg(long)]
@@ -37,7 +38,8 @@ pub struct MtuArgs {
     /// Time the report on the store an earlier run left in `--data-dir`, without generating.
     #[arg(long)]
     pub reuse: bool,
-    /// Times to run the report on the warm store.
+    /// Times to run the report on the warm store after the first run on a freshly opened one.
+    /// 0 times only that first run.
     #[arg(long, default_value_t = 5)]
     pub repeat: u32,
 }
@@ -69,12 +71,30 @@ const BRAZE_OUTREACH: &[&str] = &[
     "SMS Send",
 ];
 
-/// The figures the generator expects the report to return.
+/// The generator's running count of events and of the users who should count.
 #[derive(Default)]
-struct Tally {
+struct Counter {
     counted: RoaringBitmap,
     seen: RoaringBitmap,
     events: u64,
+}
+
+/// The figures the generator expects the report to return, stored as
+/// `bench-mtu.expected.json` for `--reuse`.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Tally {
+    events: u64,
+    users: u64,
+    exempt_only_users: u64,
+}
+
+impl Tally {
+    fn describe(&self) -> String {
+        format!(
+            "{} events, {} counted users, {} exempt-only users",
+            self.events, self.users, self.exempt_only_users
+        )
+    }
 }
 
 pub async fn run(args: MtuArgs) -> anyhow::Result<()> {
@@ -92,7 +112,12 @@ pub async fn run(args: MtuArgs) -> anyhow::Result<()> {
                 tally_path.display()
             )
         })?;
-        serde_json::from_str::<Value>(&text)?
+        serde_json::from_str::<Tally>(&text).with_context(|| {
+            format!(
+                "{} is not a tally that bench mtu wrote; empty --data-dir and run once without --reuse",
+                tally_path.display()
+            )
+        })?
     } else {
         if path.exists() {
             bail!(
@@ -116,12 +141,17 @@ pub async fn run(args: MtuArgs) -> anyhow::Result<()> {
         .id;
     let report = mtu::monthly_tracked_users(&store, project_id, MONTH, &rules).await?;
     let cold = started.elapsed();
+    let found = Tally {
+        events: report.total_events as u64,
+        users: report.users as u64,
+        exempt_only_users: report.exempt_only_users as u64,
+    };
     ensure!(
-        report.users as u64 == expected["users"].as_u64().unwrap_or(u64::MAX)
-            && report.exempt_only_users as u64
-                == expected["exempt_only_users"].as_u64().unwrap_or(u64::MAX)
-            && report.total_events as u64 == expected["events"].as_u64().unwrap_or(u64::MAX),
-        "the report {report:?} disagrees with the generator's tally {expected}"
+        found == expected,
+        "the MTU report disagrees with the generator's tally in {}: expected {}, the report found {}",
+        tally_path.display(),
+        expected.describe(),
+        found.describe()
     );
     let mut warm = Vec::new();
     for _ in 0..args.repeat {
@@ -151,7 +181,7 @@ pub async fn run(args: MtuArgs) -> anyhow::Result<()> {
 }
 
 /// Fills a new store with the month's events and returns the generator's tally.
-async fn generate(path: &std::path::Path, args: &MtuArgs) -> anyhow::Result<Value> {
+async fn generate(path: &std::path::Path, args: &MtuArgs) -> anyhow::Result<Tally> {
     let store = SqliteStore::open(path)?;
     let project = store
         .create_project(NewProject {
@@ -164,7 +194,7 @@ async fn generate(path: &std::path::Path, args: &MtuArgs) -> anyhow::Result<Valu
         })
         .await?;
     let mut rng = StdRng::seed_from_u64(20_261_101);
-    let mut tally = Tally::default();
+    let mut counter = Counter::default();
     // One user in ten hears from Braze but never acts: outreach only.
     let outreach_only = |user: u32| user % 10 == 9;
     let started = Instant::now();
@@ -185,9 +215,9 @@ async fn generate(path: &std::path::Path, args: &MtuArgs) -> anyhow::Result<Valu
                 } else {
                     (OWN_EVENTS[rng.gen_range(0..OWN_EVENTS.len())], false)
                 };
-                tally.seen.insert(user);
+                counter.seen.insert(user);
                 if !BRAZE_OUTREACH.contains(&name) {
-                    tally.counted.insert(user);
+                    counter.counted.insert(user);
                 }
                 let mut properties = Map::new();
                 properties.insert("$import".into(), json!(true));
@@ -218,7 +248,7 @@ async fn generate(path: &std::path::Path, args: &MtuArgs) -> anyhow::Result<Valu
             )
             .await?;
         written += size;
-        tally.events = written;
+        counter.events = written;
         if written % 1_000_000 < BATCH || written == args.events {
             let rate = written as f64 / started.elapsed().as_secs_f64();
             eprintln!(
@@ -227,9 +257,9 @@ async fn generate(path: &std::path::Path, args: &MtuArgs) -> anyhow::Result<Valu
             );
         }
     }
-    Ok(json!({
-        "events": tally.events,
-        "users": tally.counted.len(),
-        "exempt_only_users": tally.seen.len() - tally.counted.len(),
-    }))
+    Ok(Tally {
+        events: counter.events,
+        users: counter.counted.len(),
+        exempt_only_users: counter.seen.len() - counter.counted.len(),
+    })
 }

@@ -441,7 +441,6 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
                 println!("currents token: {}", text(&project["currents_token"]));
                 println!("time zone:      {}", text(&project["timezone"]));
                 println!("identity mode:  {}", text(&project["identity_mode"]));
-                println!("time zone:      {}", text(&project["timezone"]));
             }
         }
         Command::Projects(ProjectsCommand::Set {

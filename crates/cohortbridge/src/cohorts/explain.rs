@@ -242,11 +242,26 @@ fn comparison_words(op: CountOp, value: f64) -> String {
     format!("{word} {value}")
 }
 
+/// Picks the singular for a count of exactly 1 and the plural for any other count.
+fn singular_or_plural(count: f64, singular: &'static str, plural: &'static str) -> &'static str {
+    if count == 1.0 {
+        singular
+    } else {
+        plural
+    }
+}
+
 fn window_words(window: &Window) -> String {
     match window {
         Window::AllTime => "ever".into(),
-        Window::LastDays(d) => format!("in the last {d} days"),
-        Window::LastHours(h) => format!("in the last {h} hours"),
+        Window::LastDays(d) => format!(
+            "in the last {d} {}",
+            singular_or_plural(f64::from(*d), "day", "days")
+        ),
+        Window::LastHours(h) => format!(
+            "in the last {h} {}",
+            singular_or_plural(f64::from(*h), "hour", "hours")
+        ),
         Window::Between(from, to) => format!("between {from} and {to}"),
         Window::Since(from) => format!("since {from}"),
     }
@@ -260,16 +275,19 @@ fn describe_event(rule: &EventRule) -> String {
             window_words(&rule.within)
         )
     } else {
-        let amount = comparison_words(rule.comparison.op, rule.comparison.value);
+        let value = rule.comparison.value;
+        let amount = comparison_words(rule.comparison.op, value);
         match &rule.measure {
             Measure::Count => format!(
-                "did {:?} {amount} times {}",
+                "did {:?} {amount} {} {}",
                 rule.event,
+                singular_or_plural(value, "time", "times"),
                 window_words(&rule.within)
             ),
             Measure::DistinctDays => format!(
-                "did {:?} on {amount} different days {}",
+                "did {:?} on {amount} different {} {}",
                 rule.event,
+                singular_or_plural(value, "day", "days"),
                 window_words(&rule.within)
             ),
             Measure::Sum(p) => format!(
@@ -358,14 +376,18 @@ fn event_reason(
     }
     let measured = reference::measure(data, rule, loaded.tz, now_ms, user);
     let counted = format!(
-        "counted {in_window} matching {:?} events {} ({} in all time)",
+        "counted {in_window} matching {:?} {} {} ({} in all time)",
         rule.event,
+        singular_or_plural(in_window as f64, "event", "events"),
         window_words(&rule.within),
         all.len()
     );
     match (&rule.measure, measured) {
         (Measure::Count, _) => counted,
-        (Measure::DistinctDays, Some(days)) => format!("{counted}, on {days} different days"),
+        (Measure::DistinctDays, Some(days)) => format!(
+            "{counted}, on {days} different {}",
+            singular_or_plural(days, "day", "days")
+        ),
         (_, Some(value)) => format!("{counted}; the measured value is {value}"),
         (_, None) => format!(
             "{counted}; none carries a number in {:?}",
@@ -378,4 +400,39 @@ fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::cohorts::definition;
+
+    fn describe(definition: serde_json::Value) -> String {
+        match definition::parse(&definition).unwrap() {
+            Definition::Event(rule) => describe_event(&rule),
+            other => panic!("expected an event rule, found {other:?}"),
+        }
+    }
+
+    #[test]
+    fn description_agrees_in_number() {
+        let once =
+            describe(json!({"event": "Buy", "count": {"gte": 1}, "within": {"last_days": 1}}));
+        assert!(once.contains("at least 1 time in the last 1 day"), "{once}");
+
+        let twice =
+            describe(json!({"event": "Buy", "count": {"gte": 2}, "within": {"last_hours": 2}}));
+        assert!(
+            twice.contains("at least 2 times in the last 2 hours"),
+            "{twice}"
+        );
+
+        let one_day = describe(json!({"event": "Buy", "distinct_days": {"gte": 1}}));
+        assert!(
+            one_day.contains("on at least 1 different day ever"),
+            "{one_day}"
+        );
+    }
 }

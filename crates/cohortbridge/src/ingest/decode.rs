@@ -30,6 +30,12 @@ pub enum DecodeError {
     NdjsonLine { line: usize, message: String },
     #[error("payload must be a JSON object or an array of objects, found {found}")]
     NotObjects { found: &'static str },
+    #[error("payload is {found}, not an object or an array of records")]
+    NotRecords { found: &'static str },
+    #[error(
+        "body is still gzip-compressed after decompressing it once, so it was compressed twice"
+    )]
+    DoubleGzip,
     #[error("request has no payload: send a JSON body or a `data` field")]
     Empty,
 }
@@ -73,8 +79,10 @@ pub fn decode(
         body.to_vec()
     };
 
-    // curl and other tools label any `-d` body as a form; a body that starts like JSON is JSON.
-    let starts_like_json = matches!(body.trim_ascii_start().first(), Some(b'{' | b'['));
+    // curl and other tools label any `-d` body as a form, so a body that is JSON is JSON. A
+    // scalar such as `42` is JSON too, and is rejected below as a payload with no records.
+    let starts_like_json = matches!(body.trim_ascii_start().first(), Some(b'{' | b'['))
+        || serde_json::from_slice::<Value>(&body).is_ok();
     let form_header = content_type.is_some_and(|ct| {
         ct.trim_start()
             .starts_with("application/x-www-form-urlencoded")
@@ -120,6 +128,9 @@ fn gunzip(body: &[u8]) -> Result<Vec<u8>, DecodeError> {
         .read_to_end(&mut out)
         .map_err(|e| DecodeError::Gzip(e.to_string()))?;
     check_size(out.len())?;
+    if out.starts_with(&GZIP_MAGIC) {
+        return Err(DecodeError::DoubleGzip);
+    }
     Ok(out)
 }
 
@@ -171,8 +182,8 @@ pub fn parse_records(payload: &[u8]) -> Result<Vec<Value>, DecodeError> {
             Ok(items)
         }
         Ok(value @ Value::Object(_)) => Ok(vec![value]),
-        Ok(other) => Err(DecodeError::NotObjects {
-            found: json_type(&other),
+        Ok(other) => Err(DecodeError::NotRecords {
+            found: json_scalar_type(&other),
         }),
         Err(whole_error) => {
             if !trimmed.contains(&b'\n') {
@@ -203,6 +214,17 @@ fn parse_ndjson(payload: &[u8]) -> Result<Vec<Value>, DecodeError> {
         records.push(value);
     }
     Ok(records)
+}
+
+/// Names the type of a JSON value that is not an object or an array, for error messages.
+fn json_scalar_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "JSON null",
+        Value::Bool(_) => "a JSON boolean",
+        Value::Number(_) => "a JSON number",
+        Value::String(_) => "a JSON string",
+        Value::Array(_) | Value::Object(_) => json_type(value),
+    }
 }
 
 pub fn json_type(value: &Value) -> &'static str {
@@ -380,7 +402,24 @@ mod tests {
     fn scalar_payload_is_rejected() {
         assert_eq!(
             parse_records(b"42").unwrap_err(),
-            DecodeError::NotObjects { found: "a number" }
+            DecodeError::NotRecords {
+                found: "a JSON number"
+            }
+        );
+        for content_type in [None, Some(FORM), Some("application/json")] {
+            assert_eq!(
+                decode(None, content_type, None, b"42").unwrap_err(),
+                DecodeError::NotRecords {
+                    found: "a JSON number"
+                },
+                "{content_type:?}"
+            );
+        }
+        assert_eq!(
+            decode(None, Some(FORM), None, b"\"text\"").unwrap_err(),
+            DecodeError::NotRecords {
+                found: "a JSON string"
+            }
         );
         assert_eq!(
             parse_records(b"[{}, 3]").unwrap_err(),
@@ -406,6 +445,27 @@ mod tests {
             DecodeError::TooLarge {
                 limit: MAX_UNCOMPRESSED_BYTES
             }
+        );
+    }
+
+    #[test]
+    fn double_gzip_is_named() {
+        let twice = gzip(&gzip(br#"{"event":"x"}"#));
+        for (content_type, encoding) in [
+            (None, Some("gzip")),
+            (Some(FORM), Some("gzip")),
+            (None, None),
+        ] {
+            assert_eq!(
+                decode(None, content_type, encoding, &twice).unwrap_err(),
+                DecodeError::DoubleGzip,
+                "{content_type:?} {encoding:?}"
+            );
+        }
+        let data = base64::engine::general_purpose::STANDARD.encode(&twice);
+        assert_eq!(
+            decode(None, Some(FORM), None, escape(&data).as_bytes()).unwrap_err(),
+            DecodeError::DoubleGzip
         );
     }
 

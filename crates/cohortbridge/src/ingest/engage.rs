@@ -56,7 +56,7 @@ pub fn parse_update(record: &Value, now_ms: i64) -> Result<ProfileUpdate, FieldE
         }
         many => {
             return Err(FieldError::new(
-                "",
+                many.join(", "),
                 format!(
                     "update has {} operations ({}); send one operation per update",
                     many.len(),
@@ -398,7 +398,10 @@ mod tests {
             (json!({"$distinct_id": "u", "$unset": "x"}), "$unset"),
             (json!({"$distinct_id": "u", "$add": {"n": "x"}}), "$add.n"),
             (json!({"$distinct_id": "u"}), ""),
-            (json!({"$distinct_id": "u", "$set": {}, "$unset": []}), ""),
+            (
+                json!({"$distinct_id": "u", "$set": {}, "$unset": []}),
+                "$set, $unset",
+            ),
         ];
         for (record, field) in cases {
             let err = parse_update(&record, NOW).unwrap_err();
