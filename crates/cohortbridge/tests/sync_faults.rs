@@ -168,7 +168,11 @@ async fn exhausted_retries_fail_the_run_only() {
 #[tokio::test]
 async fn client_errors_pause_with_reason() {
     let cases = [
-        (400, "cohort_changes must be an array", "cohort still exists in Braze"),
+        (
+            400,
+            "cohort_changes must be an array",
+            "cohort still exists in Braze",
+        ),
         (403, "Forbidden", "Data Import Key"),
         (404, "Not Found", "instance"),
     ];
