@@ -151,7 +151,7 @@ pub struct ServeConfig {
     #[arg(long, env = "COHORTBRIDGE_SECURE_COOKIES")]
     pub secure_cookies: bool,
 
-    /// E-mail of the first owner of the web UI, created on start when nobody has an account
+    /// E-mail of the first owner of the web UI, created on start when no person has an account
     /// yet. The password is read from COHORTBRIDGE_OWNER_PASSWORD.
     #[arg(long, env = "COHORTBRIDGE_OWNER_EMAIL")]
     pub owner_email: Option<String>,

@@ -284,7 +284,7 @@ fn restrict_to_owner(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the first owner from `--owner-email` and its password when nobody has an account.
+/// Creates the first owner from `--owner-email` and its password when no person has an account.
 async fn ensure_first_owner(store: &dyn Store, config: &ServeConfig) -> anyhow::Result<()> {
     let Some(email) = &config.owner_email else {
         return Ok(());

@@ -296,7 +296,7 @@ async fn three_nodes_survive_sigkill_during_sync() {
     pro.retain(|n| !leaving.contains(n));
     drop(all);
 
-    // Kill whichever node holds the lease once its run has had a request answered.
+    // Kill whichever node owns the lease once Braze has acknowledged a request of its run.
     let before = emulator.emulator.requests().len();
     let deadline = Instant::now() + Duration::from_secs(30);
     let victim = loop {
@@ -311,7 +311,7 @@ async fn three_nodes_survive_sigkill_during_sync() {
     };
     let victim_index = ids.iter().position(|id| *id == victim).unwrap();
     nodes[victim_index].kill();
-    // The lease outlives the node for a while, so nobody has touched its pending ids yet.
+    // The lease outlives the node for a while, so no node has touched its pending ids yet.
     let unacknowledged: HashSet<String> = database
         .query_strings("SELECT external_id FROM braze_pending")
         .await

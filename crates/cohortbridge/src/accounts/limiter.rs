@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Failed logins kept per key, in memory. A restart forgets them.
+/// Failed logins kept per key, in memory. A restart clears them.
 pub struct LoginLimiter {
     max_failures: usize,
     window: Duration,

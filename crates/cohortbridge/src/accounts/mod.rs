@@ -13,7 +13,8 @@ pub use limiter::LoginLimiter;
 
 /// Shortest password a person may set.
 pub const MIN_PASSWORD_LEN: usize = 10;
-/// Longest password accepted; argon2 hashes any length, but an unbounded one costs memory.
+/// Maximum password length accepted. argon2 hashes any length, but a longer password costs more
+/// memory and time per login attempt.
 pub const MAX_PASSWORD_LEN: usize = 1024;
 
 /// A project role, as in Mixpanel. Roles apply to every project of the server.

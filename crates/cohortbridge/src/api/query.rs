@@ -3,8 +3,9 @@
 //! `distinct_id`, `distinct_ids` (a JSON array), `where` (the subset of Mixpanel's expression
 //! language in `query_where`), `output_properties` (a JSON array of names), `page` and
 //! `session_id`, and `filter_by_cohort` (`{"id": N}`, the members of a saved cohort evaluated
-//! now) with `include_all_users` (default `true`: members without a profile are listed with
-//! empty properties; `false` lists only members with a profile). Replies have Mixpanel's shape:
+//! now) with `include_all_users`. By default members without a profile are listed with empty
+//! properties, and `include_all_users=false` lists only members with a profile. Replies have
+//! Mixpanel's shape:
 //! `{"page", "page_size", "session_id", "status": "ok", "total", "results": [{"$distinct_id",
 //! "$properties"}]}`.
 //!

@@ -42,7 +42,7 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 impl From<deadpool_postgres::PoolError> for StoreError {
-    /// Unwraps a failed connection attempt, whose own text already says what failed.
+    /// Unwraps a failed connection attempt, whose own text already states what failed.
     fn from(error: deadpool_postgres::PoolError) -> Self {
         match error {
             deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
@@ -467,7 +467,7 @@ pub trait Store: Send + std::marker::Sync + 'static {
     async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
     async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()>;
     /// Stores `value` under `key` unless the key has a value already, and returns the value
-    /// stored after the call. Two nodes that race get the same answer.
+    /// stored after the call. Two nodes that race get the same value.
     async fn put_setting_if_absent(&self, key: &str, value: &str) -> StoreResult<String>;
 
     async fn create_project(&self, project: NewProject) -> StoreResult<Project>;
@@ -671,7 +671,7 @@ pub trait Store: Send + std::marker::Sync + 'static {
     /// Marks as failed the runs left `running` by a stopped process and returns how many: runs
     /// of syncs leased by `node_id` (this node, before its restart), by no node, or under an
     /// expired lease. Releases `node_id`'s leases and connection turns, and schedules to run now every active dynamic
-    /// sync left without a next run. Runs that another live node holds are left alone.
+    /// sync left without a next run. Runs that another live node owns are left alone.
     async fn fail_interrupted_runs(&self, node_id: &str, now_ms: i64) -> StoreResult<usize>;
     /// Leases sync `id` to `node_id` until `now_ms + lease_ms`, unless another node holds an
     /// unexpired lease; returns whether the lease is now `node_id`'s. Taking over an expired
@@ -694,7 +694,7 @@ pub trait Store: Send + std::marker::Sync + 'static {
     /// Gives up `node_id`'s lease on sync `id`, if it still holds it.
     async fn release_sync_lease(&self, id: i64, node_id: &str) -> StoreResult<()>;
     /// Gives `node_id` the turn to send through Braze connection `id` until
-    /// `now_ms + lease_ms`, unless another node holds an unexpired turn; returns whether the
+    /// `now_ms + lease_ms`, unless another node owns an unexpired turn; returns whether the
     /// turn is now `node_id`'s.
     async fn take_connection_turn(
         &self,
@@ -703,7 +703,7 @@ pub trait Store: Send + std::marker::Sync + 'static {
         now_ms: i64,
         lease_ms: i64,
     ) -> StoreResult<bool>;
-    /// Extends `node_id`'s turn on connection `id`; returns `false` when it no longer holds it.
+    /// Extends `node_id`'s turn on connection `id`; returns `false` when it no longer owns it.
     async fn renew_connection_turn(
         &self,
         id: i64,

@@ -119,6 +119,24 @@ impl PostgresStore {
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
         Ok(self.pool.get().await?)
     }
+
+    /// Reads the external ids that `table` (`braze_members` or `braze_pending`) records for one
+    /// connection and cohort.
+    async fn external_ids(
+        &self,
+        table: &'static str,
+        connection_id: i64,
+        cohort_id: i64,
+    ) -> StoreResult<HashSet<String>> {
+        let sql =
+            format!("SELECT external_id FROM {table} WHERE connection_id = $1 AND cohort_id = $2");
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&connection_id, &cohort_id])
+            .await?;
+        string_set(&rows)
+    }
 }
 
 /// Takes a transaction-level advisory lock on `key`, released at commit or rollback.
@@ -1494,14 +1512,8 @@ impl Store for PostgresStore {
         connection_id: i64,
         cohort_id: i64,
     ) -> StoreResult<HashSet<String>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT external_id FROM braze_members WHERE connection_id = $1 AND cohort_id = $2",
-                &[&connection_id, &cohort_id],
-            )
-            .await?;
-        string_set(&rows)
+        self.external_ids("braze_members", connection_id, cohort_id)
+            .await
     }
 
     async fn record_braze_pending(
@@ -1527,14 +1539,8 @@ impl Store for PostgresStore {
         connection_id: i64,
         cohort_id: i64,
     ) -> StoreResult<HashSet<String>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT external_id FROM braze_pending WHERE connection_id = $1 AND cohort_id = $2",
-                &[&connection_id, &cohort_id],
-            )
-            .await?;
-        string_set(&rows)
+        self.external_ids("braze_pending", connection_id, cohort_id)
+            .await
     }
 
     async fn record_braze_changes(

@@ -178,6 +178,21 @@ fn migrate(conn: &mut SqlConnection) -> StoreResult<Vec<String>> {
     Ok(now_applied)
 }
 
+/// Reads the external ids that `table` (`braze_members` or `braze_pending`) records for one
+/// connection and cohort.
+fn external_ids(
+    conn: &SqlConnection,
+    table: &'static str,
+    connection_id: i64,
+    cohort_id: i64,
+) -> StoreResult<HashSet<String>> {
+    let sql =
+        format!("SELECT external_id FROM {table} WHERE connection_id = ?1 AND cohort_id = ?2");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![connection_id, cohort_id], |row| row.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 fn is_unique_violation(err: &rusqlite::Error) -> bool {
     matches!(
         err,
@@ -1748,14 +1763,8 @@ impl Store for SqliteStore {
         connection_id: i64,
         cohort_id: i64,
     ) -> StoreResult<HashSet<String>> {
-        self.read(move |conn| {
-            let mut stmt = conn.prepare(
-                "SELECT external_id FROM braze_members WHERE connection_id = ?1 AND cohort_id = ?2",
-            )?;
-            let rows = stmt.query_map(params![connection_id, cohort_id], |row| row.get(0))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .await
+        self.read(move |conn| external_ids(conn, "braze_members", connection_id, cohort_id))
+            .await
     }
 
     async fn record_braze_pending(
@@ -1786,14 +1795,8 @@ impl Store for SqliteStore {
         connection_id: i64,
         cohort_id: i64,
     ) -> StoreResult<HashSet<String>> {
-        self.read(move |conn| {
-            let mut stmt = conn.prepare(
-                "SELECT external_id FROM braze_pending WHERE connection_id = ?1 AND cohort_id = ?2",
-            )?;
-            let rows = stmt.query_map(params![connection_id, cohort_id], |row| row.get(0))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .await
+        self.read(move |conn| external_ids(conn, "braze_pending", connection_id, cohort_id))
+            .await
     }
 
     async fn record_braze_changes(

@@ -50,7 +50,7 @@ async fn create_key(
 ) -> Response {
     let name = form.name.trim();
     if name.is_empty() {
-        let message = "Field `name` is empty; give the key a name that says where it is used.";
+        let message = "Field `name` is empty. Name the key after the place that uses it.";
         return super::error_page(StatusCode::BAD_REQUEST, message, Some(&user));
     }
     let Some(person) = &user.principal.user else {

@@ -199,7 +199,7 @@ pub(crate) fn format_ms(ms: Option<i64>) -> String {
         .unwrap_or_else(|| "—".to_owned())
 }
 
-/// Whether the request came over HTTPS, directly or through a proxy that says so.
+/// Whether the request came over HTTPS, directly or through a proxy that reports it in `X-Forwarded-Proto`.
 pub(crate) fn is_https(state: &AppState, headers: &HeaderMap) -> bool {
     state.secure_cookies
         || headers
