@@ -58,6 +58,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0010_connection_turns",
         include_str!("migrations/sqlite/0010_connection_turns.sql"),
     ),
+    (
+        "0011_mtu_deltas",
+        include_str!("migrations/sqlite/0011_mtu_deltas.sql"),
+    ),
 ];
 
 /// The migration that creates the MTU rollup, which is then filled from the stored events.
@@ -433,21 +437,33 @@ fn insert_events(
         "UPDATE events SET properties = ?2, partner_id = ?3, ingested_at_ms = ?4 WHERE id = ?1",
     )?;
     let zone = mtu_rollup::project_zone(conn, project_id)?;
+    // An event later than every stored event of the project cannot be a duplicate, so live
+    // events, which mostly arrive in time order, skip the lookup. Events of this batch count
+    // once inserted, so a duplicate within the batch has the same time and is looked up.
+    let mut newest: i64 = conn
+        .prepare_cached("SELECT max(time_ms) FROM events WHERE project_id = ?1")?
+        .query_row([project_id], |row| row.get::<_, Option<i64>>(0))?
+        .unwrap_or(i64::MIN);
     let mut earlier_keys: Vec<(String, bool)> = Vec::new();
     let mut changes: Vec<(usize, Option<usize>)> = Vec::with_capacity(events.len());
     for (index, (event, properties)) in events.iter().zip(properties).enumerate() {
-        let earlier: Option<(i64, String, i64)> = find_stmt
-            .query_row(
-                params![
-                    project_id,
-                    event.time_ms,
-                    event.insert_id,
-                    event.event,
-                    event.distinct_id
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
+        let earlier: Option<(i64, String, i64)> = if event.time_ms > newest {
+            newest = event.time_ms;
+            None
+        } else {
+            find_stmt
+                .query_row(
+                    params![
+                        project_id,
+                        event.time_ms,
+                        event.insert_id,
+                        event.event,
+                        event.distinct_id
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?
+        };
         let Some((id, partner_id, imported)) = earlier else {
             insert_stmt.execute(params![
                 project_id,
@@ -1276,6 +1292,15 @@ impl Store for SqliteStore {
         month: i64,
         distinct_ids: Option<Vec<String>>,
     ) -> StoreResult<MtuMonth> {
+        // The report counts every event acknowledged before it started: their pending changes
+        // are folded first.
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            mtu_rollup::fold(&tx)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
         self.read(move |conn| {
             let tx = conn.unchecked_transaction()?;
             let month = mtu_rollup::read_month(&tx, project_id, month, distinct_ids)?;

@@ -5,6 +5,10 @@
 //! one row per distinct id, not one per event. Exemption rules and identity links are applied
 //! when the report is read, so changing either needs no rebuild. A new project time zone moves
 //! month boundaries, so it rebuilds the project's rollup from its events.
+//!
+//! Ingestion does not rewrite `mtu_members` rows: each transaction appends its changes to
+//! `mtu_deltas`, and the writer folds those into `mtu_members` when [`FOLD_AT`] of them are
+//! pending and before every report, many changes per row at once.
 
 use std::collections::HashMap;
 
@@ -62,12 +66,13 @@ fn encode(pairs: &[(u32, i64)]) -> Vec<u8> {
     blob
 }
 
-/// Adds `changes` to the rollup: one read and one write per month and distinct id touched.
-pub(super) fn apply(conn: &Connection, project_id: i64, changes: &[Change<'_>]) -> StoreResult<()> {
-    if changes.is_empty() {
-        return Ok(());
-    }
-    // Lookups come first: an upsert would rewrite the row, and its page, on every batch.
+/// Pending changes that make the writer fold them into `mtu_members` within the transaction
+/// that appends them. A batch of 2000 events appends up to one row per distinct id and key.
+/// Unit tests fold after a few rows, so that their random batches fold part way as well.
+const FOLD_AT: i64 = if cfg!(test) { 8 } else { 250_000 };
+
+/// Finds the key id of each change, adding the keys not seen before.
+fn key_ids(conn: &Connection, project_id: i64, changes: &[Change<'_>]) -> StoreResult<Vec<u32>> {
     let mut find_key_stmt = conn.prepare_cached(
         "SELECT id FROM mtu_keys
          WHERE project_id = ?1 AND event = ?2 AND partner_id = ?3 AND imported = ?4",
@@ -76,9 +81,9 @@ pub(super) fn apply(conn: &Connection, project_id: i64, changes: &[Change<'_>]) 
         "INSERT INTO mtu_keys (project_id, event, partner_id, imported) VALUES (?1, ?2, ?3, ?4)",
     )?;
     let mut keys: HashMap<(&str, &str, bool), u32> = HashMap::new();
-    let mut by_user: HashMap<(i64, &str), Vec<(u32, i64)>> = HashMap::new();
+    let mut ids = Vec::with_capacity(changes.len());
     for c in changes {
-        let key = match keys.get(&(c.event, c.partner_id, c.imported)) {
+        let id = match keys.get(&(c.event, c.partner_id, c.imported)) {
             Some(id) => *id,
             None => {
                 let key = params![project_id, c.event, c.partner_id, c.imported];
@@ -98,53 +103,135 @@ pub(super) fn apply(conn: &Connection, project_id: i64, changes: &[Change<'_>]) 
                 id
             }
         };
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Records `changes` in the caller's transaction: one appended row per month, distinct id and
+/// key that the changes touch. Folds every pending change into `mtu_members` once
+/// [`FOLD_AT`] rows are pending.
+pub(super) fn apply(conn: &Connection, project_id: i64, changes: &[Change<'_>]) -> StoreResult<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let ids = key_ids(conn, project_id, changes)?;
+    let mut sums: HashMap<(i64, &str, u32), i64> = HashMap::with_capacity(changes.len());
+    for (c, key) in changes.iter().zip(ids) {
+        *sums.entry((c.month, c.distinct_id, key)).or_insert(0) += c.delta;
+    }
+    let mut append_stmt = conn.prepare_cached(
+        "INSERT INTO mtu_deltas (project_id, month, distinct_id, key_id, delta)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for ((month, distinct_id, key), delta) in sums {
+        if delta != 0 {
+            append_stmt.execute(params![project_id, month, distinct_id, key, delta])?;
+        }
+    }
+    let (first, last): (Option<i64>, Option<i64>) = conn
+        // Two subqueries, because SQLite answers a lone min() or max() from the end of the
+        // table but scans the whole table for both in one select.
+        .prepare_cached(
+            "SELECT (SELECT min(id) FROM mtu_deltas), (SELECT max(id) FROM mtu_deltas)",
+        )?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    if let (Some(first), Some(last)) = (first, last) {
+        if last - first + 1 >= FOLD_AT {
+            fold(conn)?;
+        }
+    }
+    Ok(())
+}
+
+/// Folds every pending change of every project into `mtu_members`, in the caller's
+/// transaction, and deletes them.
+pub(crate) fn fold(conn: &Connection) -> StoreResult<()> {
+    let mut pending: HashMap<(i64, i64, String), Vec<(u32, i64)>> = HashMap::new();
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT project_id, month, distinct_id, key_id, delta FROM mtu_deltas",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            pending
+                .entry((row.get(0)?, row.get(1)?, row.get(2)?))
+                .or_default()
+                .push((row.get(3)?, row.get(4)?));
+        }
+    }
+    if pending.is_empty() {
+        return Ok(());
+    }
+    for ((project_id, month, distinct_id), deltas) in &pending {
+        merge_user(conn, *project_id, *month, distinct_id, deltas)?;
+    }
+    conn.prepare_cached("DELETE FROM mtu_deltas")?.execute([])?;
+    Ok(())
+}
+
+/// Adds `changes` straight to `mtu_members`, for a rebuild.
+fn merge(conn: &Connection, project_id: i64, changes: &[Change<'_>]) -> StoreResult<()> {
+    let ids = key_ids(conn, project_id, changes)?;
+    let mut by_user: HashMap<(i64, &str), Vec<(u32, i64)>> = HashMap::new();
+    for (c, key) in changes.iter().zip(ids) {
         by_user
             .entry((c.month, c.distinct_id))
             .or_default()
             .push((key, c.delta));
     }
+    for ((month, distinct_id), deltas) in by_user {
+        merge_user(conn, project_id, month, distinct_id, &deltas)?;
+    }
+    Ok(())
+}
 
+/// Adds `deltas` to the `mtu_members` row of one month and distinct id: one read and one write.
+fn merge_user(
+    conn: &Connection,
+    project_id: i64,
+    month: i64,
+    distinct_id: &str,
+    deltas: &[(u32, i64)],
+) -> StoreResult<()> {
     let mut find_user_stmt =
         conn.prepare_cached("SELECT id FROM mtu_users WHERE project_id = ?1 AND distinct_id = ?2")?;
-    let mut add_user_stmt =
-        conn.prepare_cached("INSERT INTO mtu_users (project_id, distinct_id) VALUES (?1, ?2)")?;
-    let mut read_stmt = conn.prepare_cached(
-        "SELECT counts FROM mtu_members WHERE project_id = ?1 AND month = ?2 AND user_id = ?3",
-    )?;
-    let mut write_stmt = conn.prepare_cached(
-        "INSERT INTO mtu_members (project_id, month, user_id, counts) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (project_id, month, user_id) DO UPDATE SET counts = excluded.counts",
-    )?;
-    let mut delete_stmt = conn.prepare_cached(
-        "DELETE FROM mtu_members WHERE project_id = ?1 AND month = ?2 AND user_id = ?3",
-    )?;
-    for ((month, distinct_id), deltas) in by_user {
-        let found: Option<i64> = find_user_stmt
-            .query_row(params![project_id, distinct_id], |row| row.get(0))
-            .optional()?;
-        let user_id = match found {
-            Some(id) => id,
-            None => {
-                add_user_stmt.execute(params![project_id, distinct_id])?;
-                conn.last_insert_rowid()
-            }
-        };
-        let blob: Option<Vec<u8>> = read_stmt
-            .query_row(params![project_id, month, user_id], |row| row.get(0))
-            .optional()?;
-        let mut counts: std::collections::BTreeMap<u32, i64> = blob
-            .as_deref()
-            .map(|blob| decode(blob).collect())
-            .unwrap_or_default();
-        for (key, delta) in deltas {
-            *counts.entry(key).or_insert(0) += delta;
+    let found: Option<i64> = find_user_stmt
+        .query_row(params![project_id, distinct_id], |row| row.get(0))
+        .optional()?;
+    let user_id = match found {
+        Some(id) => id,
+        None => {
+            conn.prepare_cached("INSERT INTO mtu_users (project_id, distinct_id) VALUES (?1, ?2)")?
+                .execute(params![project_id, distinct_id])?;
+            conn.last_insert_rowid()
         }
-        let pairs: Vec<(u32, i64)> = counts.into_iter().filter(|(_, n)| *n > 0).collect();
-        if pairs.is_empty() {
-            delete_stmt.execute(params![project_id, month, user_id])?;
-        } else {
-            write_stmt.execute(params![project_id, month, user_id, encode(&pairs)])?;
-        }
+    };
+    let blob: Option<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT counts FROM mtu_members WHERE project_id = ?1 AND month = ?2 AND user_id = ?3",
+        )?
+        .query_row(params![project_id, month, user_id], |row| row.get(0))
+        .optional()?;
+    let mut counts: std::collections::BTreeMap<u32, i64> = blob
+        .as_deref()
+        .map(|blob| decode(blob).collect())
+        .unwrap_or_default();
+    for &(key, delta) in deltas {
+        *counts.entry(key).or_insert(0) += delta;
+    }
+    let pairs: Vec<(u32, i64)> = counts.into_iter().filter(|(_, n)| *n > 0).collect();
+    if pairs.is_empty() {
+        conn.prepare_cached(
+            "DELETE FROM mtu_members WHERE project_id = ?1 AND month = ?2 AND user_id = ?3",
+        )?
+        .execute(params![project_id, month, user_id])?;
+    } else {
+        conn.prepare_cached(
+            "INSERT INTO mtu_members (project_id, month, user_id, counts) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (project_id, month, user_id) DO UPDATE SET counts = excluded.counts",
+        )?
+        .execute(params![project_id, month, user_id, encode(&pairs)])?;
     }
     Ok(())
 }
@@ -155,6 +242,16 @@ pub(super) fn rebuild(conn: &Connection, project_id: i64) -> StoreResult<()> {
         "DELETE FROM mtu_members WHERE project_id = ?1",
         [project_id],
     )?;
+    // The events hold every pending change too. The table exists only from a later migration
+    // than the one that first rebuilds.
+    let has_deltas: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mtu_deltas')",
+        [],
+        |row| row.get(0),
+    )?;
+    if has_deltas {
+        conn.execute("DELETE FROM mtu_deltas WHERE project_id = ?1", [project_id])?;
+    }
     let zone = project_zone(conn, project_id)?;
     let mut stmt = conn.prepare(
         "SELECT event, coalesce(partner_id, ''),
@@ -177,7 +274,7 @@ pub(super) fn rebuild(conn: &Connection, project_id: i64) -> StoreResult<()> {
                 },
             )
             .collect();
-        apply(conn, project_id, &changes)?;
+        merge(conn, project_id, &changes)?;
         batch.clear();
         Ok(())
     };
