@@ -62,6 +62,18 @@ pub struct IngestArgs {
     /// `--database-url`.
     #[arg(long, default_value_t = 1)]
     pub nodes: usize,
+    /// How event times are drawn: `spread` at random over the last 30 days, as a backfill of
+    /// shuffled history would send them; `live` in order over the last minutes, as SDKs send
+    /// events as they happen.
+    #[arg(long, value_enum, default_value_t = EventTimes::Spread)]
+    pub times: EventTimes,
+}
+
+/// How `bench ingest` draws event times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventTimes {
+    Spread,
+    Live,
 }
 
 /// A server this command started, stopped and removed when dropped.
@@ -160,6 +172,26 @@ fn peak_memory_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Reads the CPU time, user plus system, that process `pid` has used so far, in seconds
+/// (fields 14 and 15 of `/proc/<pid>/stat`, in clock ticks).
+#[cfg(unix)]
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in field 2 may hold spaces; the fields after it are plain numbers.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (user + system) as f64 / ticks as f64)
+}
+
+#[cfg(not(unix))]
+fn cpu_seconds(_pid: u32) -> Option<f64> {
+    None
+}
+
 const EVENT_NAMES: &[&str] = &[
     "Page Viewed",
     "Song Played",
@@ -173,8 +205,14 @@ const BROWSERS: &[&str] = &["Chrome", "Safari", "Firefox", "Edge"];
 const OSES: &[&str] = &["Windows", "Mac OS X", "iOS", "Android", "Linux"];
 const CITIES: &[&str] = &["Berlin", "Lisbon", "Austin", "Osaka", "Nairobi", "Lima"];
 
-/// Generates `count` events spread over the 30 days before `now_secs`, as 2000-event bodies.
-fn generate_bodies(count: usize, batch: usize, now_secs: i64) -> Vec<(usize, Vec<u8>)> {
+/// Generates `count` events before `now_secs`, as bodies of `batch` events. With
+/// [`EventTimes::Live`] the times rise by 5 ms an event and end at `now_secs`.
+fn generate_bodies(
+    count: usize,
+    batch: usize,
+    now_secs: i64,
+    times: EventTimes,
+) -> Vec<(usize, Vec<u8>)> {
     let mut rng = StdRng::seed_from_u64(7);
     let mut bodies = Vec::new();
     let mut produced = 0;
@@ -183,10 +221,14 @@ fn generate_bodies(count: usize, batch: usize, now_secs: i64) -> Vec<(usize, Vec
         let events: Vec<Value> = (0..size)
             .map(|i| {
                 let n = produced + i;
+                let time = match times {
+                    EventTimes::Spread => json!(now_secs - rng.gen_range(60..30 * 86_400)),
+                    EventTimes::Live => json!(now_secs * 1000 - 5 * (count - n) as i64),
+                };
                 json!({
                     "event": EVENT_NAMES[rng.gen_range(0..EVENT_NAMES.len())],
                     "properties": {
-                        "time": now_secs - rng.gen_range(60..30 * 86_400),
+                        "time": time,
                         "distinct_id": format!("user-{}", rng.gen_range(0..50_000)),
                         "$insert_id": format!("bench-{n:012}-{:08x}", rng.gen::<u32>()),
                         "$browser": BROWSERS[rng.gen_range(0..BROWSERS.len())],
@@ -280,7 +322,12 @@ async fn measure(
         .to_owned();
 
     eprintln!("generating {} events...", args.events);
-    let bodies = generate_bodies(args.events, args.batch, chrono::Utc::now().timestamp());
+    let bodies = generate_bodies(
+        args.events,
+        args.batch,
+        chrono::Utc::now().timestamp(),
+        args.times,
+    );
     let bytes: usize = bodies.iter().map(|(_, body)| body.len()).sum();
 
     let parse_started = Instant::now();
@@ -307,6 +354,7 @@ async fn measure(
             .map(|server| format!("{server}/import"))
             .collect(),
     );
+    let cpu_before: Vec<Option<f64>> = pids.iter().map(|pid| cpu_seconds(*pid)).collect();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..args.clients {
@@ -347,6 +395,11 @@ async fn measure(
         imported += result??;
     }
     let secs = started.elapsed().as_secs_f64();
+    let server_cpu: Option<f64> = pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|(pid, before)| Some(cpu_seconds(*pid)? - (*before)?))
+        .sum();
     let memory: Vec<u64> = pids
         .iter()
         .filter_map(|pid| peak_memory_kib(*pid))
@@ -369,6 +422,13 @@ async fn measure(
     println!("throughput:              {rate:.0} events/s");
     println!("serde_json parse alone:  {parse_rate:.0} events/s (one thread)");
     println!("ratio serde_json/server: {:.2}", parse_rate / rate);
+    match server_cpu {
+        Some(cpu) if cpu > 0.0 => println!(
+            "server CPU time:         {cpu:.2} s, {:.0} events per CPU second",
+            imported as f64 / cpu
+        ),
+        _ => println!("server CPU time:         unknown (pass --server-pid or --start-server)"),
+    }
     match memory.iter().max() {
         Some(kib) => println!(
             "server peak memory:      {:.1} MiB (VmHWM, largest server)",
