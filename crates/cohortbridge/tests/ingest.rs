@@ -274,6 +274,20 @@ async fn import_limits() {
         .unwrap();
     assert_eq!(response.status(), 413);
     assert_eq!(server.event_count().await, 0);
+
+    let response = server
+        .http
+        .post(server.url("/import"))
+        .basic_auth(&server.api_secret, Some(""))
+        .header("content-encoding", "br")
+        .body(r#"[{"event":"e","properties":{"time":1700000000,"distinct_id":"u","$insert_id":"b1"}}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let reply: Value = response.json().await.unwrap();
+    assert!(reply["error"].as_str().unwrap().contains("`br`"), "{reply}");
+    assert_eq!(server.event_count().await, 0);
     server.stop().await;
 }
 

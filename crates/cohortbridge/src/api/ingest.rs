@@ -180,6 +180,7 @@ pub(super) fn decode_request(
     .map_err(|e| {
         let status = match e {
             DecodeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            DecodeError::UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             _ => StatusCode::BAD_REQUEST,
         };
         (status, e.to_string())

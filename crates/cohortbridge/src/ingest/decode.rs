@@ -4,6 +4,7 @@
 //! `data=` that contains raw or base64-encoded JSON, any of it optionally gzip-compressed. The
 //! other form and query fields (`verbose`, `strict`, `ip`, ...) are returned as parameters.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Read;
 
@@ -38,6 +39,8 @@ pub enum DecodeError {
     DoubleGzip,
     #[error("request has no payload: send a JSON body or a `data` field")]
     Empty,
+    #[error("Content-Encoding `{encoding}` is not supported: send the body uncompressed or gzip-compressed")]
+    UnsupportedEncoding { encoding: String },
 }
 
 /// A decoded request: its records and its other parameters.
@@ -71,12 +74,20 @@ pub fn decode(
         .into_iter()
         .collect();
 
-    let gzip_header = content_encoding.is_some_and(|e| e.trim().eq_ignore_ascii_case("gzip"));
-    let body = if gzip_header || body.starts_with(&GZIP_MAGIC) {
-        gunzip(body)?
+    let encoding = content_encoding.map(str::trim).unwrap_or_default();
+    let gzip_header = ["gzip", "x-gzip"]
+        .iter()
+        .any(|name| encoding.eq_ignore_ascii_case(name));
+    if !gzip_header && !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
+        return Err(DecodeError::UnsupportedEncoding {
+            encoding: encoding.to_owned(),
+        });
+    }
+    let body: Cow<'_, [u8]> = if gzip_header || body.starts_with(&GZIP_MAGIC) {
+        Cow::Owned(gunzip(body)?)
     } else {
         check_size(body.len())?;
-        body.to_vec()
+        Cow::Borrowed(body)
     };
 
     // curl and other tools label any `-d` body as a form, so a body that is JSON is JSON. A
@@ -88,19 +99,19 @@ pub fn decode(
             .starts_with("application/x-www-form-urlencoded")
     });
     let is_form = (form_header && !starts_like_json) || looks_like_form(&body);
-    let payload: Vec<u8> = if is_form {
+    let payload: Cow<'_, [u8]> = if is_form {
         // Standard form decoding turns an unescaped `+` into a space; `decode_data_field`
         // turns it back where the value is base64.
         let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
             .map_err(|e| DecodeError::Json(format!("form body is not URL-encoded: {e}")))?;
         params.extend(fields);
         match params.remove("data") {
-            Some(data) => decode_data_field(&data)?,
+            Some(data) => Cow::Owned(decode_data_field(&data)?),
             None => return Err(DecodeError::Empty),
         }
     } else if body.iter().all(u8::is_ascii_whitespace) {
         match params.remove("data") {
-            Some(data) => decode_data_field(&data)?,
+            Some(data) => Cow::Owned(decode_data_field(&data)?),
             None => return Err(DecodeError::Empty),
         }
     } else {
@@ -433,6 +444,28 @@ mod tests {
             decode(None, None, None, b"  ").unwrap_err(),
             DecodeError::Empty
         );
+    }
+
+    #[test]
+    fn unsupported_content_encoding_is_named() {
+        let body = br#"[{"event":"e","properties":{"token":"t"}}]"#;
+        let error = decode(None, None, Some("br"), body).unwrap_err();
+        assert_eq!(
+            error,
+            DecodeError::UnsupportedEncoding {
+                encoding: "br".into()
+            }
+        );
+        assert!(error.to_string().contains("`br`"), "{error}");
+        for accepted in ["identity", " gzip ", "X-GZIP"] {
+            let body = if accepted == "identity" {
+                body.to_vec()
+            } else {
+                gzip(body)
+            };
+            let decoded = decode(None, None, Some(accepted), &body).unwrap();
+            assert_eq!(decoded.records.len(), 1, "{accepted}");
+        }
     }
 
     #[test]
