@@ -207,3 +207,39 @@ async fn merge_needs_a_secret_not_the_token() {
     );
     server.stop().await;
 }
+
+async fn profile(server: &TestServer, id: &str) -> Value {
+    server.admin_get(&format!("/profiles/{id}")).await["properties"].clone()
+}
+
+#[tokio::test]
+async fn merged_ids_update_canonical_profile() {
+    let server = TestServer::start().await;
+    set_mode(&server, "original").await;
+    let (status, text) = server
+        .engage(&[
+            json!({"$token": server.token, "$distinct_id": "u-erin", "$set": {"plan": "free"}}),
+            json!({"$token": server.token, "$distinct_id": "u-erin-old", "$set": {"city": "Lima"}}),
+        ])
+        .await;
+    assert_eq!(status, 200, "{text}");
+
+    let merge = json!({"event": "$merge", "properties": {"time": now_secs(),
+        "$distinct_ids": ["u-erin", "u-erin-old"], "$insert_id": "merge-erin"}});
+    let (status, body) = server.import_records(&[merge]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(failures(&server).await.is_empty());
+
+    // An update sent with the merged id reaches the canonical id's profile.
+    let (status, text) = server
+        .engage(&[
+            json!({"$token": server.token, "$distinct_id": "u-erin-old", "$set": {"plan": "pro"}}),
+        ])
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let canonical = profile(&server, "u-erin").await;
+    assert_eq!(canonical["plan"], "pro", "{canonical}");
+    // As in Mixpanel, the merged id's own profile is not copied into the canonical one.
+    assert!(canonical.get("city").is_none(), "{canonical}");
+    server.stop().await;
+}
