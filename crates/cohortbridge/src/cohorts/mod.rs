@@ -7,6 +7,7 @@ pub mod eval;
 pub mod explain;
 pub mod live;
 pub mod reference;
+pub mod rows;
 pub mod values;
 pub mod window;
 
