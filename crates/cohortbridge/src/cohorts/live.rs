@@ -12,7 +12,8 @@
 //! reads.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
 use chrono::{Days, TimeZone};
 use chrono_tz::Tz;
@@ -66,29 +67,41 @@ pub struct LiveCohort {
     /// Profile properties that the definitions read; others are not kept.
     profile_properties: BTreeSet<String>,
     ids: Interner,
-    /// Per distinct id number: the number it resolves to (itself unless linked).
-    canonical: Vec<u32>,
-    /// Per distinct id number: whether it is a `$device:` id merged into a user.
-    linked: Vec<bool>,
-    /// Per distinct id number: whether it has at least one event of any name.
-    has_events: Vec<bool>,
-    /// Per distinct id number: the kept properties of the profile stored under it.
-    profiles: Vec<Option<PropertyRow>>,
+    /// The state of each distinct id, by number. One struct per id keeps what an event or an
+    /// evaluation reads about the id in one place in memory.
+    states: Vec<IdState>,
+    /// One bit per distinct id number: whether the id has at least one event of any name. A
+    /// bit set this small stays in cache, so an event of a name the definitions do not read
+    /// costs only the lookup of its id.
+    has_events: Vec<u64>,
     property_names: PropertyNames,
-    /// Per distinct id number and slot: the id's events of the slot's name, sorted by time.
-    events: Vec<Vec<Vec<LiveEvent>>>,
     /// Kept property values of events, in the order of their slot's `properties`.
     event_values: Vec<Box<[Value]>>,
     next_sequence: u32,
     /// The `$device:` id numbers linked to each user number.
     devices: HashMap<u32, Vec<u32>>,
-    /// Per distinct id number: whether it is a member.
-    is_member: Vec<bool>,
     members: BTreeSet<String>,
     /// Instants at which a user's membership can change with no new data, with the user
-    /// numbers to re-evaluate then.
-    wakeups: BTreeMap<i64, Vec<u32>>,
+    /// number to re-evaluate then, earliest first. An entry made stale by a later change only
+    /// costs one extra evaluation.
+    wakeups: BinaryHeap<Reverse<(i64, u32)>>,
     now_ms: i64,
+}
+
+/// What a live cohort stores about one distinct id.
+#[derive(Default)]
+struct IdState {
+    /// The number the id resolves to: its own unless it is linked.
+    canonical: u32,
+    /// Whether the id is a `$device:` id merged into a user.
+    linked: bool,
+    /// Whether devices are linked to the id.
+    has_devices: bool,
+    is_member: bool,
+    /// The kept properties of the profile stored under the id.
+    profile: Option<PropertyRow>,
+    /// Per slot, the id's events of the slot's name, sorted by time.
+    events: Vec<Vec<LiveEvent>>,
 }
 
 /// Collects the rows of a `LiveCohort` before its first full evaluation, one row at a time.
@@ -106,7 +119,7 @@ impl LiveBuilder {
     pub fn add_event_distinct_id(&mut self, distinct_id: &str) {
         if !distinct_id.is_empty() {
             let number = self.cohort.number(distinct_id);
-            self.cohort.has_events[number as usize] = true;
+            self.cohort.mark_has_events(number);
         }
     }
 
@@ -130,12 +143,12 @@ impl LiveBuilder {
     /// Evaluates every user as of `now_ms` and returns the live cohort.
     pub fn start(self, now_ms: i64) -> Result<LiveCohort, EvalError> {
         let mut cohort = self.cohort;
-        for per_slot in &mut cohort.events {
-            for events in per_slot {
+        for state in &mut cohort.states {
+            for events in &mut state.events {
                 events.sort_by_key(|e| (e.time_ms, e.sequence));
             }
         }
-        let users: Vec<u32> = (0..cohort.ids.len() as u32).collect();
+        let users: Vec<u32> = (0..cohort.states.len() as u32).collect();
         cohort.update(users, now_ms)?;
         Ok(cohort)
     }
@@ -194,18 +207,14 @@ impl LiveCohort {
                 slots,
                 profile_properties: selection.profile_properties.unwrap_or_default(),
                 ids: Interner::default(),
-                canonical: Vec::new(),
-                linked: Vec::new(),
+                states: Vec::new(),
                 has_events: Vec::new(),
-                profiles: Vec::new(),
                 property_names: PropertyNames::default(),
-                events: Vec::new(),
                 event_values: Vec::new(),
                 next_sequence: 0,
                 devices: HashMap::new(),
-                is_member: Vec::new(),
                 members: BTreeSet::new(),
-                wakeups: BTreeMap::new(),
+                wakeups: BinaryHeap::new(),
                 now_ms: i64::MIN,
             },
         }
@@ -219,26 +228,42 @@ impl LiveCohort {
     /// Returns the number of `id`, numbering it and growing the per-id columns if it is new.
     fn number(&mut self, id: &str) -> u32 {
         let number = self.ids.intern(id);
-        let len = number as usize + 1;
-        if self.canonical.len() < len {
-            self.canonical.push(number);
-            self.linked.push(false);
-            self.has_events.push(false);
-            self.profiles.push(None);
-            self.events.push(Vec::new());
-            self.is_member.push(false);
+        if self.states.len() <= number as usize {
+            self.states.push(IdState {
+                canonical: number,
+                ..IdState::default()
+            });
         }
         number
     }
 
+    fn has_events(&self, number: u32) -> bool {
+        self.has_events
+            .get(number as usize / 64)
+            .is_some_and(|word| word & (1 << (number % 64)) != 0)
+    }
+
+    /// Records that the id has an event, and returns whether it had none before.
+    fn mark_has_events(&mut self, number: u32) -> bool {
+        let word = number as usize / 64;
+        if self.has_events.len() <= word {
+            self.has_events.resize(word + 1, 0);
+        }
+        let bit = 1 << (number % 64);
+        let first = self.has_events[word] & bit == 0;
+        self.has_events[word] |= bit;
+        first
+    }
+
     fn link(&mut self, device: &str, user: &str) -> Option<(u32, u32)> {
         let device = self.number(device);
-        if self.linked[device as usize] {
+        if self.states[device as usize].linked {
             return None;
         }
         let user = self.number(user);
-        self.canonical[device as usize] = user;
-        self.linked[device as usize] = true;
+        self.states[device as usize].canonical = user;
+        self.states[device as usize].linked = true;
+        self.states[user as usize].has_devices = true;
         self.devices.entry(user).or_default().push(device);
         Some((device, user))
     }
@@ -251,13 +276,14 @@ impl LiveCohort {
                 row.push((self.property_names.intern(&name), value));
             }
         }
-        self.profiles[number as usize] = Some(row.into_boxed_slice());
+        self.states[number as usize].profile = Some(row.into_boxed_slice());
         number
     }
 
-    /// Stores one event and returns the number of the user it belongs to, or `None` for the
-    /// empty distinct id. With `in_order`, the event is inserted at its place in time;
-    /// otherwise it is appended and `LiveBuilder::start` sorts.
+    /// Stores one event and returns the number of the user whose membership it can change:
+    /// `None` for the empty distinct id, and for an event of a name the definitions do not
+    /// read from an id that already had events. With `in_order`, the event is inserted at its
+    /// place in time; otherwise it is appended and `LiveBuilder::start` sorts.
     fn insert_event(
         &mut self,
         name: &str,
@@ -269,11 +295,20 @@ impl LiveCohort {
         if distinct_id.is_empty() {
             return None;
         }
+        let slot = self.slots.iter().position(|s| s.name == name);
+        if slot.is_none() {
+            if let Some(number) = self.ids.get(distinct_id) {
+                if self.has_events(number) {
+                    return None;
+                }
+            }
+        }
         let number = self.number(distinct_id);
-        self.has_events[number as usize] = true;
-        let user = self.canonical[number as usize];
-        let Some(slot) = self.slots.iter().position(|s| s.name == name) else {
-            return Some(user);
+        let first_event = self.mark_has_events(number);
+        let user = self.states[number as usize].canonical;
+        let Some(slot) = slot else {
+            // The user's first event makes the user one of the project's users.
+            return first_event.then_some(user);
         };
 
         let values = if self.slots[slot].properties.is_empty() {
@@ -294,7 +329,7 @@ impl LiveCohort {
         };
         self.next_sequence += 1;
 
-        let per_slot = &mut self.events[number as usize];
+        let per_slot = &mut self.states[number as usize].events;
         if per_slot.len() < self.slots.len() {
             per_slot.resize_with(self.slots.len(), Vec::new);
         }
@@ -340,7 +375,7 @@ impl LiveCohort {
         let mut touched = Vec::new();
         for (distinct_id, properties) in profiles {
             let number = self.set_profile(&distinct_id, properties);
-            touched.push(self.canonical[number as usize]);
+            touched.push(self.states[number as usize].canonical);
         }
         self.update(touched, now_ms)
     }
@@ -374,12 +409,15 @@ impl LiveCohort {
         now_ms: i64,
     ) -> Result<MembershipChanges, EvalError> {
         self.now_ms = now_ms;
-        let due: Vec<i64> = self.wakeups.range(..=now_ms).map(|(t, _)| *t).collect();
-        for instant in due {
-            touched.extend(self.wakeups.remove(&instant).unwrap_or_default());
+        while let Some(&Reverse((instant, user))) = self.wakeups.peek() {
+            if instant > now_ms {
+                break;
+            }
+            self.wakeups.pop();
+            touched.push(user);
         }
         if self.reads_cohorts {
-            touched = (0..self.ids.len() as u32).collect();
+            touched = (0..self.states.len() as u32).collect();
         }
         touched.sort_unstable();
         touched.dedup();
@@ -395,7 +433,7 @@ impl LiveCohort {
         // Membership changes only after every touched user evaluated without error.
         let mut changes = MembershipChanges::default();
         for (&user, member) in touched.iter().zip(results) {
-            let was = std::mem::replace(&mut self.is_member[user as usize], member);
+            let was = std::mem::replace(&mut self.states[user as usize].is_member, member);
             if member && !was {
                 let id = self.ids.text(user).to_owned();
                 self.members.insert(id.clone());
@@ -437,19 +475,23 @@ impl LiveCohort {
     /// Returns a user's events of one slot, sorted by time, including those of the devices
     /// linked to the user.
     fn user_events(&self, user: u32, slot: usize) -> Cow<'_, [LiveEvent]> {
-        let own = self.events[user as usize]
+        let state = &self.states[user as usize];
+        let own = state
+            .events
             .get(slot)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let Some(devices) = self.devices.get(&user) else {
+        if !state.has_devices {
             return Cow::Borrowed(own);
-        };
+        }
+        let devices = &self.devices[&user];
         let mut all = own.to_vec();
         for &device in devices {
-            if self.canonical[device as usize] != user {
+            let device = &self.states[device as usize];
+            if device.canonical != user {
                 continue;
             }
-            if let Some(events) = self.events[device as usize].get(slot) {
+            if let Some(events) = device.events.get(slot) {
                 all.extend_from_slice(events);
             }
         }
@@ -597,27 +639,27 @@ impl LiveCohort {
     /// Checks whether a distinct id number is one of the project's users: it is not a linked
     /// device, and it has an event, directly or through a linked device, or a profile.
     fn is_user(&self, user: u32) -> bool {
-        let index = user as usize;
-        if self.linked[index] {
+        let state = &self.states[user as usize];
+        if state.linked {
             return false;
         }
-        if self.profiles[index].is_some() || self.has_events[index] {
+        if state.profile.is_some() || self.has_events(user) {
             return true;
         }
-        self.devices
-            .get(&user)
-            .into_iter()
-            .flatten()
-            .any(|&device| self.has_events[device as usize])
+        state.has_devices
+            && self.devices[&user]
+                .iter()
+                .any(|&device| self.has_events(device))
     }
 
     /// Returns a profile property of a canonical user. A profile stored under a linked device
     /// id is an orphan and matches for no user.
     fn profile_value(&self, user: u32, property: &str) -> Option<&Value> {
-        if self.linked[user as usize] {
+        let state = &self.states[user as usize];
+        if state.linked {
             return None;
         }
-        let row = self.profiles[user as usize].as_deref()?;
+        let row = state.profile.as_deref()?;
         row_value(row, self.property_names.get(property)?)
     }
 
@@ -632,7 +674,7 @@ impl LiveCohort {
             self.collect_instants(definition, user, &mut next);
         }
         if let Some(instant) = next.earliest {
-            self.wakeups.entry(instant).or_default().push(user);
+            self.wakeups.push(Reverse((instant, user)));
         }
     }
 

@@ -86,6 +86,10 @@ impl Interner {
         number
     }
 
+    pub(crate) fn get(&self, id: &str) -> Option<u32> {
+        self.numbers.get(id).copied()
+    }
+
     pub(crate) fn text(&self, number: u32) -> &str {
         &self.ids[number as usize]
     }
