@@ -105,10 +105,14 @@ def main():
     print()
     print(f"index build: {engine['index_build_ms']:.0f} ms; "
           f"keeping count_last_30_days current after 10,000 new events: "
-          f"{engine['incremental_10k_ms']:.2f} ms; one hour passing: "
+          f"{engine['incremental_10k_ms']:.2f} ms, median of ten batches "
+          f"{engine['median_incremental_10k_ms']:.2f} ms "
+          f"({engine['median_incremental_10k_cpu_ms']:.2f} ms of CPU time); one hour passing: "
           f"{engine['advance_one_hour_ms']:.2f} ms")
-    print(f"memory per million events: rows {engine['rss_data_mib_per_million_events']:.0f} MiB, "
-          f"index {engine['rss_index_mib_per_million_events']:.0f} MiB")
+    print(f"memory per million events: kept rows {engine['rss_rows_mib_per_million_events']:.0f} MiB, "
+          f"index {engine['rss_index_mib_per_million_events']:.0f} MiB, "
+          f"live cohort {engine['rss_live_mib_per_million_events']:.0f} MiB; "
+          f"peak resident memory {engine['peak_rss_mib']:.0f} MiB")
     if not all_same:
         sys.exit("DuckDB and cohortbridge returned different members")
 

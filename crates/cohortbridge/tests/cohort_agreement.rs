@@ -323,33 +323,45 @@ proptest! {
         let parsed = parse(&definition).unwrap();
         let cohorts = referenced_cohorts();
         let mut now_ms = NOW + start - 5 * DAY;
-        let mut live = LiveCohort::new(data, parsed.clone(), cohorts.clone(), tz, now_ms).unwrap();
-        let expected = reference::evaluate(live.data(), &parsed, &cohorts, tz, now_ms).unwrap();
+        // The reference reads `data`, to which every change is applied as the live cohort
+        // receives it.
+        let mut data = data;
+        let mut live =
+            LiveCohort::new(data.clone(), parsed.clone(), cohorts.clone(), tz, now_ms).unwrap();
+        let expected = reference::evaluate(&data, &parsed, &cohorts, tz, now_ms).unwrap();
         prop_assert_eq!(live.members(), &expected, "at start {}", now_ms);
 
+        for row in &later_events {
+            if !row.distinct_id.is_empty() {
+                data.event_distinct_ids.insert(row.distinct_id.clone());
+                data.events.push(row.clone());
+            }
+        }
         live.apply_events(later_events, now_ms).unwrap();
-        let expected = reference::evaluate(live.data(), &parsed, &cohorts, tz, now_ms).unwrap();
+        let expected = reference::evaluate(&data, &parsed, &cohorts, tz, now_ms).unwrap();
         prop_assert_eq!(live.members(), &expected, "after events at {}", now_ms);
 
         let profiles = later_profiles
             .into_iter()
             .filter(|(id, _)| !id.is_empty())
             .map(|(id, p)| (id.to_string(), p))
-            .collect();
+            .collect::<Vec<(String, _)>>();
+        data.profiles.extend(profiles.iter().cloned());
         live.apply_profiles(profiles, now_ms).unwrap();
-        let expected = reference::evaluate(live.data(), &parsed, &cohorts, tz, now_ms).unwrap();
+        let expected = reference::evaluate(&data, &parsed, &cohorts, tz, now_ms).unwrap();
         prop_assert_eq!(live.members(), &expected, "after profiles at {}", now_ms);
 
         if let Some((device, user)) = link {
+            data.links.entry(device.to_string()).or_insert_with(|| user.to_string());
             live.apply_links(vec![(device.to_string(), user.to_string())], now_ms).unwrap();
-            let expected = reference::evaluate(live.data(), &parsed, &cohorts, tz, now_ms).unwrap();
+            let expected = reference::evaluate(&data, &parsed, &cohorts, tz, now_ms).unwrap();
             prop_assert_eq!(live.members(), &expected, "after link at {}", now_ms);
         }
 
         for step in steps {
             now_ms += step;
             let changes = live.advance(now_ms).unwrap();
-            let expected = reference::evaluate(live.data(), &parsed, &cohorts, tz, now_ms).unwrap();
+            let expected = reference::evaluate(&data, &parsed, &cohorts, tz, now_ms).unwrap();
             prop_assert_eq!(live.members(), &expected, "after advancing to {} ({:?})", now_ms, changes);
         }
     }

@@ -451,3 +451,92 @@ async fn concurrent_saves_never_close_cycle() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn evaluation_keeps_only_requested_properties() {
+    use cohortbridge::store::Store;
+
+    let server = TestServer::start().await;
+    let now = chrono::Utc::now();
+    let at = |days: i64| (now - chrono::Duration::days(days)).to_rfc3339();
+    import_event(
+        &server,
+        "big",
+        "Purchase",
+        &at(1),
+        json!({"currency": "EUR", "amount": 80}),
+    )
+    .await;
+    import_event(
+        &server,
+        "big",
+        "Purchase",
+        &at(2),
+        json!({"currency": "EUR", "amount": 30}),
+    )
+    .await;
+    import_event(
+        &server,
+        "small",
+        "Purchase",
+        &at(1),
+        json!({"currency": "EUR", "amount": 50}),
+    )
+    .await;
+    import_event(
+        &server,
+        "usd",
+        "Purchase",
+        &at(1),
+        json!({"currency": "USD", "amount": 500}),
+    )
+    .await;
+    import_event(
+        &server,
+        "old",
+        "Purchase",
+        &at(40),
+        json!({"currency": "EUR", "amount": 500}),
+    )
+    .await;
+    for user in ["big", "small", "usd", "old"] {
+        set_profile(
+            &server,
+            user,
+            json!({"plan": "pro", "$braze_external_id": format!("ext-{user}")}),
+        )
+        .await;
+    }
+    let stopped = server.stop_keeping_data().await;
+    let store = stopped.database.open_store().await;
+    let store: &dyn Store = store.as_ref();
+
+    let definition = cohortbridge::cohorts::parse(&json!({"all": [
+        {"profile": "plan", "op": "eq", "value": "pro"},
+        {"event": "Purchase",
+         "where": [{"property": "currency", "op": "eq", "value": "EUR"}],
+         "sum": {"property": "amount", "gte": 100},
+         "within": {"last_days": 30}}
+    ]}))
+    .unwrap();
+    let now_ms = now.timestamp_millis();
+    let requested = vec!["$braze_external_id".to_owned()];
+    let kept =
+        cohortbridge::cohorts::evaluate_with_properties(store, 1, &definition, &requested, now_ms)
+            .await
+            .unwrap();
+    assert_eq!(kept.members.iter().collect::<Vec<_>>(), vec!["big"]);
+    let profile = &kept.profiles["big"];
+    assert_eq!(profile.get("$braze_external_id"), Some(&json!("ext-big")));
+    assert!(profile.get("plan").is_none(), "{profile:?}");
+
+    let full = cohortbridge::cohorts::evaluate(store, 1, &definition, now_ms)
+        .await
+        .unwrap();
+    assert_eq!(full.members, kept.members);
+    assert_eq!(full.profiles["big"].get("plan"), Some(&json!("pro")));
+    assert_eq!(
+        full.profiles["big"].get("$braze_external_id"),
+        Some(&json!("ext-big"))
+    );
+}

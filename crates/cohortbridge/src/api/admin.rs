@@ -339,9 +339,10 @@ async fn cohort_members(
     })?;
     let definition = cohorts::parse(&cohort.definition)
         .map_err(|e| ApiError::Conflict(format!("stored definition is invalid: {e}")))?;
-    let evaluated = cohorts::evaluate(state.store.as_ref(), id, &definition, now_ms())
-        .await
-        .map_err(eval_error)?;
+    let evaluated =
+        cohorts::evaluate_with_properties(state.store.as_ref(), id, &definition, &[], now_ms())
+            .await
+            .map_err(eval_error)?;
     Ok(Json(
         json!({"cohort_id": cohort_id, "count": evaluated.members.len(), "members": evaluated.members}),
     ))

@@ -164,9 +164,15 @@ pub(crate) async fn preview_cohort(
         }
     };
     let sample_size = query.sample.unwrap_or(DEFAULT_SAMPLE).min(MAX_SAMPLE);
-    let evaluated = cohorts::evaluate(state.store.as_ref(), id, &definition, now_ms())
-        .await
-        .map_err(eval_error)?;
+    let evaluated = cohorts::evaluate_with_properties(
+        state.store.as_ref(),
+        id,
+        &definition,
+        std::slice::from_ref(&property),
+        now_ms(),
+    )
+    .await
+    .map_err(eval_error)?;
     let exportable = evaluated
         .members
         .iter()
@@ -243,9 +249,15 @@ async fn list_cohorts_mixpanel(
                 cohort.id
             ))
         })?;
-        let evaluated = cohorts::evaluate(state.store.as_ref(), project.id, &definition, now)
-            .await
-            .map_err(eval_error)?;
+        let evaluated = cohorts::evaluate_with_properties(
+            state.store.as_ref(),
+            project.id,
+            &definition,
+            &[],
+            now,
+        )
+        .await
+        .map_err(eval_error)?;
         let created = chrono::DateTime::from_timestamp_millis(cohort.created_at_ms)
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_default();

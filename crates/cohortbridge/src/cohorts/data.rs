@@ -1,6 +1,7 @@
-//! The stored data a cohort evaluation reads, loaded from the store in one consistent pass,
-//! and the rules shared by every evaluator: which canonical users exist and which profile
-//! belongs to whom.
+//! The stored data a cohort evaluation reads, as whole rows, and the rules shared by every
+//! evaluator: which canonical users exist and which profile belongs to whom. The reference
+//! evaluator, `explain` and the tests read this form. Evaluation for members streams rows
+//! through `rows::IndexBuilder` instead, which keeps far less per event.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 

@@ -1,22 +1,23 @@
-//! The cohort engine: an in-memory index over the loaded data, and set-at-a-time evaluation.
+//! The cohort engine: an in-memory index over the rows of one evaluation, and set-at-a-time
+//! evaluation.
 //!
 //! Users are numbered in sorted order of their canonical ids, so a set of users is a
-//! `RoaringBitmap`. Per event name the index keeps, for each user, that user's events sorted
-//! by time, so a window is two binary searches and a plain count never reads a property.
-//! Groups combine bitmaps (`all` intersects, `any` unites, `not` complements within the
-//! project's users). Evaluation is a pure function of the data, the definitions, the time
-//! zone and `now`.
+//! `RoaringBitmap`. Per event name the index keeps, for each user, that user's event times
+//! sorted, so a window is two binary searches and a plain count never reads a property. The
+//! event properties a definition reads are columns beside the times. Groups combine bitmaps
+//! (`all` intersects, `any` unites, `not` complements within the project's users). Evaluation
+//! is a pure function of the data, the definitions, the time zone and `now`.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono_tz::Tz;
 use roaring::RoaringBitmap;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::data::{CohortData, EventRow};
+use super::data::CohortData;
 use super::definition::{Definition, EventRule, Measure, PropertyFilter, MAX_DEPTH};
 use super::eval::{CohortMembers, EvalError};
+use super::rows::{row_value, IndexBuilder, PropertyNames, PropertyRow, Selection};
 use super::values::matches_filter;
 use super::window::{local_day, Bounds};
 
@@ -28,108 +29,148 @@ struct NameIndex {
     /// `users[k]`'s events occupy positions `offsets[k]..offsets[k + 1]` of the columns below.
     offsets: Vec<usize>,
     times: Vec<i64>,
-    /// Indexes into `CohortData::events`.
-    rows: Vec<usize>,
-    /// Event property columns in the same order, extracted on first use (`null` when unset).
-    columns: Mutex<HashMap<String, Arc<Vec<Value>>>>,
+    /// The event properties kept, in the order of `columns`.
+    properties: Vec<String>,
+    /// One column per kept property, in the same order as `times` (`null` when unset).
+    columns: Vec<Vec<Value>>,
 }
 
 impl NameIndex {
-    fn column(&self, property: &str, events: &[EventRow]) -> Arc<Vec<Value>> {
-        let mut columns = self.columns.lock().unwrap_or_else(|p| p.into_inner());
-        columns
-            .entry(property.to_owned())
-            .or_insert_with(|| {
-                Arc::new(
-                    self.rows
-                        .iter()
-                        .map(|&i| {
-                            events[i]
-                                .properties
-                                .get(property)
-                                .cloned()
-                                .unwrap_or(Value::Null)
-                        })
-                        .collect(),
-                )
-            })
-            .clone()
+    /// Returns the column of `property`, or `None` when it was not kept, which reads as unset.
+    fn column(&self, property: &str) -> Option<&[Value]> {
+        let position = self.properties.iter().position(|p| p == property)?;
+        Some(&self.columns[position])
     }
 }
 
-/// An index over one `CohortData`, built once and evaluated against many definitions.
-pub struct Engine<'a> {
-    data: &'a CohortData,
-    users: Vec<String>,
-    user_numbers: HashMap<String, u32>,
-    profiles: Vec<Option<&'a Map<String, Value>>>,
-    by_name: HashMap<&'a str, NameIndex>,
+/// An index over the rows of one evaluation, built once and evaluated against many
+/// definitions. It owns only the users' canonical ids, their kept profile properties and the
+/// kept columns of the selected events.
+pub struct Engine {
+    /// Canonical ids, sorted. A user's number is its position.
+    users: Vec<Box<str>>,
+    property_names: PropertyNames,
+    /// Kept profile properties by user number, for users with a profile.
+    profiles: Vec<Option<PropertyRow>>,
+    by_name: HashMap<String, NameIndex>,
     everyone: RoaringBitmap,
 }
 
-impl<'a> Engine<'a> {
-    /// Numbers the users and indexes every loaded event by name and user.
-    pub fn build(data: &'a CohortData) -> Self {
-        let users: Vec<String> = data.users().into_iter().collect();
-        let user_numbers: HashMap<String, u32> = users
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.clone(), i as u32))
-            .collect();
-        let user_profiles = data.user_profiles();
-        let profiles = users
-            .iter()
-            .map(|id| user_profiles.get(id.as_str()).copied())
-            .collect();
-
-        let mut grouped: HashMap<&str, Vec<(u32, i64, usize)>> = HashMap::new();
-        for (i, row) in data.events.iter().enumerate() {
-            if row.distinct_id.is_empty() {
-                continue;
-            }
-            let Some(&user) = user_numbers.get(data.canonical(&row.distinct_id)) else {
-                continue;
-            };
-            grouped
-                .entry(row.event.as_str())
+impl Engine {
+    /// Indexes every event and every profile property of `data`.
+    pub fn build(data: &CohortData) -> Self {
+        let mut events: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for row in &data.events {
+            events
+                .entry(row.event.clone())
                 .or_default()
-                .push((user, row.time_ms, i));
+                .extend(row.properties.keys().cloned());
         }
-        let mut by_name = HashMap::new();
-        for (name, mut entries) in grouped {
-            entries.sort_unstable();
-            let mut index = NameIndex {
-                users: Vec::new(),
-                offsets: Vec::new(),
-                times: Vec::with_capacity(entries.len()),
-                rows: Vec::with_capacity(entries.len()),
-                columns: Mutex::new(HashMap::new()),
-            };
-            for (position, (user, time_ms, row)) in entries.into_iter().enumerate() {
-                if index.users.last() != Some(&user) {
-                    index.users.push(user);
-                    index.offsets.push(position);
-                }
-                index.times.push(time_ms);
-                index.rows.push(row);
+        let mut builder = IndexBuilder::new(Selection {
+            events,
+            profile_properties: None,
+        });
+        for (device, user) in &data.links {
+            builder.add_link(device, user);
+        }
+        for id in &data.event_distinct_ids {
+            builder.add_event_distinct_id(id);
+        }
+        for (id, properties) in &data.profiles {
+            builder.add_profile(id, properties.clone());
+        }
+        for row in &data.events {
+            builder.add_event(
+                &row.event,
+                &row.distinct_id,
+                row.time_ms,
+                Some(&row.properties),
+            );
+        }
+        Self::from_rows(builder)
+    }
+
+    /// Numbers the users in sorted order of their canonical ids and indexes the builder's
+    /// events by name and user, consuming the builder's rows one name at a time.
+    pub fn from_rows(builder: IndexBuilder) -> Self {
+        let IndexBuilder {
+            ids,
+            links,
+            has_events,
+            property_names,
+            mut profiles,
+            names,
+            ..
+        } = builder;
+        let canonical = |id: u32| links.get(&id).copied().unwrap_or(id);
+
+        // The users: canonical ids of ids with events, and ids with a profile that are not
+        // linked devices (such a profile is an orphan).
+        let mut is_user = vec![false; ids.len()];
+        for (id, has) in has_events.iter().enumerate() {
+            if *has {
+                is_user[canonical(id as u32) as usize] = true;
             }
-            index.offsets.push(index.times.len());
-            by_name.insert(name, index);
+        }
+        for id in profiles.keys() {
+            if !links.contains_key(id) {
+                is_user[*id as usize] = true;
+            }
+        }
+        let mut order: Vec<u32> = (0..ids.len() as u32)
+            .filter(|id| is_user[*id as usize])
+            .collect();
+        drop(is_user);
+        order.sort_unstable_by(|a, b| ids.text(*a).cmp(ids.text(*b)));
+        let mut user_of_id = vec![u32::MAX; ids.len()];
+        for (user, id) in order.iter().enumerate() {
+            user_of_id[*id as usize] = user as u32;
+        }
+        let users: Vec<Box<str>> = order.iter().map(|id| Box::from(ids.text(*id))).collect();
+        let user_profiles = order
+            .iter()
+            .map(|id| {
+                if links.contains_key(id) {
+                    None
+                } else {
+                    profiles.remove(id)
+                }
+            })
+            .collect();
+        drop(profiles);
+        drop(order);
+
+        let mut by_name = HashMap::new();
+        for (name, rows) in names {
+            let user_of_row: Vec<u32> = rows
+                .ids
+                .iter()
+                .map(|id| user_of_id[canonical(*id) as usize])
+                .collect();
+            by_name.insert(
+                name,
+                index_name(
+                    rows.times,
+                    rows.properties,
+                    rows.columns,
+                    user_of_row,
+                    users.len(),
+                ),
+            );
         }
 
         let everyone = (0..users.len() as u32).collect();
         Self {
-            data,
             users,
-            user_numbers,
-            profiles,
+            property_names,
+            profiles: user_profiles,
             by_name,
             everyone,
         }
     }
 
     /// Evaluates `definition` as of `now_ms`; `cohorts` holds every cohort that `in_cohort`
-    /// may reference, by id.
+    /// may reference, by id. The members' profiles carry every kept property.
     pub fn evaluate(
         &self,
         definition: &Definition,
@@ -137,14 +178,21 @@ impl<'a> Engine<'a> {
         tz: Tz,
         now_ms: i64,
     ) -> Result<CohortMembers, EvalError> {
-        let context = Context {
-            engine: self,
-            cohorts,
-            tz,
-            now_ms,
-        };
-        let set = context.set(definition, &mut Vec::new(), 0)?;
-        Ok(self.members(&set))
+        self.evaluate_with_properties(definition, cohorts, tz, now_ms, None)
+    }
+
+    /// Evaluates `definition` like `evaluate`, with the members' profiles carrying only the
+    /// `output` properties when given.
+    pub fn evaluate_with_properties(
+        &self,
+        definition: &Definition,
+        cohorts: &HashMap<i64, Definition>,
+        tz: Tz,
+        now_ms: i64,
+        output: Option<&[String]>,
+    ) -> Result<CohortMembers, EvalError> {
+        let set = self.member_set(definition, cohorts, tz, now_ms)?;
+        Ok(self.members(&set, output))
     }
 
     /// Evaluates `definition` like `evaluate` but returns only the members' canonical ids,
@@ -156,46 +204,107 @@ impl<'a> Engine<'a> {
         tz: Tz,
         now_ms: i64,
     ) -> Result<Vec<&str>, EvalError> {
+        let set = self.member_set(definition, cohorts, tz, now_ms)?;
+        Ok(set.iter().map(|user| &*self.users[user as usize]).collect())
+    }
+
+    fn member_set(
+        &self,
+        definition: &Definition,
+        cohorts: &HashMap<i64, Definition>,
+        tz: Tz,
+        now_ms: i64,
+    ) -> Result<RoaringBitmap, EvalError> {
         let context = Context {
             engine: self,
             cohorts,
             tz,
             now_ms,
         };
-        let set = context.set(definition, &mut Vec::new(), 0)?;
-        Ok(set
-            .iter()
-            .map(|user| self.users[user as usize].as_str())
-            .collect())
+        context.set(definition, &mut Vec::new(), 0)
     }
 
-    fn members(&self, set: &RoaringBitmap) -> CohortMembers {
+    fn members(&self, set: &RoaringBitmap, output: Option<&[String]>) -> CohortMembers {
         let mut members = BTreeSet::new();
         let mut profiles = HashMap::new();
         for user in set {
-            let id = &self.users[user as usize];
-            members.insert(id.clone());
-            if let Some(properties) = self.profiles[user as usize] {
-                profiles.insert(id.clone(), properties.clone());
+            let id = self.users[user as usize].to_string();
+            if let Some(row) = &self.profiles[user as usize] {
+                profiles.insert(id.clone(), self.property_names.to_map(row, output));
             }
+            members.insert(id);
         }
         CohortMembers { members, profiles }
     }
-
-    /// Returns the number of a canonical user, if the user exists.
-    pub fn user_number(&self, canonical_id: &str) -> Option<u32> {
-        self.user_numbers.get(canonical_id).copied()
-    }
 }
 
-struct Context<'e, 'a> {
-    engine: &'e Engine<'a>,
+/// Groups one name's events by user and sorts each user's events by time (storage order
+/// among equal times), permuting the columns to match.
+fn index_name(
+    times: Vec<i64>,
+    properties: Vec<String>,
+    columns: Vec<Vec<Value>>,
+    user_of_row: Vec<u32>,
+    user_count: usize,
+) -> NameIndex {
+    // Counting sort by user, then a sort by time within each user's run.
+    let mut starts = vec![0usize; user_count + 1];
+    for &user in &user_of_row {
+        starts[user as usize + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut order = vec![0u32; user_of_row.len()];
+    let mut next = starts.clone();
+    for (row, &user) in user_of_row.iter().enumerate() {
+        order[next[user as usize]] = row as u32;
+        next[user as usize] += 1;
+    }
+    drop(next);
+
+    let mut index = NameIndex {
+        users: Vec::new(),
+        offsets: Vec::new(),
+        times: Vec::with_capacity(times.len()),
+        properties,
+        columns: Vec::new(),
+    };
+    for user in 0..user_count {
+        let run = &mut order[starts[user]..starts[user + 1]];
+        if run.is_empty() {
+            continue;
+        }
+        run.sort_unstable_by_key(|&row| (times[row as usize], row));
+        index.users.push(user as u32);
+        index.offsets.push(starts[user]);
+    }
+    index.offsets.push(order.len());
+    drop(starts);
+    index
+        .times
+        .extend(order.iter().map(|&row| times[row as usize]));
+    drop(times);
+    index.columns = columns
+        .into_iter()
+        .map(|column| {
+            order
+                .iter()
+                .map(|&row| column[row as usize].clone())
+                .collect()
+        })
+        .collect();
+    index
+}
+
+struct Context<'e> {
+    engine: &'e Engine,
     cohorts: &'e HashMap<i64, Definition>,
     tz: Tz,
     now_ms: i64,
 }
 
-impl Context<'_, '_> {
+impl Context<'_> {
     fn set(
         &self,
         definition: &Definition,
@@ -243,8 +352,12 @@ impl Context<'_, '_> {
 
     fn profile_set(&self, filter: &PropertyFilter) -> RoaringBitmap {
         let mut result = RoaringBitmap::new();
+        let number = self.engine.property_names.get(&filter.property);
         for (user, profile) in self.engine.profiles.iter().enumerate() {
-            let actual = profile.and_then(|p| p.get(&filter.property));
+            let actual = profile
+                .as_deref()
+                .zip(number)
+                .and_then(|(row, number)| row_value(row, number));
             if matches_filter(actual, filter, self.now_ms) {
                 result.insert(user as u32);
             }
@@ -272,17 +385,16 @@ impl Context<'_, '_> {
         } else {
             RoaringBitmap::new()
         };
-        let events = &self.engine.data.events;
-        let filters: Vec<(&PropertyFilter, Arc<Vec<Value>>)> = rule
+        let filters: Vec<(&PropertyFilter, Option<&[Value]>)> = rule
             .filters
             .iter()
-            .map(|filter| (filter, index.column(&filter.property, events)))
+            .map(|filter| (filter, index.column(&filter.property)))
             .collect();
-        let measured = rule.measure.property().map(|p| index.column(p, events));
+        let measured = rule.measure.property().and_then(|p| index.column(p));
         let scan = Scan {
             rule,
             filters: &filters,
-            measured: measured.as_deref().map(Vec::as_slice),
+            measured,
             bounds,
             tz: self.tz,
             now_ms: self.now_ms,
@@ -300,7 +412,7 @@ impl Context<'_, '_> {
 /// One event rule applied to the columns of a `NameIndex`.
 struct Scan<'s> {
     rule: &'s EventRule,
-    filters: &'s [(&'s PropertyFilter, Arc<Vec<Value>>)],
+    filters: &'s [(&'s PropertyFilter, Option<&'s [Value]>)],
     measured: Option<&'s [Value]>,
     bounds: Bounds,
     tz: Tz,
@@ -313,7 +425,7 @@ impl Scan<'_> {
     fn holds(&self, times: &[i64], start: usize) -> bool {
         let passes = |position: usize| {
             self.filters.iter().all(|(filter, column)| {
-                matches_filter(Some(&column[position]), filter, self.now_ms)
+                matches_filter(column.map(|c| &c[position]), filter, self.now_ms)
             })
         };
         let rule = self.rule;
@@ -367,69 +479,4 @@ pub fn measure_of_nothing(rule: &EventRule) -> Option<f64> {
         Measure::Count | Measure::DistinctDays | Measure::Sum(_) => Some(0.0),
         Measure::Min(_) | Measure::Max(_) | Measure::Average(_) => None,
     }
-}
-
-/// Checks whether `rule` holds for one user whose events of the rule's name are `rows`, pairs
-/// of time and index into `events`, sorted by time.
-pub(crate) fn rule_holds(
-    rule: &EventRule,
-    rows: &[(i64, usize)],
-    events: &[EventRow],
-    bounds: Bounds,
-    tz: Tz,
-    now_ms: i64,
-) -> bool {
-    let passes = |row: &EventRow| {
-        rule.filters
-            .iter()
-            .all(|filter| matches_filter(row.properties.get(&filter.property), filter, now_ms))
-    };
-    if rule.first_time {
-        let first = rows
-            .iter()
-            .map(|&(_, i)| &events[i])
-            .take_while(|row| row.time_ms <= now_ms)
-            .find(|row| passes(row));
-        return first.is_some_and(|row| bounds.contains(row.time_ms));
-    }
-    if bounds.start_ms > bounds.end_ms {
-        return measure_of_nothing(rule).is_some_and(|v| rule.comparison.matches(v));
-    }
-
-    let low = rows.partition_point(|&(time_ms, _)| time_ms < bounds.start_ms);
-    let high = rows.partition_point(|&(time_ms, _)| time_ms <= bounds.end_ms);
-    let in_window = &rows[low..high];
-    if rule.filters.is_empty() && rule.measure == Measure::Count {
-        return rule.comparison.matches(in_window.len() as f64);
-    }
-    let matching = in_window
-        .iter()
-        .map(|&(_, i)| &events[i])
-        .filter(|row| passes(row));
-    let measured = match &rule.measure {
-        Measure::Count => Some(matching.count() as f64),
-        Measure::DistinctDays => {
-            let mut days: Vec<i64> = matching.map(|row| local_day(row.time_ms, tz)).collect();
-            days.sort_unstable();
-            days.dedup();
-            Some(days.len() as f64)
-        }
-        Measure::Sum(property) => Some(numbers(matching, property).sum()),
-        Measure::Min(property) => numbers(matching, property).reduce(f64::min),
-        Measure::Max(property) => numbers(matching, property).reduce(f64::max),
-        Measure::Average(property) => {
-            let (sum, n) =
-                numbers(matching, property).fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
-            (n > 0).then(|| sum / n as f64)
-        }
-    };
-    measured.is_some_and(|v| rule.comparison.matches(v))
-}
-
-/// Returns the numeric values of `property` among `rows`, skipping rows without a number.
-fn numbers<'r>(
-    rows: impl Iterator<Item = &'r EventRow> + 'r,
-    property: &'r str,
-) -> impl Iterator<Item = f64> + 'r {
-    rows.filter_map(move |row| row.properties.get(property).and_then(Value::as_f64))
 }

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use super::data::{CohortData, EventRow};
 use super::definition::{parse, Definition};
 use super::engine::Engine;
+use super::rows::{IndexBuilder, Selection};
 use super::window::parse_timezone;
 use crate::store::{Store, StoreError};
 
@@ -56,8 +57,39 @@ pub async fn evaluate(
     definition: &Definition,
     now_ms: i64,
 ) -> Result<CohortMembers, EvalError> {
-    let loaded = load(store, project_id, definition, now_ms).await?;
-    Engine::build(&loaded.data).evaluate(definition, &loaded.cohorts, loaded.tz, now_ms)
+    evaluate_members(store, project_id, definition, None, now_ms).await
+}
+
+/// Evaluates like [`evaluate`], but the members' profiles carry only `properties`, such as a
+/// connection's user-id property, and no other profile property is kept in memory.
+pub async fn evaluate_with_properties(
+    store: &dyn Store,
+    project_id: i64,
+    definition: &Definition,
+    properties: &[String],
+    now_ms: i64,
+) -> Result<CohortMembers, EvalError> {
+    evaluate_members(store, project_id, definition, Some(properties), now_ms).await
+}
+
+/// Streams the rows `definition` reads from the store into the engine's index and evaluates
+/// it, with the members' profiles carrying the `output` properties (`None`: all of them).
+async fn evaluate_members(
+    store: &dyn Store,
+    project_id: i64,
+    definition: &Definition,
+    output: Option<&[String]>,
+    now_ms: i64,
+) -> Result<CohortMembers, EvalError> {
+    let tz_name = store.project_timezone(project_id).await?;
+    let tz = parse_timezone(&tz_name).map_err(EvalError::TimeZone)?;
+    let cohorts = referenced_cohorts(store, project_id, definition).await?;
+    let selection =
+        Selection::for_definitions(std::iter::once(definition).chain(cohorts.values()), output);
+    let builder = store
+        .read_cohort_rows(project_id, IndexBuilder::new(selection), now_ms)
+        .await?;
+    Engine::from_rows(builder).evaluate_with_properties(definition, &cohorts, tz, now_ms, output)
 }
 
 /// Evaluates the stored cohort `cohort_id` of a project as of `now_ms`; returns `None` when
@@ -81,7 +113,8 @@ pub async fn evaluate_cohort(
 }
 
 /// Reads, in one consistent snapshot, the data that `definition` and every cohort it
-/// references need, with the events up to `now_ms`.
+/// references need, with the events up to `now_ms`, as whole rows. `explain` reads them;
+/// evaluation streams the rows into the engine instead of holding them.
 pub async fn load(
     store: &dyn Store,
     project_id: i64,

@@ -4,22 +4,34 @@
 //!
 //! A `LiveCohort` starts from a full evaluation and afterwards never rescans history. Each
 //! change returns the members added and removed, which is what a dynamic sync sends.
+//!
+//! Distinct ids are interned as numbers, and only the events whose names the definitions read
+//! are kept, each as a time and the event properties the definitions read. Per distinct id and
+//! event name the events are sorted by time, so that a window is two binary searches. An event
+//! costs one hash lookup of its distinct id and a comparison with the few names the cohort
+//! reads.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
 use chrono::{Days, TimeZone};
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
 use super::data::{CohortData, EventRow};
-use super::definition::{Definition, EventRule, ProfileOp};
-use super::engine::{rule_holds, Engine};
+use super::definition::{Definition, EventRule, Measure, ProfileOp};
+use super::engine::measure_of_nothing;
 use super::eval::EvalError;
+use super::rows::{row_value, Interner, PropertyNames, PropertyRow, Selection};
 use super::values::{matches_filter, parse_datetime};
-use super::window::{resolve_local, Window};
+use super::window::{local_day, resolve_local, Bounds, Window};
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// Marks an event that keeps no property values.
+const NO_VALUES: u32 = u32::MAX;
 
 /// Members added and removed by one change.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -28,23 +40,118 @@ pub struct MembershipChanges {
     pub removed: Vec<String>,
 }
 
+/// An event name the definitions read, with the event properties kept for it.
+struct Slot {
+    name: String,
+    properties: Vec<String>,
+}
+
+/// One kept event.
+#[derive(Debug, Clone, Copy)]
+struct LiveEvent {
+    time_ms: i64,
+    /// Arrival order, which orders events of equal time.
+    sequence: u32,
+    /// Index into `LiveCohort::event_values`, or `NO_VALUES`.
+    values: u32,
+}
+
 /// One cohort's membership, kept current as data arrives and time passes.
 pub struct LiveCohort {
     definition: Definition,
     cohorts: HashMap<i64, Definition>,
     tz: Tz,
-    data: CohortData,
-    /// (time, event row index) per canonical user and event name, sorted by time, so that
-    /// window searches read one contiguous slice.
-    index: HashMap<String, HashMap<String, Vec<(i64, usize)>>>,
-    /// Event row indexes per stored distinct id, so an identity link can move them.
-    rows_by_distinct_id: HashMap<String, Vec<usize>>,
-    /// The `$device:` ids linked to each user.
-    devices: HashMap<String, Vec<String>>,
+    /// Whether the definition reads other cohorts, whose members any change can move.
+    reads_cohorts: bool,
+    slots: Vec<Slot>,
+    /// Profile properties that the definitions read; others are not kept.
+    profile_properties: BTreeSet<String>,
+    ids: Interner,
+    /// The state of each distinct id, by number. One struct per id keeps what an event or an
+    /// evaluation reads about the id in one place in memory.
+    states: Vec<IdState>,
+    /// One bit per distinct id number: whether the id has at least one event of any name. A
+    /// bit set this small stays in cache, so an event of a name the definitions do not read
+    /// costs only the lookup of its id.
+    has_events: Vec<u64>,
+    property_names: PropertyNames,
+    /// Kept property values of events, in the order of their slot's `properties`.
+    event_values: Vec<Box<[Value]>>,
+    next_sequence: u32,
+    /// The `$device:` id numbers linked to each user number.
+    devices: HashMap<u32, Vec<u32>>,
     members: BTreeSet<String>,
-    /// Instants at which a user's membership can change with no new data.
-    wakeups: BTreeMap<i64, HashSet<String>>,
+    /// Instants at which a user's membership can change with no new data, with the user
+    /// number to re-evaluate then, earliest first. An entry made stale by a later change only
+    /// costs one extra evaluation.
+    wakeups: BinaryHeap<Reverse<(i64, u32)>>,
     now_ms: i64,
+}
+
+/// What a live cohort stores about one distinct id.
+#[derive(Default)]
+struct IdState {
+    /// The number the id resolves to: its own unless it is linked.
+    canonical: u32,
+    /// Whether the id is a `$device:` id merged into a user.
+    linked: bool,
+    /// Whether devices are linked to the id.
+    has_devices: bool,
+    is_member: bool,
+    /// The kept properties of the profile stored under the id.
+    profile: Option<PropertyRow>,
+    /// Per slot, the id's events of the slot's name, sorted by time.
+    events: Vec<Vec<LiveEvent>>,
+}
+
+/// Collects the rows of a `LiveCohort` before its first full evaluation, one row at a time.
+pub struct LiveBuilder {
+    cohort: LiveCohort,
+}
+
+impl LiveBuilder {
+    /// Records that `device` was merged into `user`.
+    pub fn add_link(&mut self, device: &str, user: &str) {
+        self.cohort.link(device, user);
+    }
+
+    /// Records a distinct id that has at least one event. The empty id belongs to no user.
+    pub fn add_event_distinct_id(&mut self, distinct_id: &str) {
+        if !distinct_id.is_empty() {
+            let number = self.cohort.number(distinct_id);
+            self.cohort.mark_has_events(number);
+        }
+    }
+
+    /// Sets the profile stored under `distinct_id`.
+    pub fn add_profile(&mut self, distinct_id: &str, properties: Map<String, Value>) {
+        self.cohort.set_profile(distinct_id, properties);
+    }
+
+    /// Adds one event; only its time and the properties the definitions read are kept.
+    pub fn add_event(
+        &mut self,
+        name: &str,
+        distinct_id: &str,
+        time_ms: i64,
+        properties: &Map<String, Value>,
+    ) {
+        self.cohort
+            .insert_event(name, distinct_id, time_ms, properties, false);
+    }
+
+    /// Evaluates every user as of `now_ms` and returns the live cohort.
+    pub fn start(self, now_ms: i64) -> Result<LiveCohort, EvalError> {
+        let mut cohort = self.cohort;
+        for state in &mut cohort.states {
+            for events in &mut state.events {
+                events.sort_by_key(|e| (e.time_ms, e.sequence));
+            }
+        }
+        let users: Vec<u32> = (0..cohort.states.len() as u32).collect();
+        cohort.update(users, now_ms)?;
+        Ok(cohort)
+    }
 }
 
 impl LiveCohort {
@@ -56,49 +163,61 @@ impl LiveCohort {
         tz: Tz,
         now_ms: i64,
     ) -> Result<Self, EvalError> {
-        let mut data = data;
-        // Room for new events up front, so that appending a batch rarely moves every stored
-        // row. NOTE: once the room is used up, one append pays for moving all rows.
-        data.events.reserve(data.events.len() / 4 + 65_536);
+        let mut builder = Self::builder(definition, cohorts, tz);
+        for (device, user) in &data.links {
+            builder.add_link(device, user);
+        }
+        for id in &data.event_distinct_ids {
+            builder.add_event_distinct_id(id);
+        }
+        for (id, properties) in data.profiles {
+            builder.add_profile(&id, properties);
+        }
+        for row in &data.events {
+            builder.add_event(&row.event, &row.distinct_id, row.time_ms, &row.properties);
+        }
+        builder.start(now_ms)
+    }
 
-        let members = Engine::build(&data)
-            .evaluate(&definition, &cohorts, tz, now_ms)?
-            .members;
-        let mut live = Self {
-            definition,
-            cohorts,
-            tz,
-            data,
-            index: HashMap::new(),
-            rows_by_distinct_id: HashMap::new(),
-            devices: HashMap::new(),
-            members,
-            wakeups: BTreeMap::new(),
-            now_ms,
-        };
-
-        for i in 0..live.data.events.len() {
-            let distinct_id = live.data.events[i].distinct_id.clone();
-            live.rows_by_distinct_id
-                .entry(distinct_id)
-                .or_default()
-                .push(i);
+    /// Returns a builder that collects the cohort's rows before its first evaluation.
+    pub fn builder(
+        definition: Definition,
+        cohorts: HashMap<i64, Definition>,
+        tz: Tz,
+    ) -> LiveBuilder {
+        let reads_cohorts = !cohorts.is_empty() && !definition.cohort_references().is_empty();
+        let selection = Selection::for_definitions(
+            std::iter::once(&definition).chain(cohorts.values()),
+            Some(&[]),
+        );
+        let slots = selection
+            .events
+            .into_iter()
+            .map(|(name, properties)| Slot {
+                name,
+                properties: properties.into_iter().collect(),
+            })
+            .collect();
+        LiveBuilder {
+            cohort: Self {
+                definition,
+                cohorts,
+                tz,
+                reads_cohorts,
+                slots,
+                profile_properties: selection.profile_properties.unwrap_or_default(),
+                ids: Interner::default(),
+                states: Vec::new(),
+                has_events: Vec::new(),
+                property_names: PropertyNames::default(),
+                event_values: Vec::new(),
+                next_sequence: 0,
+                devices: HashMap::new(),
+                members: BTreeSet::new(),
+                wakeups: BinaryHeap::new(),
+                now_ms: i64::MIN,
+            },
         }
-        for (device, user) in &live.data.links {
-            live.devices
-                .entry(user.clone())
-                .or_default()
-                .push(device.clone());
-        }
-
-        let users: Vec<String> = live.data.users().into_iter().collect();
-        for user in &users {
-            live.reindex(user);
-        }
-        for user in &users {
-            live.schedule(user);
-        }
-        Ok(live)
     }
 
     /// Returns the current members' canonical ids, sorted.
@@ -106,9 +225,124 @@ impl LiveCohort {
         &self.members
     }
 
-    /// Returns the data the cohort was built from, with every change applied since.
-    pub fn data(&self) -> &CohortData {
-        &self.data
+    /// Returns the number of `id`, numbering it and growing the per-id columns if it is new.
+    fn number(&mut self, id: &str) -> u32 {
+        let number = self.ids.intern(id);
+        if self.states.len() <= number as usize {
+            self.states.push(IdState {
+                canonical: number,
+                ..IdState::default()
+            });
+        }
+        number
+    }
+
+    fn has_events(&self, number: u32) -> bool {
+        self.has_events
+            .get(number as usize / 64)
+            .is_some_and(|word| word & (1 << (number % 64)) != 0)
+    }
+
+    /// Records that the id has an event, and returns whether it had none before.
+    fn mark_has_events(&mut self, number: u32) -> bool {
+        let word = number as usize / 64;
+        if self.has_events.len() <= word {
+            self.has_events.resize(word + 1, 0);
+        }
+        let bit = 1 << (number % 64);
+        let first = self.has_events[word] & bit == 0;
+        self.has_events[word] |= bit;
+        first
+    }
+
+    fn link(&mut self, device: &str, user: &str) -> Option<(u32, u32)> {
+        let device = self.number(device);
+        if self.states[device as usize].linked {
+            return None;
+        }
+        let user = self.number(user);
+        self.states[device as usize].canonical = user;
+        self.states[device as usize].linked = true;
+        self.states[user as usize].has_devices = true;
+        self.devices.entry(user).or_default().push(device);
+        Some((device, user))
+    }
+
+    fn set_profile(&mut self, distinct_id: &str, properties: Map<String, Value>) -> u32 {
+        let number = self.number(distinct_id);
+        let mut row = Vec::new();
+        for (name, value) in properties {
+            if self.profile_properties.contains(&name) {
+                row.push((self.property_names.intern(&name), value));
+            }
+        }
+        self.states[number as usize].profile = Some(row.into_boxed_slice());
+        number
+    }
+
+    /// Stores one event and returns the number of the user whose membership it can change:
+    /// `None` for the empty distinct id, and for an event of a name the definitions do not
+    /// read from an id that already had events. With `in_order`, the event is inserted at its
+    /// place in time; otherwise it is appended and `LiveBuilder::start` sorts.
+    fn insert_event(
+        &mut self,
+        name: &str,
+        distinct_id: &str,
+        time_ms: i64,
+        properties: &Map<String, Value>,
+        in_order: bool,
+    ) -> Option<u32> {
+        if distinct_id.is_empty() {
+            return None;
+        }
+        let slot = self.slots.iter().position(|s| s.name == name);
+        if slot.is_none() {
+            if let Some(number) = self.ids.get(distinct_id) {
+                if self.has_events(number) {
+                    return None;
+                }
+            }
+        }
+        let number = self.number(distinct_id);
+        let first_event = self.mark_has_events(number);
+        let user = self.states[number as usize].canonical;
+        let Some(slot) = slot else {
+            // The user's first event makes the user one of the project's users.
+            return first_event.then_some(user);
+        };
+
+        let values = if self.slots[slot].properties.is_empty() {
+            NO_VALUES
+        } else {
+            let row: Box<[Value]> = self.slots[slot]
+                .properties
+                .iter()
+                .map(|p| properties.get(p).cloned().unwrap_or(Value::Null))
+                .collect();
+            self.event_values.push(row);
+            (self.event_values.len() - 1) as u32
+        };
+        let event = LiveEvent {
+            time_ms,
+            sequence: self.next_sequence,
+            values,
+        };
+        self.next_sequence += 1;
+
+        let per_slot = &mut self.states[number as usize].events;
+        if per_slot.len() < self.slots.len() {
+            per_slot.resize_with(self.slots.len(), Vec::new);
+        }
+        let events = &mut per_slot[slot];
+        // New events are usually the latest, which makes the common case a push. An event goes
+        // after every event of the same time, as its sequence is the largest.
+        if !in_order || events.last().is_none_or(|last| last.time_ms <= time_ms) {
+            events.push(event);
+        } else {
+            let position = events.partition_point(|e| e.time_ms <= time_ms);
+            events.insert(position, event);
+        }
+        Some(user)
     }
 
     /// Adds new events and brings membership up to `now_ms`.
@@ -117,57 +351,18 @@ impl LiveCohort {
         events: Vec<EventRow>,
         now_ms: i64,
     ) -> Result<MembershipChanges, EvalError> {
-        let mut touched = HashSet::new();
-        let first_new = self.data.events.len();
+        let mut touched = Vec::with_capacity(events.len());
         for row in events {
-            if row.distinct_id.is_empty() {
-                continue;
-            }
-            let i = self.data.events.len();
-            // Look up before inserting, so that known ids cost no string copy.
-            if !self.data.event_distinct_ids.contains(&row.distinct_id) {
-                self.data.event_distinct_ids.insert(row.distinct_id.clone());
-            }
-            match self.rows_by_distinct_id.get_mut(&row.distinct_id) {
-                Some(rows) => rows.push(i),
-                None => {
-                    self.rows_by_distinct_id
-                        .insert(row.distinct_id.clone(), vec![i]);
-                }
-            }
-            let user = self.data.canonical(&row.distinct_id);
-            if !touched.contains(user) {
-                touched.insert(user.to_owned());
-            }
-            self.data.events.push(row);
-        }
-        for i in first_new..self.data.events.len() {
-            self.insert_into_index(i);
+            let user = self.insert_event(
+                &row.event,
+                &row.distinct_id,
+                row.time_ms,
+                &row.properties,
+                true,
+            );
+            touched.extend(user);
         }
         self.update(touched, now_ms)
-    }
-
-    /// Adds a newly appended event row to its user's index, keeping time order.
-    fn insert_into_index(&mut self, i: usize) {
-        let row = &self.data.events[i];
-        let user = self.data.canonical(&row.distinct_id);
-        if !self.index.contains_key(user) {
-            self.index.insert(user.to_owned(), HashMap::new());
-        }
-        let names = self.index.get_mut(user).expect("inserted above");
-        let rows = match names.get_mut(&row.event) {
-            Some(rows) => rows,
-            None => names.entry(row.event.clone()).or_default(),
-        };
-        // The new row has the largest index, so it goes after every row at the same time. New
-        // events are usually the latest, which makes the common case a push.
-        let entry = (row.time_ms, i);
-        if rows.last().is_none_or(|last| last.0 <= row.time_ms) {
-            rows.push(entry);
-        } else {
-            let position = rows.partition_point(|&(time_ms, _)| time_ms <= row.time_ms);
-            rows.insert(position, entry);
-        }
     }
 
     /// Replaces the stored properties of profiles, by the distinct id they are stored under,
@@ -177,10 +372,10 @@ impl LiveCohort {
         profiles: Vec<(String, Map<String, Value>)>,
         now_ms: i64,
     ) -> Result<MembershipChanges, EvalError> {
-        let mut touched = HashSet::new();
+        let mut touched = Vec::new();
         for (distinct_id, properties) in profiles {
-            touched.insert(self.data.canonical(&distinct_id).to_owned());
-            self.data.profiles.insert(distinct_id, properties);
+            let number = self.set_profile(&distinct_id, properties);
+            touched.push(self.states[number as usize].canonical);
         }
         self.update(touched, now_ms)
     }
@@ -192,104 +387,136 @@ impl LiveCohort {
         links: Vec<(String, String)>,
         now_ms: i64,
     ) -> Result<MembershipChanges, EvalError> {
-        let mut touched = HashSet::new();
+        let mut touched = Vec::new();
         for (device, user) in links {
-            if self.data.links.contains_key(&device) {
-                continue;
+            if let Some((device, user)) = self.link(&device, &user) {
+                touched.push(device);
+                touched.push(user);
             }
-            touched.insert(self.data.canonical(&device).to_owned());
-            self.data.links.insert(device.clone(), user.clone());
-            self.devices
-                .entry(user.clone())
-                .or_default()
-                .push(device.clone());
-            touched.insert(user);
-            self.index.remove(&device);
-        }
-        for user in &touched {
-            self.reindex(user);
         }
         self.update(touched, now_ms)
     }
 
     /// Brings membership up to `now_ms` when no data arrived: windows slide past events.
     pub fn advance(&mut self, now_ms: i64) -> Result<MembershipChanges, EvalError> {
-        self.update(HashSet::new(), now_ms)
+        self.update(Vec::new(), now_ms)
     }
 
     /// Re-evaluates the touched users and every user with a wakeup due by `now_ms`.
     fn update(
         &mut self,
-        mut touched: HashSet<String>,
+        mut touched: Vec<u32>,
         now_ms: i64,
     ) -> Result<MembershipChanges, EvalError> {
-        // Cohorts referenced through in_cohort can change for any user, so re-evaluate all.
-        let everyone = !self.cohorts.is_empty() && !self.definition.cohort_references().is_empty();
         self.now_ms = now_ms;
-        let due: Vec<i64> = self.wakeups.range(..=now_ms).map(|(t, _)| *t).collect();
-        for instant in due {
-            touched.extend(self.wakeups.remove(&instant).unwrap_or_default());
+        while let Some(&Reverse((instant, user))) = self.wakeups.peek() {
+            if instant > now_ms {
+                break;
+            }
+            self.wakeups.pop();
+            touched.push(user);
         }
-        if everyone {
-            touched.extend(self.data.users());
+        if self.reads_cohorts {
+            touched = (0..self.states.len() as u32).collect();
+        }
+        touched.sort_unstable();
+        touched.dedup();
+
+        let bounds = self.bounds();
+        let mut results = Vec::with_capacity(touched.len());
+        for &user in &touched {
+            let member = self.is_user(user)
+                && self.user_holds(&self.definition, user, &bounds, &mut Vec::new())?;
+            results.push(member);
         }
 
-        let mut changes = MembershipChanges::default();
-        let mut results = Vec::new();
-        for user in &touched {
-            let member =
-                self.is_user(user) && self.user_holds(&self.definition, user, &mut Vec::new())?;
-            results.push((user.clone(), member));
-        }
         // Membership changes only after every touched user evaluated without error.
-        for (user, member) in results {
-            if member && self.members.insert(user.clone()) {
-                changes.added.push(user.clone());
-            } else if !member && self.members.remove(&user) {
-                changes.removed.push(user.clone());
+        let mut changes = MembershipChanges::default();
+        for (&user, member) in touched.iter().zip(results) {
+            let was = std::mem::replace(&mut self.states[user as usize].is_member, member);
+            if member && !was {
+                let id = self.ids.text(user).to_owned();
+                self.members.insert(id.clone());
+                changes.added.push(id);
+            } else if !member && was {
+                let id = self.ids.text(user).to_owned();
+                self.members.remove(&id);
+                changes.removed.push(id);
             }
-            self.schedule(&user);
+            self.schedule(user);
         }
         changes.added.sort();
         changes.removed.sort();
         Ok(changes)
     }
 
-    /// Rebuilds the per-name index of one canonical user from the distinct ids resolving to it.
-    fn reindex(&mut self, user: &str) {
-        let mut by_name: HashMap<String, Vec<(i64, usize)>> = HashMap::new();
-        let mut sources = vec![user.to_owned()];
-        sources.extend(self.devices.get(user).into_iter().flatten().cloned());
-        for source in sources {
-            if self.data.canonical(&source) != user {
+    /// Resolves the window of every event rule as of `now_ms`, keyed by the rule's address,
+    /// so that each user's evaluation reads them instead of recomputing them.
+    fn bounds(&self) -> HashMap<*const EventRule, Bounds> {
+        let mut bounds = HashMap::new();
+        let mut stack: Vec<&Definition> = vec![&self.definition];
+        stack.extend(self.cohorts.values());
+        while let Some(definition) = stack.pop() {
+            match definition {
+                Definition::All(items) | Definition::Any(items) => stack.extend(items),
+                Definition::Not(inner) => stack.push(inner),
+                Definition::Event(rule) => {
+                    bounds.insert(
+                        rule as *const EventRule,
+                        rule.within.bounds(self.now_ms, self.tz),
+                    );
+                }
+                Definition::Profile(_) | Definition::InCohort(_) => {}
+            }
+        }
+        bounds
+    }
+
+    /// Returns a user's events of one slot, sorted by time, including those of the devices
+    /// linked to the user.
+    fn user_events(&self, user: u32, slot: usize) -> Cow<'_, [LiveEvent]> {
+        let state = &self.states[user as usize];
+        let own = state
+            .events
+            .get(slot)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if !state.has_devices {
+            return Cow::Borrowed(own);
+        }
+        let devices = &self.devices[&user];
+        let mut all = own.to_vec();
+        for &device in devices {
+            let device = &self.states[device as usize];
+            if device.canonical != user {
                 continue;
             }
-            for &i in self.rows_by_distinct_id.get(&source).into_iter().flatten() {
-                let row = &self.data.events[i];
-                match by_name.get_mut(&row.event) {
-                    Some(rows) => rows.push((row.time_ms, i)),
-                    None => {
-                        by_name.insert(row.event.clone(), vec![(row.time_ms, i)]);
-                    }
-                }
+            if let Some(events) = device.events.get(slot) {
+                all.extend_from_slice(events);
             }
         }
-        for rows in by_name.values_mut() {
-            rows.sort_unstable();
-        }
-        self.index.insert(user.to_owned(), by_name);
+        all.sort_by_key(|e| (e.time_ms, e.sequence));
+        Cow::Owned(all)
+    }
+
+    fn slot(&self, name: &str) -> usize {
+        self.slots
+            .iter()
+            .position(|s| s.name == name)
+            .expect("every event name of the definitions has a slot")
     }
 
     fn user_holds(
         &self,
         definition: &Definition,
-        user: &str,
+        user: u32,
+        bounds: &HashMap<*const EventRule, Bounds>,
         visiting: &mut Vec<i64>,
     ) -> Result<bool, EvalError> {
         Ok(match definition {
             Definition::All(items) => {
                 for item in items {
-                    if !self.user_holds(item, user, visiting)? {
+                    if !self.user_holds(item, user, bounds, visiting)? {
                         return Ok(false);
                     }
                 }
@@ -297,26 +524,23 @@ impl LiveCohort {
             }
             Definition::Any(items) => {
                 for item in items {
-                    if self.user_holds(item, user, visiting)? {
+                    if self.user_holds(item, user, bounds, visiting)? {
                         return Ok(true);
                     }
                 }
                 false
             }
-            Definition::Not(inner) => !self.user_holds(inner, user, visiting)?,
-            Definition::Profile(filter) => {
-                let actual = self.profile(user).and_then(|p| p.get(&filter.property));
-                matches_filter(actual, filter, self.now_ms)
-            }
+            Definition::Not(inner) => !self.user_holds(inner, user, bounds, visiting)?,
+            Definition::Profile(filter) => matches_filter(
+                self.profile_value(user, &filter.property),
+                filter,
+                self.now_ms,
+            ),
             Definition::Event(rule) => {
-                let rows = self
-                    .index
-                    .get(user)
-                    .and_then(|names| names.get(&rule.event))
-                    .map(Vec::as_slice)
-                    .unwrap_or_default();
-                let bounds = rule.within.bounds(self.now_ms, self.tz);
-                rule_holds(rule, rows, &self.data.events, bounds, self.tz, self.now_ms)
+                let slot = self.slot(&rule.event);
+                let events = self.user_events(user, slot);
+                let bounds = bounds[&(rule as *const EventRule)];
+                self.rule_holds(rule, slot, &events, bounds)
             }
             Definition::InCohort(id) => {
                 if visiting.contains(id) {
@@ -330,40 +554,117 @@ impl LiveCohort {
                     .get(id)
                     .ok_or(EvalError::CohortNotFound { cohort_id: *id })?;
                 visiting.push(*id);
-                let result = self.user_holds(referenced, user, visiting);
+                let result = self.user_holds(referenced, user, bounds, visiting);
                 visiting.pop();
                 result?
             }
         })
     }
 
-    /// Checks whether a canonical id is one of the project's users: it has an event, directly or
-    /// through a linked device, or a profile.
-    fn is_user(&self, user: &str) -> bool {
-        if self.data.links.contains_key(user) {
-            return false;
-        }
-        if self.data.profiles.contains_key(user) || self.data.event_distinct_ids.contains(user) {
-            return true;
-        }
-        self.devices
-            .get(user)
-            .into_iter()
-            .flatten()
-            .any(|device| self.data.event_distinct_ids.contains(device))
-    }
-
-    /// Returns the profile of a canonical user. A profile stored under a linked device id is an
-    /// orphan and matches for no user.
-    fn profile(&self, user: &str) -> Option<&Map<String, Value>> {
-        if self.data.links.contains_key(user) {
+    /// Returns the value of property `property` of event `event` of slot `slot`, if kept.
+    fn event_value(&self, slot: usize, event: &LiveEvent, property: &str) -> Option<&Value> {
+        if event.values == NO_VALUES {
             return None;
         }
-        self.data.profiles.get(user)
+        let position = self.slots[slot]
+            .properties
+            .iter()
+            .position(|p| p == property)?;
+        Some(&self.event_values[event.values as usize][position])
+    }
+
+    /// Checks whether `rule` holds for one user whose events of the rule's name are `events`,
+    /// sorted by time.
+    fn rule_holds(
+        &self,
+        rule: &EventRule,
+        slot: usize,
+        events: &[LiveEvent],
+        bounds: Bounds,
+    ) -> bool {
+        let now_ms = self.now_ms;
+        let passes = |event: &LiveEvent| {
+            rule.filters.iter().all(|filter| {
+                matches_filter(
+                    self.event_value(slot, event, &filter.property),
+                    filter,
+                    now_ms,
+                )
+            })
+        };
+        if rule.first_time {
+            let first = events
+                .iter()
+                .take_while(|e| e.time_ms <= now_ms)
+                .find(|e| passes(e));
+            return first.is_some_and(|e| bounds.contains(e.time_ms));
+        }
+        if bounds.start_ms > bounds.end_ms {
+            return measure_of_nothing(rule).is_some_and(|v| rule.comparison.matches(v));
+        }
+
+        let low = events.partition_point(|e| e.time_ms < bounds.start_ms);
+        let high = events.partition_point(|e| e.time_ms <= bounds.end_ms);
+        let in_window = &events[low..high];
+        if rule.filters.is_empty() && rule.measure == Measure::Count {
+            return rule.comparison.matches(in_window.len() as f64);
+        }
+        let matching = in_window.iter().filter(|e| passes(e));
+        let numbers = |property: &str| {
+            let property = property.to_owned();
+            in_window
+                .iter()
+                .filter(|e| passes(e))
+                .filter_map(move |e| self.event_value(slot, e, &property).and_then(Value::as_f64))
+        };
+        let measured = match &rule.measure {
+            Measure::Count => Some(matching.count() as f64),
+            Measure::DistinctDays => {
+                let mut days: Vec<i64> = matching.map(|e| local_day(e.time_ms, self.tz)).collect();
+                days.sort_unstable();
+                days.dedup();
+                Some(days.len() as f64)
+            }
+            Measure::Sum(property) => Some(numbers(property).sum()),
+            Measure::Min(property) => numbers(property).reduce(f64::min),
+            Measure::Max(property) => numbers(property).reduce(f64::max),
+            Measure::Average(property) => {
+                let (sum, n) = numbers(property).fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+                (n > 0).then(|| sum / n as f64)
+            }
+        };
+        measured.is_some_and(|v| rule.comparison.matches(v))
+    }
+
+    /// Checks whether a distinct id number is one of the project's users: it is not a linked
+    /// device, and it has an event, directly or through a linked device, or a profile.
+    fn is_user(&self, user: u32) -> bool {
+        let state = &self.states[user as usize];
+        if state.linked {
+            return false;
+        }
+        if state.profile.is_some() || self.has_events(user) {
+            return true;
+        }
+        state.has_devices
+            && self.devices[&user]
+                .iter()
+                .any(|&device| self.has_events(device))
+    }
+
+    /// Returns a profile property of a canonical user. A profile stored under a linked device
+    /// id is an orphan and matches for no user.
+    fn profile_value(&self, user: u32, property: &str) -> Option<&Value> {
+        let state = &self.states[user as usize];
+        if state.linked {
+            return None;
+        }
+        let row = state.profile.as_deref()?;
+        row_value(row, self.property_names.get(property)?)
     }
 
     /// Records the next instant after `now` at which the user's membership can change.
-    fn schedule(&mut self, user: &str) {
+    fn schedule(&mut self, user: u32) {
         let mut next = NextInstant {
             after_ms: self.now_ms,
             earliest: None,
@@ -373,14 +674,11 @@ impl LiveCohort {
             self.collect_instants(definition, user, &mut next);
         }
         if let Some(instant) = next.earliest {
-            self.wakeups
-                .entry(instant)
-                .or_default()
-                .insert(user.to_owned());
+            self.wakeups.push(Reverse((instant, user)));
         }
     }
 
-    fn collect_instants(&self, definition: &Definition, user: &str, out: &mut NextInstant) {
+    fn collect_instants(&self, definition: &Definition, user: u32, out: &mut NextInstant) {
         match definition {
             Definition::All(items) | Definition::Any(items) => items
                 .iter()
@@ -391,7 +689,7 @@ impl LiveCohort {
                 if filter.op != ProfileOp::WithinLast {
                     return;
                 }
-                let actual = self.profile(user).and_then(|p| p.get(&filter.property));
+                let actual = self.profile_value(user, &filter.property);
                 let instant = actual.and_then(Value::as_str).and_then(parse_datetime);
                 let days = filter.value.as_ref().and_then(Value::as_f64);
                 if let Some((instant, days)) = instant.zip(days) {
@@ -400,15 +698,11 @@ impl LiveCohort {
                 }
             }
             Definition::Event(rule) => {
-                let Some(rows) = self
-                    .index
-                    .get(user)
-                    .and_then(|names| names.get(&rule.event))
-                else {
+                let slot = self.slot(&rule.event);
+                let events = self.user_events(user, slot);
+                if events.is_empty() {
                     return;
-                };
-                let events = &self.data.events;
-                let time = |row: &(i64, usize)| row.0;
+                }
 
                 // A `within_last` filter on an event property changes with the clock too, at
                 // the property's instant and when it falls out of the range. NOTE: this scans
@@ -419,8 +713,8 @@ impl LiveCohort {
                     .filter(|f| f.op == ProfileOp::WithinLast)
                 {
                     let days = filter.value.as_ref().and_then(Value::as_f64);
-                    for &(_, i) in rows {
-                        let value = events[i].properties.get(&filter.property);
+                    for event in events.iter() {
+                        let value = self.event_value(slot, event, &filter.property);
                         let instant = value.and_then(Value::as_str).and_then(parse_datetime);
                         if let Some((instant, days)) = instant.zip(days) {
                             out.consider(instant);
@@ -430,9 +724,9 @@ impl LiveCohort {
                 }
 
                 // An event later than `now` enters the windows when the clock reaches it.
-                let first_future = rows.partition_point(|row| time(row) <= self.now_ms);
-                if let Some(row) = rows.get(first_future) {
-                    out.consider(time(row));
+                let first_future = events.partition_point(|e| e.time_ms <= self.now_ms);
+                if let Some(event) = events.get(first_future) {
+                    out.consider(event.time_ms);
                 }
 
                 // Only events whose exit lies near `now` or just after it can give the next
@@ -443,11 +737,11 @@ impl LiveCohort {
                     Window::AllTime | Window::Since(_) | Window::Between(_, _) => return,
                 };
                 let margin = 3 * HOUR_MS;
-                let from = rows.partition_point(|row| time(row) + span + margin < self.now_ms);
-                let to = rows.partition_point(|row| time(row) + span - margin <= self.now_ms);
-                let to = (to + 2).min(rows.len()).max(from);
-                for row in &rows[from..to] {
-                    exit_instants(rule, time(row), self.tz, out);
+                let from = events.partition_point(|e| e.time_ms + span + margin < self.now_ms);
+                let to = events.partition_point(|e| e.time_ms + span - margin <= self.now_ms);
+                let to = (to + 2).min(events.len()).max(from);
+                for event in &events[from..to] {
+                    exit_instants(rule, event.time_ms, self.tz, out);
                 }
             }
         }

@@ -7,11 +7,14 @@ pub mod eval;
 pub mod explain;
 pub mod live;
 pub mod reference;
+pub mod rows;
 pub mod values;
 pub mod window;
 
 pub use definition::{parse, Definition, DefinitionError};
-pub use eval::{check_references, evaluate, evaluate_cohort, CohortMembers, EvalError};
+pub use eval::{
+    check_references, evaluate, evaluate_cohort, evaluate_with_properties, CohortMembers, EvalError,
+};
 
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::cohorts::rows::IndexBuilder;
 pub use database::{open, redact_url, Database, DatabaseUrlError};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -583,6 +584,15 @@ pub trait Store: Send + std::marker::Sync + 'static {
         with_properties: bool,
         until_ms: i64,
     ) -> StoreResult<CohortSnapshot>;
+    /// Reads, in one read transaction, the identity links, the distinct ids with events, the
+    /// profiles and the events of the builder's selected names up to and including
+    /// `until_ms`, passing each row to `builder` as it is read, and returns the builder.
+    async fn read_cohort_rows(
+        &self,
+        project_id: i64,
+        builder: IndexBuilder,
+        until_ms: i64,
+    ) -> StoreResult<IndexBuilder>;
     /// The project's IANA time zone name (`UTC` unless set).
     async fn project_timezone(&self, project_id: i64) -> StoreResult<String>;
     /// Sets the project's time zone; the caller validates the name.

@@ -18,6 +18,7 @@ use tokio_postgres::{IsolationLevel, NoTls, Row};
 use super::*;
 
 mod accounts;
+mod cohort_rows;
 mod ingest;
 
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -857,6 +858,24 @@ impl Store for PostgresStore {
         }
         tx.commit().await?;
         Ok(CohortSnapshot { inputs, events })
+    }
+
+    async fn read_cohort_rows(
+        &self,
+        project_id: i64,
+        builder: IndexBuilder,
+        until_ms: i64,
+    ) -> StoreResult<IndexBuilder> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let builder = cohort_rows::read_cohort_rows(&tx, project_id, builder, until_ms).await?;
+        tx.commit().await?;
+        Ok(builder)
     }
 
     async fn project_timezone(&self, project_id: i64) -> StoreResult<String> {

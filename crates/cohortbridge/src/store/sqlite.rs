@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use super::*;
 
 mod accounts;
+mod cohort_rows;
 mod group_commit;
 mod mtu_rollup;
 
@@ -1191,6 +1192,16 @@ impl Store for SqliteStore {
             Ok(CohortSnapshot { inputs, events })
         })
         .await
+    }
+
+    async fn read_cohort_rows(
+        &self,
+        project_id: i64,
+        builder: IndexBuilder,
+        until_ms: i64,
+    ) -> StoreResult<IndexBuilder> {
+        self.read(move |conn| cohort_rows::read_cohort_rows(conn, project_id, builder, until_ms))
+            .await
     }
 
     async fn project_timezone(&self, project_id: i64) -> StoreResult<String> {

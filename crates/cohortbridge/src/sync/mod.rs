@@ -595,18 +595,26 @@ impl SyncEngine {
             .clone()
     }
 
-    /// Evaluates a cohort for a run. A failed evaluation, or a cohort over the member limit,
-    /// is an error, so that it never looks like an empty cohort.
+    /// Evaluates a cohort for a run, keeping of each member's profile only the connection's
+    /// user-id property. A failed evaluation, or a cohort over the member limit, is an error,
+    /// so that it never looks like an empty cohort.
     async fn evaluate_for_sync(
         &self,
         project_id: i64,
         cohort: &Cohort,
+        connection: &Connection,
     ) -> Result<cohorts::CohortMembers, String> {
         let definition = cohorts::parse(&cohort.definition)
             .map_err(|e| format!("cohort evaluation failed: invalid definition: {e}"))?;
-        let evaluated = cohorts::evaluate(self.store.as_ref(), project_id, &definition, now_ms())
-            .await
-            .map_err(|e| format!("cohort evaluation failed: {e}"))?;
+        let evaluated = cohorts::evaluate_with_properties(
+            self.store.as_ref(),
+            project_id,
+            &definition,
+            std::slice::from_ref(&connection.user_id_property),
+            now_ms(),
+        )
+        .await
+        .map_err(|e| format!("cohort evaluation failed: {e}"))?;
         let limit = self.limits.max_cohort_members;
         if evaluated.members.len() > limit {
             return Err(format!(
@@ -627,7 +635,9 @@ impl SyncEngine {
         cohort: &Cohort,
         connection: &Connection,
     ) -> Result<Plan, String> {
-        let evaluated = self.evaluate_for_sync(project_id, cohort).await?;
+        let evaluated = self
+            .evaluate_for_sync(project_id, cohort, connection)
+            .await?;
         let storage = |e: StoreError| format!("storage error: {e}");
         let acknowledged = self
             .store
@@ -681,7 +691,7 @@ impl SyncEngine {
         }
 
         let evaluated = self
-            .evaluate_for_sync(sync.project_id, &cohort)
+            .evaluate_for_sync(sync.project_id, &cohort, &connection)
             .await
             .map_err(RunFailure::retry_later)?;
         let credentials = self.credentials(&connection).map_err(RunFailure::pause)?;

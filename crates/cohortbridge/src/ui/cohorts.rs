@@ -37,9 +37,15 @@ async fn counts(
 ) -> Result<(usize, usize), ApiError> {
     let parsed = cohorts::parse(definition)
         .map_err(|e| ApiError::BadRequest(format!("invalid cohort definition: {e}")))?;
-    let evaluated = cohorts::evaluate(state.store.as_ref(), PROJECT_ID, &parsed, now_ms())
-        .await
-        .map_err(crate::api::cohorts::eval_error)?;
+    let evaluated = cohorts::evaluate_with_properties(
+        state.store.as_ref(),
+        PROJECT_ID,
+        &parsed,
+        &[property.to_owned()],
+        now_ms(),
+    )
+    .await
+    .map_err(crate::api::cohorts::eval_error)?;
     let exportable = evaluated
         .members
         .iter()
