@@ -8,6 +8,7 @@
 //! which several server processes can share. [`open`] picks one from the configuration.
 
 mod database;
+mod id_set;
 mod postgres;
 mod sqlite;
 
@@ -18,6 +19,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 pub use database::{open, redact_url, Database, DatabaseUrlError};
+pub use id_set::{IdSet, IdSetBuilder};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
