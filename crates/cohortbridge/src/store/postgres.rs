@@ -121,23 +121,39 @@ impl PostgresStore {
     }
 
     /// Reads the external ids that `table` (`braze_members` or `braze_pending`) records for one
-    /// connection and cohort.
+    /// connection and cohort. `COLLATE "C"` orders them by bytes, as `IdSet` keeps them, so the
+    /// set is built without sorting.
     async fn external_ids(
         &self,
         table: &'static str,
         connection_id: i64,
         cohort_id: i64,
-    ) -> StoreResult<HashSet<String>> {
-        let sql =
-            format!("SELECT external_id FROM {table} WHERE connection_id = $1 AND cohort_id = $2");
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&connection_id, &cohort_id])
-            .await?;
-        string_set(&rows)
+    ) -> StoreResult<IdSet> {
+        let sql = format!(
+            "SELECT external_id FROM {table} WHERE connection_id = $1 AND cohort_id = $2
+             ORDER BY external_id COLLATE \"C\""
+        );
+        // A portal reads the rows in blocks, so that a million ids are never held as rows.
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let portal = tx.bind(&sql, &[&connection_id, &cohort_id]).await?;
+        let mut ids = IdSetBuilder::default();
+        loop {
+            let rows = tx.query_portal(&portal, ID_ROWS_PER_READ).await?;
+            for row in &rows {
+                ids.push(row.try_get::<_, &str>(0)?);
+            }
+            if rows.len() < ID_ROWS_PER_READ as usize {
+                break;
+            }
+        }
+        tx.commit().await?;
+        Ok(ids.finish())
     }
 }
+
+/// Rows of an id set read per round trip.
+const ID_ROWS_PER_READ: i32 = 50_000;
 
 /// Takes a transaction-level advisory lock on `key`, released at commit or rollback.
 async fn advisory_lock(client: &impl GenericClient, key: &str) -> StoreResult<()> {
@@ -1507,71 +1523,62 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn braze_members(
-        &self,
-        connection_id: i64,
-        cohort_id: i64,
-    ) -> StoreResult<HashSet<String>> {
+    async fn braze_members(&self, connection_id: i64, cohort_id: i64) -> StoreResult<IdSet> {
         self.external_ids("braze_members", connection_id, cohort_id)
             .await
     }
 
-    async fn record_braze_pending(
-        &self,
-        connection_id: i64,
-        cohort_id: i64,
-        ids: Vec<String>,
-    ) -> StoreResult<()> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO braze_pending (connection_id, cohort_id, external_id)
-                 SELECT $1, $2, id FROM unnest($3::text[]) AS pending(id)
-                 ON CONFLICT DO NOTHING",
-                &[&connection_id, &cohort_id, &ids],
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn braze_pending(
-        &self,
-        connection_id: i64,
-        cohort_id: i64,
-    ) -> StoreResult<HashSet<String>> {
+    async fn braze_pending(&self, connection_id: i64, cohort_id: i64) -> StoreResult<IdSet> {
         self.external_ids("braze_pending", connection_id, cohort_id)
             .await
     }
 
-    async fn record_braze_changes(
+    async fn record_braze_progress(
         &self,
         connection_id: i64,
         cohort_id: i64,
-        added: &[String],
-        removed: &[String],
+        progress: BrazeProgress,
     ) -> StoreResult<()> {
-        let settled: Vec<&String> = added.iter().chain(removed).collect();
+        let added: Vec<&str> = progress.acknowledged_adds.iter().collect();
+        let removed: Vec<&str> = progress.acknowledged_removes.iter().collect();
+        let settled: Vec<&str> = added.iter().chain(&removed).copied().collect();
+        let pending: Vec<&str> = progress.pending.iter().collect();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        tx.execute(
-            "INSERT INTO braze_members (connection_id, cohort_id, external_id)
-             SELECT $1, $2, id FROM unnest($3::text[]) AS added(id)
-             ON CONFLICT DO NOTHING",
-            &[&connection_id, &cohort_id, &added],
-        )
-        .await?;
-        tx.execute(
-            "DELETE FROM braze_members
-             WHERE connection_id = $1 AND cohort_id = $2 AND external_id = ANY($3)",
-            &[&connection_id, &cohort_id, &removed],
-        )
-        .await?;
-        tx.execute(
-            "DELETE FROM braze_pending
-             WHERE connection_id = $1 AND cohort_id = $2 AND external_id = ANY($3)",
-            &[&connection_id, &cohort_id, &settled],
-        )
-        .await?;
+        if !added.is_empty() {
+            tx.execute(
+                "INSERT INTO braze_members (connection_id, cohort_id, external_id)
+                 SELECT $1, $2, id FROM unnest($3::text[]) AS added(id)
+                 ON CONFLICT DO NOTHING",
+                &[&connection_id, &cohort_id, &added],
+            )
+            .await?;
+        }
+        if !removed.is_empty() {
+            tx.execute(
+                "DELETE FROM braze_members
+                 WHERE connection_id = $1 AND cohort_id = $2 AND external_id = ANY($3)",
+                &[&connection_id, &cohort_id, &removed],
+            )
+            .await?;
+        }
+        if !settled.is_empty() {
+            tx.execute(
+                "DELETE FROM braze_pending
+                 WHERE connection_id = $1 AND cohort_id = $2 AND external_id = ANY($3)",
+                &[&connection_id, &cohort_id, &settled],
+            )
+            .await?;
+        }
+        if !pending.is_empty() {
+            tx.execute(
+                "INSERT INTO braze_pending (connection_id, cohort_id, external_id)
+                 SELECT $1, $2, id FROM unnest($3::text[]) AS pending(id)
+                 ON CONFLICT DO NOTHING",
+                &[&connection_id, &cohort_id, &pending],
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -1716,9 +1723,10 @@ impl Store for PostgresStore {
     async fn record_run_operations(
         &self,
         run_id: i64,
+        first_seq: i64,
         operations: Vec<RunOperation>,
     ) -> StoreResult<()> {
-        let seq: Vec<i64> = (0..operations.len() as i64).collect();
+        let seq: Vec<i64> = (first_seq..first_seq + operations.len() as i64).collect();
         let mut distinct_ids = Vec::with_capacity(operations.len());
         let mut external_ids = Vec::with_capacity(operations.len());
         let mut kinds = Vec::with_capacity(operations.len());
