@@ -70,7 +70,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/projects/{project}/connections",
             get(list_connections).post(create_connection),
         )
-        .route("/projects/{project}/exports", post(create_export))
+        .route("/projects/{project}/exports", post(create_export_route))
         .route("/projects/{project}/syncs", get(list_syncs))
         .route("/projects/{project}/syncs/{sync}", get(show_sync))
         .route("/projects/{project}/syncs/{sync}/run", post(run_sync))
@@ -569,6 +569,23 @@ pub(crate) struct NewExportBody {
     /// Return what the next run would add and remove, without creating or sending anything.
     #[serde(default)]
     dry_run: bool,
+}
+
+/// Checks the role against the body, then creates the export. A dry run is a read-only preview
+/// that any role may request, and any other export needs the export permission.
+async fn create_export_route(
+    state: State<AppState>,
+    Extension(principal): Extension<Principal>,
+    id: ApiPath<i64>,
+    ApiJson(body): ApiJson<NewExportBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let action = if body.dry_run {
+        Action::View
+    } else {
+        Action::Export
+    };
+    principal.require(action)?;
+    create_export(state, id, ApiJson(body)).await
 }
 
 /// Creates a one-time export or a dynamic sync, runs it once now and returns the run.
