@@ -14,7 +14,7 @@ use super::auth::Principal;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{identity, ApiError, AppState};
 use crate::accounts::Action;
-use crate::braze::client::BrazeError;
+use crate::braze::client::{BrazeError, PROBE_CONNECT_TIMEOUT};
 use crate::braze::instances;
 use crate::cohorts;
 use crate::secrets;
@@ -486,7 +486,13 @@ pub(super) async fn probe_credentials(
         Err(BrazeError::Rejected { status, message }) => Err(ApiError::BadRequest(format!(
             "Braze rejected the credentials (HTTP {status}: {message}); check the Data Import Key and the instance"
         ))),
-        Err(e @ (BrazeError::GaveUp { .. } | BrazeError::RateLimited { .. })) => Err(ApiError::Upstream(format!(
+        Err(BrazeError::GaveUp { last, .. }) => Err(ApiError::Upstream(format!(
+            "could not check the credentials with Braze at {base_url}: {last}; the check is one \
+             attempt that waits at most {} s to connect, so check the URL and the network, then \
+             try again",
+            PROBE_CONNECT_TIMEOUT.as_secs()
+        ))),
+        Err(e @ BrazeError::RateLimited { .. }) => Err(ApiError::Upstream(format!(
             "could not check the credentials with Braze at {base_url}: {e}"
         ))),
     }

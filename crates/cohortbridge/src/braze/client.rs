@@ -75,9 +75,14 @@ pub enum BrazeError {
     GaveUp { attempts: u32, last: String },
 }
 
+/// Maximum time a credentials check waits for a TCP (and TLS) connection to Braze.
+pub const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 #[derive(Clone)]
 pub struct BrazeClient {
     http: reqwest::Client,
+    /// The client of credentials checks, with a connect timeout of `PROBE_CONNECT_TIMEOUT`.
+    probe_http: reqwest::Client,
     policy: RetryPolicy,
     metrics: Option<std::sync::Arc<crate::sync::SyncMetrics>>,
 }
@@ -94,14 +99,22 @@ enum Attempt {
 
 impl BrazeClient {
     pub fn new(policy: RetryPolicy) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(policy.request_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("cohortbridge/", env!("CARGO_PKG_VERSION")))
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(policy.request_timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("cohortbridge/", env!("CARGO_PKG_VERSION")))
+        };
+        let http = builder()
             .build()
             .expect("a client with a timeout and no redirects builds");
+        let probe_http = builder()
+            .connect_timeout(PROBE_CONNECT_TIMEOUT)
+            .build()
+            .expect("a client with timeouts and no redirects builds");
         Self {
             http,
+            probe_http,
             policy,
             metrics: None,
         }
@@ -184,16 +197,34 @@ impl BrazeClient {
     }
 
     /// Checks credentials with an empty `cohort_changes`, which Braze accepts without effect.
+    /// The check is one attempt, and connecting may take at most `PROBE_CONNECT_TIMEOUT`, so
+    /// that an unreachable URL fails fast while an operator waits for the reply.
     pub async fn probe(&self, base_url: &str, credentials: &Credentials) -> Result<(), BrazeError> {
-        self.update_members(
-            base_url,
-            credentials,
-            "cohortbridge-credentials-check",
-            &[],
-            &[],
-        )
-        .await
-        .map(|_| ())
+        let body = cohort_changes_body(credentials, "cohortbridge-credentials-check", &[], &[]);
+        let url = endpoint(base_url, credentials, "cohorts/users");
+        self.probe_once(&url, body, credentials, None).await
+    }
+
+    /// Sends one probe request with the probe's connect timeout and no retry.
+    pub(crate) async fn probe_once(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        credentials: &Credentials,
+        bearer: Option<&str>,
+    ) -> Result<(), BrazeError> {
+        let request = self.probe_http.post(url);
+        match self
+            .attempt_with(request, url, body, credentials, bearer, 1)
+            .await
+        {
+            Attempt::Done(_) => Ok(()),
+            Attempt::Fatal(error) => Err(error),
+            Attempt::Retry { reason, .. } => Err(BrazeError::GaveUp {
+                attempts: 1,
+                last: reason,
+            }),
+        }
     }
 
     async fn post(
@@ -279,7 +310,10 @@ impl BrazeClient {
         let response = match request.send().await {
             Ok(response) => response,
             Err(e) => {
-                let kind = if e.is_timeout() {
+                let kind = if e.is_connect() && e.is_timeout() {
+                    self.count_request(url, "timeout");
+                    "timed out while connecting"
+                } else if e.is_timeout() {
                     self.count_request(url, "timeout");
                     "timed out"
                 } else {
