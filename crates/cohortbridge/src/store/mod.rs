@@ -799,6 +799,18 @@ pub trait Store: Send + std::marker::Sync + 'static {
         operations: Vec<RunOperation>,
     ) -> StoreResult<()>;
     async fn run_operations(&self, run_id: i64) -> StoreResult<Vec<RunOperation>>;
+    /// Finds who last held each of `ids` in the cohort's Braze state of one connection: for the
+    /// id at each position, the distinct id listed with it by the latest run before run
+    /// `before_run_id` that stored operations, among the runs of the syncs of `cohort_id`
+    /// through `connection_id`. `None` when that run did not list the id with a member.
+    async fn previous_holders(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+        before_run_id: i64,
+        ids: IdSet,
+    ) -> StoreResult<Vec<Option<String>>>;
+
     // Accounts: people, browser sessions and per-user API keys.
 
     /// Adds a person; a second person with the same e-mail is a `Conflict`.

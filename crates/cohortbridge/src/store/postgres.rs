@@ -1758,6 +1758,57 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn previous_holders(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+        before_run_id: i64,
+        ids: IdSet,
+    ) -> StoreResult<Vec<Option<String>>> {
+        let mut holders = vec![None; ids.len()];
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let previous: Option<i64> = tx
+            .query_opt(
+                "SELECT r.id FROM sync_runs r JOIN syncs s ON s.id = r.sync_id
+                 WHERE s.connection_id = $1 AND s.cohort_id = $2 AND r.id < $3
+                   AND EXISTS (SELECT 1 FROM sync_run_operations o WHERE o.run_id = r.id)
+                 ORDER BY r.id DESC LIMIT 1",
+                &[&connection_id, &cohort_id, &before_run_id],
+            )
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+        let Some(previous) = previous else {
+            return Ok(holders);
+        };
+        // A portal reads the rows in blocks, as `external_ids` does.
+        let portal = tx
+            .bind(
+                "SELECT external_id, distinct_id FROM sync_run_operations
+                 WHERE run_id = $1 AND external_id IS NOT NULL AND distinct_id IS NOT NULL
+                 ORDER BY seq",
+                &[&previous],
+            )
+            .await?;
+        loop {
+            let rows = tx.query_portal(&portal, ID_ROWS_PER_READ).await?;
+            for row in &rows {
+                let external_id: &str = row.try_get(0)?;
+                if let Some(index) = ids.index_of(external_id) {
+                    if holders[index].is_none() {
+                        holders[index] = Some(row.try_get::<_, String>(1)?);
+                    }
+                }
+            }
+            if rows.len() < ID_ROWS_PER_READ as usize {
+                break;
+            }
+        }
+        tx.commit().await?;
+        Ok(holders)
+    }
+
     async fn run_operations(&self, run_id: i64) -> StoreResult<Vec<RunOperation>> {
         let client = self.client().await?;
         let rows = client

@@ -2028,6 +2028,49 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn previous_holders(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+        before_run_id: i64,
+        ids: IdSet,
+    ) -> StoreResult<Vec<Option<String>>> {
+        self.read(move |conn| {
+            let mut holders = vec![None; ids.len()];
+            let previous: Option<i64> = conn
+                .query_row(
+                    "SELECT r.id FROM sync_runs r JOIN syncs s ON s.id = r.sync_id
+                     WHERE s.connection_id = ?1 AND s.cohort_id = ?2 AND r.id < ?3
+                       AND EXISTS (SELECT 1 FROM sync_run_operations o WHERE o.run_id = r.id)
+                     ORDER BY r.id DESC LIMIT 1",
+                    params![connection_id, cohort_id, before_run_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let Some(previous) = previous else {
+                return Ok(holders);
+            };
+            let mut stmt = conn.prepare(
+                "SELECT external_id, distinct_id FROM sync_run_operations
+                 WHERE run_id = ?1 AND external_id IS NOT NULL AND distinct_id IS NOT NULL
+                 ORDER BY seq",
+            )?;
+            let mut rows = stmt.query([previous])?;
+            while let Some(row) = rows.next()? {
+                let external_id = row.get_ref(0)?.as_str().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(e))
+                })?;
+                if let Some(index) = ids.index_of(external_id) {
+                    if holders[index].is_none() {
+                        holders[index] = Some(row.get(1)?);
+                    }
+                }
+            }
+            Ok(holders)
+        })
+        .await
+    }
+
     async fn run_operations(&self, run_id: i64) -> StoreResult<Vec<RunOperation>> {
         self.read(move |conn| {
             let mut stmt = conn.prepare(

@@ -54,7 +54,7 @@ impl SyncEngine {
             .braze_pending(connection.id, cohort.id)
             .await
             .map_err(store_failure)?;
-        let plan = plan_changes(
+        let mut plan = plan_changes(
             &evaluated,
             &connection.user_id_property,
             &acknowledged,
@@ -65,6 +65,9 @@ impl SyncEngine {
         counts.members = plan.counts.members;
         counts.skipped = plan.counts.skipped;
         counts.unchanged = plan.counts.unchanged;
+        self.find_remove_holders(connection.id, cohort.id, run_id, &mut plan)
+            .await
+            .map_err(store_failure)?;
 
         // After a rename every member needs the new name, not only the new members.
         let renamed_adds;

@@ -648,12 +648,15 @@ impl SyncEngine {
             .braze_pending(connection.id, cohort.id)
             .await
             .map_err(storage)?;
-        let plan = plan_changes(
+        let mut plan = plan_changes(
             &evaluated,
             &connection.user_id_property,
             &acknowledged,
             &pending,
         );
+        self.find_remove_holders(connection.id, cohort.id, i64::MAX, &mut plan)
+            .await
+            .map_err(storage)?;
         let changes = plan_operations(&evaluated, &connection.user_id_property, &plan)
             .filter(|op| op.operation != "no-op")
             .collect();
@@ -760,7 +763,7 @@ impl SyncEngine {
             .braze_pending(connection.id, cohort.id)
             .await
             .map_err(store_failure)?;
-        let plan = plan_changes(
+        let mut plan = plan_changes(
             &evaluated,
             &connection.user_id_property,
             &acknowledged,
@@ -771,6 +774,9 @@ impl SyncEngine {
         counts.members = plan.counts.members;
         counts.skipped = plan.counts.skipped;
         counts.unchanged = plan.counts.unchanged;
+        self.find_remove_holders(connection.id, cohort.id, run_id, &mut plan)
+            .await
+            .map_err(store_failure)?;
         self.record_operations(run_id, &evaluated, &connection.user_id_property, &plan)
             .await
             .map_err(store_failure)?;
@@ -840,6 +846,30 @@ impl SyncEngine {
                 .await
                 .map_err(store_failure)?;
         }
+        Ok(())
+    }
+
+    /// Fills in who last held each id that `plan` removes, from the latest run before
+    /// `before_run_id` that stored operations, so that a remove names its member when known.
+    pub(super) async fn find_remove_holders(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+        before_run_id: i64,
+        plan: &mut Plan,
+    ) -> Result<(), StoreError> {
+        if plan.removes.is_empty() {
+            return Ok(());
+        }
+        plan.remove_holders = self
+            .store
+            .previous_holders(
+                connection_id,
+                cohort_id,
+                before_run_id,
+                plan.removes.clone(),
+            )
+            .await?;
         Ok(())
     }
 

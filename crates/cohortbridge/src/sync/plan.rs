@@ -20,6 +20,9 @@ use crate::store::{IdSet, RunCounts, RunOperation};
 pub struct Plan {
     pub adds: IdSet,
     pub removes: IdSet,
+    /// For each remove, by position, the distinct id that last held the id, when a stored run
+    /// lists it. `plan_changes` leaves it empty; the run fills it from the store.
+    pub remove_holders: Vec<Option<String>>,
     /// `members`, `skipped` and `unchanged` are set; the rest stay zero.
     pub counts: RunCounts,
 }
@@ -120,8 +123,8 @@ pub fn plan_operations<'a>(
             },
         }
     });
-    let removes = plan.removes.iter().map(|id| RunOperation {
-        distinct_id: None,
+    let removes = plan.removes.iter().enumerate().map(|(i, id)| RunOperation {
+        distinct_id: plan.remove_holders.get(i).cloned().flatten(),
         external_id: Some(id.to_owned()),
         operation: "remove".into(),
         reason: None,

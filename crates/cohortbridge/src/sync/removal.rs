@@ -114,16 +114,32 @@ impl SyncEngine {
             .set_run_trigger(run.id, Trigger::Removal.as_str())
             .await?;
         let mut counts = RunCounts::default();
-        let outcome = self
-            .send_removes(
-                run.id,
-                &connection,
-                &known,
-                sync.cohort_id,
-                &members,
-                &mut counts,
-            )
-            .await;
+        // The run lists one remove per id, naming the member who last held it when known.
+        let mut plan = Plan {
+            removes: members,
+            ..Plan::default()
+        };
+        let recorded = async {
+            self.find_remove_holders(connection.id, sync.cohort_id, run.id, &mut plan)
+                .await?;
+            let no_members = cohorts::CohortMembers::default();
+            self.record_operations(run.id, &no_members, &connection.user_id_property, &plan)
+                .await
+        };
+        let outcome = match recorded.await {
+            Ok(()) => {
+                self.send_removes(
+                    run.id,
+                    &connection,
+                    &known,
+                    sync.cohort_id,
+                    &plan.removes,
+                    &mut counts,
+                )
+                .await
+            }
+            Err(e) => Err(format!("storage error: {e}")),
+        };
         let error = outcome.as_ref().err().cloned();
         let status = if error.is_some() {
             "failed"
