@@ -223,12 +223,14 @@ async fn unreachable_connection_fails_fast() {
         c.braze_retry_base_ms = 500;
     })
     .await;
+
     // A port that was just free on loopback, so that connecting to it is refused.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
+
     let started = std::time::Instant::now();
     let (status, body) = server
         .admin_post(
@@ -238,6 +240,7 @@ async fn unreachable_connection_fails_fast() {
         )
         .await;
     let elapsed = started.elapsed();
+
     assert_eq!(status, 502, "{body}");
     assert!(
         elapsed < std::time::Duration::from_secs(3),

@@ -791,7 +791,7 @@ pub trait Store: Send + std::marker::Sync + 'static {
     async fn set_run_trigger(&self, run_id: i64, trigger: &str) -> StoreResult<()>;
     async fn run(&self, run_id: i64) -> StoreResult<Option<SyncRun>>;
     /// Stores planned operations of a run, in one transaction, numbered from `first_seq`. A
-    /// run stores its operations in several calls, so that it never holds all of them at once.
+    /// run stores its operations in several calls, so that it never keeps all of them in memory.
     async fn record_run_operations(
         &self,
         run_id: i64,
@@ -799,10 +799,10 @@ pub trait Store: Send + std::marker::Sync + 'static {
         operations: Vec<RunOperation>,
     ) -> StoreResult<()>;
     async fn run_operations(&self, run_id: i64) -> StoreResult<Vec<RunOperation>>;
-    /// Finds who last held each of `ids` in the cohort's Braze state of one connection: for the
-    /// id at each position, the distinct id listed with it by the latest run before run
-    /// `before_run_id` that stored operations, among the runs of the syncs of `cohort_id`
-    /// through `connection_id`. `None` when that run did not list the id with a member.
+    /// Finds the member who last held each of `ids`, by position. The source is the latest run
+    /// before run `before_run_id` that stored operations, among the runs of the syncs of
+    /// `cohort_id` through `connection_id`. An id that run did not list with a member gets
+    /// `None`.
     async fn previous_holders(
         &self,
         connection_id: i64,

@@ -913,8 +913,8 @@ pub fn braze_cohort_id(installation_id: &str, project_id: i64, cohort_id: i64) -
     format!("cohortbridge-{installation_id}-{project_id}-{cohort_id}")
 }
 
-/// Splits `adds` adds and `removes` removes into requests of at most `max` ids in total, as
-/// index ranges: adds first, then removes, each request filled before the next begins.
+/// Splits a run's adds and removes, given as counts, into requests of at most `max` ids in
+/// total, as index ranges: adds first, then removes, each request filled before the next.
 pub fn batches(adds: usize, removes: usize, max: usize) -> Vec<(Range<usize>, Range<usize>)> {
     let mut out = Vec::new();
     let (mut a, mut r) = (0, 0);
