@@ -215,7 +215,8 @@ async fn measure_preview(
     let plan = engine
         .preview(project_id, &cohort, &connection)
         .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+        .map_err(|e| anyhow::anyhow!(e))?
+        .plan;
     println!(
         "  dry run (evaluate, read acknowledged ids, diff): {:.2} s, {} to add, {} to remove, peak RSS {} MB",
         started.elapsed().as_secs_f64(),

@@ -173,3 +173,75 @@ async fn sync_commands_end_to_end() {
     assert!(emulator.members("cohortbridge-test-1-1").await.is_empty());
     server.stop().await;
 }
+
+/// Parses the CSV of `syncs operations RUN --csv` into rows.
+async fn operations_csv(server: &TestServer, run_id: &str) -> Vec<Vec<String>> {
+    let text = run_ok(server, &["syncs", "operations", run_id, "--csv"]).await;
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    reader
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+        .collect()
+}
+
+#[tokio::test]
+async fn removes_name_their_member() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    for user in ["ann", "bob"] {
+        let set = json!({"plan": "pro", "$braze_external_id": format!("ext-{user}")});
+        let (status, _) = server
+            .engage(&[json!({"$token": server.token, "$distinct_id": user, "$set": set})])
+            .await;
+        assert_eq!(status, 200);
+    }
+    let cohort = server
+        .create_cohort(
+            "Pro",
+            json!({"profile": "plan", "op": "eq", "value": "pro"}),
+        )
+        .await
+        .to_string();
+    run_ok(
+        &server,
+        &[
+            "connections",
+            "add",
+            "--name",
+            "emu",
+            "--base-url",
+            &emulator.base,
+        ],
+    )
+    .await;
+    run_ok(
+        &server,
+        &["export", &cohort, "--connection", "emu", "--dynamic"],
+    )
+    .await;
+
+    // Bob leaves the cohort: run 2 removes his id and names him.
+    let (status, _) = server
+        .engage(&[json!({"$token": server.token, "$distinct_id": "bob", "$set": {"plan": "free"}})])
+        .await;
+    assert_eq!(status, 200);
+    server.wait_until_idle(1).await;
+    run_ok(&server, &["syncs", "run", "1"]).await;
+    assert_eq!(
+        operations_csv(&server, "2").await,
+        vec![
+            vec!["ann", "ext-ann", "no-op", ""],
+            vec!["bob", "ext-bob", "remove", ""],
+        ]
+    );
+
+    // The removal run lists every id it removes, with its member.
+    run_ok(&server, &["cohorts", "delete", &cohort, "--remove-members"]).await;
+    assert!(emulator.members("cohortbridge-test-1-1").await.is_empty());
+    let shown = server.admin_get("/syncs/1").await;
+    let removal = shown["runs"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(removal["trigger"], "removal");
+    let rows = operations_csv(&server, &removal["id"].to_string()).await;
+    assert_eq!(rows, vec![vec!["ann", "ext-ann", "remove", ""]]);
+    server.stop().await;
+}

@@ -288,6 +288,64 @@ async fn api_keys_act_with_their_role() {
 }
 
 #[tokio::test]
+async fn consumer_may_preview_an_export() {
+    let (server, emulator, cohort) = setup().await;
+    let people = people(&server).await;
+    let token = server.token.clone();
+    server
+        .track(&[json!({"event": "Purchase", "properties": {"token": token, "distinct_id": "u1", "time": now_secs()}})])
+        .await;
+    server
+        .engage(&[json!({"$token": token, "$distinct_id": "u1", "$set": {"$braze_external_id": "ext-u1"}})])
+        .await;
+    let consumer = &people
+        .iter()
+        .find(|(role, _, _)| *role == Role::Consumer)
+        .unwrap()
+        .2;
+    let export = |body: Value| {
+        server
+            .http
+            .post(server.url("/api/v1/projects/1/exports"))
+            .bearer_auth(consumer)
+            .json(&body)
+            .send()
+    };
+
+    let response = export(json!({"cohort_id": cohort, "connection": "emu", "dry_run": true}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let plan: Value = response.json().await.unwrap();
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["add"], json!(["ext-u1"]));
+
+    let response = export(json!({"cohort_id": cohort, "connection": "emu", "mode": "once"}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("consumer"), "{text}");
+    assert!(
+        server
+            .admin_get("/syncs")
+            .await
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "neither request created a sync"
+    );
+    assert!(
+        emulator
+            .members(&format!("cohortbridge-test-1-{cohort}"))
+            .await
+            .is_empty(),
+        "nothing was sent to Braze"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn sync_errors_are_hidden_from_analysts() {
     let (server, emulator, cohort) = setup().await;
     let people = people(&server).await;

@@ -214,3 +214,46 @@ async fn client_errors_pause_with_reason() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn unreachable_connection_fails_fast() {
+    // The server's default retry settings, under which a retried probe took seconds.
+    let server = TestServer::start_with(|c| {
+        c.braze_max_attempts = 6;
+        c.braze_retry_base_ms = 500;
+    })
+    .await;
+
+    // A port that was just free on loopback, so that connecting to it is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+
+    let started = std::time::Instant::now();
+    let (status, body) = server
+        .admin_post(
+            "/connections",
+            &json!({"name": "gone", "base_url": format!("http://127.0.0.1:{port}"),
+                "data_import_key": DATA_IMPORT_KEY}),
+        )
+        .await;
+    let elapsed = started.elapsed();
+
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        elapsed < std::time::Duration::from_secs(3),
+        "the check took {elapsed:?}"
+    );
+    let message = body["error"].as_str().unwrap();
+    assert!(message.contains("at most 3 s to connect"), "{message}");
+    assert!(!message.contains(DATA_IMPORT_KEY), "{message}");
+    assert!(server
+        .admin_get("/connections")
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty());
+    server.stop().await;
+}

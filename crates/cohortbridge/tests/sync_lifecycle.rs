@@ -499,7 +499,7 @@ async fn dry_run_then_operations_match() {
             (json!("ann"), json!("ext-ann"), json!("no-op")),
             (json!("cid"), Value::Null, json!("skipped")),
             (json!("dee"), json!("ext-ann"), json!("no-op")),
-            (Value::Null, json!("ext-bob"), json!("remove")),
+            (json!("bob"), json!("ext-bob"), json!("remove")),
         ]
     );
     let skipped = &reply["operations"][1];

@@ -14,7 +14,7 @@ use super::auth::Principal;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{identity, ApiError, AppState};
 use crate::accounts::Action;
-use crate::braze::client::BrazeError;
+use crate::braze::client::{BrazeError, PROBE_CONNECT_TIMEOUT};
 use crate::braze::instances;
 use crate::cohorts;
 use crate::secrets;
@@ -70,7 +70,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/projects/{project}/connections",
             get(list_connections).post(create_connection),
         )
-        .route("/projects/{project}/exports", post(create_export))
+        .route("/projects/{project}/exports", post(create_export_route))
         .route("/projects/{project}/syncs", get(list_syncs))
         .route("/projects/{project}/syncs/{sync}", get(show_sync))
         .route("/projects/{project}/syncs/{sync}/run", post(run_sync))
@@ -487,7 +487,13 @@ pub(super) async fn probe_credentials(
         Err(BrazeError::Rejected { status, message }) => Err(ApiError::BadRequest(format!(
             "Braze rejected the credentials (HTTP {status}: {message}); check the Data Import Key and the instance"
         ))),
-        Err(e @ (BrazeError::GaveUp { .. } | BrazeError::RateLimited { .. })) => Err(ApiError::Upstream(format!(
+        Err(BrazeError::GaveUp { last, .. }) => Err(ApiError::Upstream(format!(
+            "could not check the credentials with Braze at {base_url}: {last}; the check is one \
+             attempt that waits at most {} s to connect, so check the URL and the network, then \
+             try again",
+            PROBE_CONNECT_TIMEOUT.as_secs()
+        ))),
+        Err(e @ BrazeError::RateLimited { .. }) => Err(ApiError::Upstream(format!(
             "could not check the credentials with Braze at {base_url}: {e}"
         ))),
     }
@@ -570,6 +576,23 @@ pub(crate) struct NewExportBody {
     /// Return what the next run would add and remove, without creating or sending anything.
     #[serde(default)]
     dry_run: bool,
+}
+
+/// Checks the role against the body, then creates the export. A dry run is a read-only preview
+/// that any role may request, and any other export needs the export permission.
+async fn create_export_route(
+    state: State<AppState>,
+    Extension(principal): Extension<Principal>,
+    id: ApiPath<i64>,
+    ApiJson(body): ApiJson<NewExportBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let action = if body.dry_run {
+        Action::View
+    } else {
+        Action::Export
+    };
+    principal.require(action)?;
+    create_export(state, id, ApiJson(body)).await
 }
 
 /// Creates a one-time export or a dynamic sync, runs it once now and returns the run.

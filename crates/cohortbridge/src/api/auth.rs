@@ -64,11 +64,10 @@ pub fn required_action(method: &Method, route: &str) -> Action {
         "/cohorts" | "/cohorts/{cohort}" | "/cohorts/{cohort}/rename" if !read => {
             Action::EditCohorts
         }
-        "/exports"
-        | "/syncs/{sync}"
-        | "/syncs/{sync}/run"
-        | "/syncs/{sync}/pause"
-        | "/syncs/{sync}/resume"
+        // A dry run needs only `View`. The handler checks `Export` for other exports, because
+        // only the body distinguishes the two.
+        "/exports" if !read => Action::View,
+        "/syncs/{sync}" | "/syncs/{sync}/run" | "/syncs/{sync}/pause" | "/syncs/{sync}/resume"
             if !read =>
         {
             Action::Export
@@ -271,7 +270,7 @@ mod tests {
             (
                 Method::POST,
                 "/api/v1/projects/{project}/exports",
-                Action::Export,
+                Action::View,
             ),
             (
                 Method::DELETE,

@@ -16,7 +16,7 @@ use super::admin::{
 };
 use super::{ApiError, AppState};
 use crate::store::{Cohort, Connection, SyncMode};
-use crate::sync::Plan;
+use crate::sync::Preview;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -354,12 +354,8 @@ pub(crate) async fn run_operations(
 }
 
 /// Builds the reply of a dry run: who the next run would add and remove, and who it skips.
-pub(super) fn plan_json(cohort: &Cohort, connection: &Connection, plan: Plan) -> Value {
-    let changes: Vec<_> = plan
-        .operations
-        .into_iter()
-        .filter(|op| op.operation != "no-op")
-        .collect();
+pub(super) fn plan_json(cohort: &Cohort, connection: &Connection, preview: Preview) -> Value {
+    let Preview { plan, changes } = preview;
     json!({
         "dry_run": true,
         "cohort_id": cohort.id,

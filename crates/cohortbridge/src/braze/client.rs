@@ -14,6 +14,7 @@ use std::time::Duration;
 use rand::Rng;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 /// Braze accepts at most this many ids in one `cohorts/users` request.
@@ -74,9 +75,14 @@ pub enum BrazeError {
     GaveUp { attempts: u32, last: String },
 }
 
+/// Maximum time a credentials check waits for a TCP (and TLS) connection to Braze.
+pub const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 #[derive(Clone)]
 pub struct BrazeClient {
     http: reqwest::Client,
+    /// The client of credentials checks, with a connect timeout of `PROBE_CONNECT_TIMEOUT`.
+    probe_http: reqwest::Client,
     policy: RetryPolicy,
     metrics: Option<std::sync::Arc<crate::sync::SyncMetrics>>,
 }
@@ -93,14 +99,22 @@ enum Attempt {
 
 impl BrazeClient {
     pub fn new(policy: RetryPolicy) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(policy.request_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("cohortbridge/", env!("CARGO_PKG_VERSION")))
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(policy.request_timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("cohortbridge/", env!("CARGO_PKG_VERSION")))
+        };
+        let http = builder()
             .build()
             .expect("a client with a timeout and no redirects builds");
+        let probe_http = builder()
+            .connect_timeout(PROBE_CONNECT_TIMEOUT)
+            .build()
+            .expect("a client with timeouts and no redirects builds");
         Self {
             http,
+            probe_http,
             policy,
             metrics: None,
         }
@@ -168,46 +182,49 @@ impl BrazeClient {
         base_url: &str,
         credentials: &Credentials,
         cohort_id: &str,
-        added: &[String],
-        removed: &[String],
+        added: &[&str],
+        removed: &[&str],
     ) -> Result<u32, BrazeError> {
-        assert!(
-            added.len() + removed.len() <= MAX_IDS_PER_REQUEST,
-            "callers split changes into requests of at most {MAX_IDS_PER_REQUEST} ids"
-        );
-        assert_distinct_ids(added, removed);
-        let mut changes = Vec::new();
-        if !added.is_empty() {
-            changes.push(json!({"user_ids": added}));
-        }
-        if !removed.is_empty() {
-            changes.push(json!({"user_ids": removed, "should_remove": true}));
-        }
-        let body = json!({
-            "partner_api_key": credentials.partner_api_key,
-            "client_secret": credentials.data_import_key,
-            "cohort_id": cohort_id,
-            "cohort_changes": changes,
-        });
-        self.post(
+        let body = cohort_changes_body(credentials, cohort_id, added, removed);
+        self.post_bytes(
             &endpoint(base_url, credentials, "cohorts/users"),
             body,
             credentials,
+            None,
         )
         .await
+        .map(|(retries, _)| retries)
     }
 
     /// Checks credentials with an empty `cohort_changes`, which Braze accepts without effect.
+    /// The check is one attempt, and connecting may take at most `PROBE_CONNECT_TIMEOUT`, so
+    /// that an unreachable URL fails fast while an operator waits for the reply.
     pub async fn probe(&self, base_url: &str, credentials: &Credentials) -> Result<(), BrazeError> {
-        self.update_members(
-            base_url,
-            credentials,
-            "cohortbridge-credentials-check",
-            &[],
-            &[],
-        )
-        .await
-        .map(|_| ())
+        let body = cohort_changes_body(credentials, "cohortbridge-credentials-check", &[], &[]);
+        let url = endpoint(base_url, credentials, "cohorts/users");
+        self.probe_once(&url, body, credentials, None).await
+    }
+
+    /// Sends one probe request with the probe's connect timeout and no retry.
+    pub(crate) async fn probe_once(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        credentials: &Credentials,
+        bearer: Option<&str>,
+    ) -> Result<(), BrazeError> {
+        let request = self.probe_http.post(url);
+        match self
+            .attempt_with(request, url, body, credentials, bearer, 1)
+            .await
+        {
+            Attempt::Done(_) => Ok(()),
+            Attempt::Fatal(error) => Err(error),
+            Attempt::Retry { reason, .. } => Err(BrazeError::GaveUp {
+                attempts: 1,
+                last: reason,
+            }),
+        }
     }
 
     async fn post(
@@ -230,10 +247,26 @@ impl BrazeClient {
         credentials: &Credentials,
         bearer: Option<&str>,
     ) -> Result<(u32, String), BrazeError> {
+        let body = serde_json::to_vec(&body).expect("a JSON value serializes");
+        self.post_bytes(url, body, credentials, bearer).await
+    }
+
+    /// Sends a serialized JSON `body` with the retry rules; see `post_with`.
+    async fn post_bytes(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        credentials: &Credentials,
+        bearer: Option<&str>,
+    ) -> Result<(u32, String), BrazeError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.attempt(url, &body, credentials, bearer, attempt).await {
+            let request = self.http.post(url);
+            let sent = self
+                .attempt_with(request, url, body.clone(), credentials, bearer, attempt)
+                .await;
+            match sent {
                 Attempt::Done(text) => return Ok((attempt - 1, text)),
                 Attempt::Fatal(error) => return Err(error),
                 Attempt::Retry { reason, .. } if attempt >= self.policy.max_attempts => {
@@ -259,22 +292,28 @@ impl BrazeClient {
         }
     }
 
-    async fn attempt(
+    async fn attempt_with(
         &self,
+        request: reqwest::RequestBuilder,
         url: &str,
-        body: &Value,
+        body: Vec<u8>,
         credentials: &Credentials,
         bearer: Option<&str>,
         attempt: u32,
     ) -> Attempt {
-        let mut request = self.http.post(url).json(body);
+        let mut request = request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
         }
         let response = match request.send().await {
             Ok(response) => response,
             Err(e) => {
-                let kind = if e.is_timeout() {
+                let kind = if e.is_connect() && e.is_timeout() {
+                    self.count_request(url, "timeout");
+                    "timed out while connecting"
+                } else if e.is_timeout() {
                     self.count_request(url, "timeout");
                     "timed out"
                 } else {
@@ -334,14 +373,70 @@ impl BrazeClient {
 }
 
 /// Panics when an id appears twice among `added` and `removed` together.
-fn assert_distinct_ids(added: &[String], removed: &[String]) {
+fn assert_distinct_ids(added: &[&str], removed: &[&str]) {
     let mut seen = std::collections::HashSet::with_capacity(added.len() + removed.len());
     for id in added.iter().chain(removed) {
         assert!(
-            seen.insert(id.as_str()),
+            seen.insert(*id),
             "external id {id:?} appears twice in one cohort_changes request"
         );
     }
+}
+
+/// Body of a `cohorts/users` request, serialized straight from the borrowed ids.
+#[derive(Serialize)]
+struct CohortChangesBody<'a> {
+    partner_api_key: &'a str,
+    client_secret: &'a str,
+    cohort_id: &'a str,
+    cohort_changes: Vec<CohortChange<'a>>,
+}
+
+#[derive(Serialize)]
+struct CohortChange<'a> {
+    user_ids: &'a [&'a str],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    should_remove: bool,
+}
+
+/// Serializes one batch of membership changes: adds and removes as separate `cohort_changes`
+/// objects, at most `MAX_IDS_PER_REQUEST` ids in total.
+///
+/// # Panics
+///
+/// When the batch is over the limit, or an id appears twice in it (in one list, or in both),
+/// because Braze would apply such a request in an order the caller did not choose.
+fn cohort_changes_body(
+    credentials: &Credentials,
+    cohort_id: &str,
+    added: &[&str],
+    removed: &[&str],
+) -> Vec<u8> {
+    assert!(
+        added.len() + removed.len() <= MAX_IDS_PER_REQUEST,
+        "callers split changes into requests of at most {MAX_IDS_PER_REQUEST} ids"
+    );
+    assert_distinct_ids(added, removed);
+    let mut cohort_changes = Vec::with_capacity(2);
+    if !added.is_empty() {
+        cohort_changes.push(CohortChange {
+            user_ids: added,
+            should_remove: false,
+        });
+    }
+    if !removed.is_empty() {
+        cohort_changes.push(CohortChange {
+            user_ids: removed,
+            should_remove: true,
+        });
+    }
+    let body = CohortChangesBody {
+        partner_api_key: &credentials.partner_api_key,
+        client_secret: &credentials.data_import_key,
+        cohort_id,
+        cohort_changes,
+    };
+    serde_json::to_vec(&body).expect("strings serialize")
 }
 
 fn endpoint(base_url: &str, credentials: &Credentials, path: &str) -> String {
@@ -483,12 +578,12 @@ mod tests {
     #[test]
     #[should_panic(expected = "appears twice")]
     fn id_in_add_and_remove_panics() {
-        assert_distinct_ids(&["a".into(), "b".into()], &["b".into()]);
+        assert_distinct_ids(&["a", "b"], &["b"]);
     }
 
     #[test]
     fn distinct_ids_pass() {
-        assert_distinct_ids(&["a".into(), "b".into()], &["c".into()]);
+        assert_distinct_ids(&["a", "b"], &["c"]);
     }
 
     #[test]

@@ -71,15 +71,17 @@ impl BrazeClient {
         })
     }
 
-    /// Checks a REST API key with an empty `attributes` array, which changes nothing.
+    /// Checks a REST API key with an empty `attributes` array, which changes nothing. Like
+    /// `probe`, it is one attempt with a short connect timeout.
     pub async fn probe_users_track(
         &self,
         base_url: &str,
         credentials: &Credentials,
     ) -> Result<(), BrazeError> {
-        self.track_attributes(base_url, credentials, Vec::new())
+        let url = format!("{}/users/track", base_url.trim_end_matches('/'));
+        let body = br#"{"attributes":[]}"#.to_vec();
+        self.probe_once(&url, body, credentials, Some(&credentials.data_import_key))
             .await
-            .map(|_| ())
     }
 }
 

@@ -7,6 +7,7 @@ mod client;
 mod cohort_questions;
 mod currents;
 mod import;
+mod table;
 mod users;
 
 use std::path::PathBuf;
@@ -804,34 +805,7 @@ async fn syncs(
                 print_json(&list);
                 return Ok(());
             }
-            println!(
-                "{:<6} {:<8} {:<10} {:<8} {:<22} LAST RUN",
-                "ID", "COHORT", "MODE", "STATUS", "NEXT RUN"
-            );
-            for item in list.as_array().into_iter().flatten() {
-                let sync = &item["sync"];
-                let last = &item["last_run"];
-                let last_text = if last.is_null() {
-                    "never".to_owned()
-                } else {
-                    format!(
-                        "{} +{} -{} skipped {}",
-                        text(&last["status"]),
-                        last["added"],
-                        last["removed"],
-                        last["skipped"]
-                    )
-                };
-                println!(
-                    "{:<6} {:<8} {:<10} {:<8} {:<22} {}",
-                    text(&sync["id"]),
-                    text(&sync["cohort_id"]),
-                    text(&sync["mode"]),
-                    text(&sync["status"]),
-                    iso(&sync["next_run_at_ms"]),
-                    last_text
-                );
-            }
+            print!("{}", syncs_table(&list));
         }
         SyncsCommand::Show { id } => {
             let reply = client.get(&format!("/syncs/{id}")).await?;
@@ -915,6 +889,42 @@ async fn syncs(
         }
     }
     Ok(())
+}
+
+/// Formats the reply of `GET /syncs` as the table `syncs list` prints.
+fn syncs_table(list: &Value) -> String {
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| {
+            let sync = &item["sync"];
+            let last = &item["last_run"];
+            let last_text = if last.is_null() {
+                "never".to_owned()
+            } else {
+                format!(
+                    "{} +{} -{} skipped {}",
+                    text(&last["status"]),
+                    last["added"],
+                    last["removed"],
+                    last["skipped"]
+                )
+            };
+            vec![
+                text(&sync["id"]),
+                text(&sync["cohort_id"]),
+                text(&sync["mode"]),
+                text(&sync["status"]),
+                iso(&sync["next_run_at_ms"]),
+                last_text,
+            ]
+        })
+        .collect();
+    table::format_table(
+        &["ID", "COHORT", "MODE", "STATUS", "NEXT RUN", "LAST RUN"],
+        &rows,
+    )
 }
 
 fn print_mtu_report(report: &Value) {
@@ -1016,19 +1026,21 @@ fn print_operations(operations: &Value, csv_output: bool) -> anyhow::Result<()> 
         writer.flush()?;
         return Ok(());
     }
-    println!(
-        "{:<32} {:<32} {:<8} REASON",
-        "DISTINCT ID", "BRAZE ID", "OPERATION"
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|op| {
+            vec![
+                text(&op["distinct_id"]),
+                text(&op["external_id"]),
+                text(&op["operation"]),
+                field(op, "reason"),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::format_table(&["DISTINCT ID", "BRAZE ID", "OPERATION", "REASON"], &rows)
     );
-    for op in rows {
-        println!(
-            "{:<32} {:<32} {:<8} {}",
-            text(&op["distinct_id"]),
-            text(&op["external_id"]),
-            text(&op["operation"]),
-            field(op, "reason")
-        );
-    }
     Ok(())
 }
 
@@ -1058,4 +1070,40 @@ fn urlencode(text: &str) -> String {
         .unwrap_or_default()
         .trim_start_matches("v=")
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syncs_table_keeps_columns_aligned() {
+        let list = json!([
+            {"sync": {"id": 1, "cohort_id": 7, "mode": "once", "status": "completed",
+                "next_run_at_ms": null},
+             "last_run": {"status": "succeeded", "added": 2, "removed": 0, "skipped": 1}},
+            {"sync": {"id": 123456, "cohort_id": 12345678901_i64, "mode": "dynamic",
+                "status": "active", "next_run_at_ms": 1_700_000_000_000_i64},
+             "last_run": null},
+        ]);
+        let table = syncs_table(&list);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        let header = lines[0];
+        for (column, values) in [
+            ("COHORT", ["7", "12345678901"]),
+            ("MODE", ["once", "dynamic"]),
+            ("STATUS", ["completed", "active"]),
+            ("NEXT RUN", ["-", "2023-11-14T22:13:20Z"]),
+            ("LAST RUN", ["succeeded +2 -0 skipped 1", "never"]),
+        ] {
+            let start = header.find(column).unwrap();
+            for (line, value) in lines[1..].iter().zip(values) {
+                assert!(
+                    line[start..].starts_with(value),
+                    "{column} column of {line:?} does not start with {value:?}"
+                );
+            }
+        }
+    }
 }

@@ -8,6 +8,7 @@
 //! which several server processes can share. [`open`] picks one from the configuration.
 
 mod database;
+mod id_set;
 mod postgres;
 mod sqlite;
 
@@ -19,6 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::cohorts::rows::IndexBuilder;
 pub use database::{open, redact_url, Database, DatabaseUrlError};
+pub use id_set::{IdSet, IdSetBuilder};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -312,6 +314,15 @@ pub struct RunOperation {
     pub operation: String,
     /// Reason a member was skipped.
     pub reason: Option<String>,
+}
+
+/// One step of a run's record of what Braze holds: the adds and removes of the request Braze
+/// just acknowledged, and the ids of the request about to be sent.
+#[derive(Debug, Clone, Default)]
+pub struct BrazeProgress {
+    pub acknowledged_adds: IdSet,
+    pub acknowledged_removes: IdSet,
+    pub pending: IdSet,
 }
 
 /// Braze's acknowledged record of one cohort in one connection's workspace.
@@ -737,33 +748,19 @@ pub trait Store: Send + std::marker::Sync + 'static {
         cohort: &BrazeCohort,
         now_ms: i64,
     ) -> StoreResult<()>;
-    async fn braze_members(
+    /// Ids that Braze acknowledged as members of the cohort, in byte order.
+    async fn braze_members(&self, connection_id: i64, cohort_id: i64) -> StoreResult<IdSet>;
+    /// Ids whose request was sent but never acknowledged, in byte order; Braze's state for
+    /// them is unknown.
+    async fn braze_pending(&self, connection_id: i64, cohort_id: i64) -> StoreResult<IdSet>;
+    /// Records, in one transaction, what Braze acknowledged for one request and the ids of the
+    /// next request before it is sent. The acknowledged adds and removes update the members and
+    /// leave the pending ids; `progress.pending` become pending.
+    async fn record_braze_progress(
         &self,
         connection_id: i64,
         cohort_id: i64,
-    ) -> StoreResult<HashSet<String>>;
-    /// Records the ids of a request about to be sent, durably, before it is sent. Recording
-    /// the acknowledged changes of that request clears them again.
-    async fn record_braze_pending(
-        &self,
-        connection_id: i64,
-        cohort_id: i64,
-        ids: Vec<String>,
-    ) -> StoreResult<()>;
-    /// Ids whose request was sent but never acknowledged; Braze's state for them is unknown.
-    async fn braze_pending(
-        &self,
-        connection_id: i64,
-        cohort_id: i64,
-    ) -> StoreResult<HashSet<String>>;
-    /// Records one request's worth of changes that Braze acknowledged, in one transaction, and
-    /// clears those ids from the pending ids.
-    async fn record_braze_changes(
-        &self,
-        connection_id: i64,
-        cohort_id: i64,
-        added: &[String],
-        removed: &[String],
+        progress: BrazeProgress,
     ) -> StoreResult<()>;
 
     /// Renames a cohort that is not deleted; `None` when there is none.
@@ -803,13 +800,26 @@ pub trait Store: Send + std::marker::Sync + 'static {
     /// Records what started a run: `manual`, `schedule` or `export`.
     async fn set_run_trigger(&self, run_id: i64, trigger: &str) -> StoreResult<()>;
     async fn run(&self, run_id: i64) -> StoreResult<Option<SyncRun>>;
-    /// Stores the planned operations of a run, in one transaction.
+    /// Stores planned operations of a run, in one transaction, numbered from `first_seq`. A
+    /// run stores its operations in several calls, so that it never keeps all of them in memory.
     async fn record_run_operations(
         &self,
         run_id: i64,
+        first_seq: i64,
         operations: Vec<RunOperation>,
     ) -> StoreResult<()>;
     async fn run_operations(&self, run_id: i64) -> StoreResult<Vec<RunOperation>>;
+    /// Finds the member who last held each of `ids`, by position. The source is the latest run
+    /// before run `before_run_id` that stored operations, among the runs of the syncs of
+    /// `cohort_id` through `connection_id`. An id that run did not list with a member gets
+    /// `None`.
+    async fn previous_holders(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+        before_run_id: i64,
+        ids: IdSet,
+    ) -> StoreResult<Vec<Option<String>>>;
 
     // Accounts: people, browser sessions and per-user API keys.
 

@@ -122,23 +122,39 @@ impl PostgresStore {
     }
 
     /// Reads the external ids that `table` (`braze_members` or `braze_pending`) records for one
-    /// connection and cohort.
+    /// connection and cohort. `COLLATE "C"` orders them by bytes, as `IdSet` keeps them, so the
+    /// set is built without sorting.
     async fn external_ids(
         &self,
         table: &'static str,
         connection_id: i64,
         cohort_id: i64,
-    ) -> StoreResult<HashSet<String>> {
-        let sql =
-            format!("SELECT external_id FROM {table} WHERE connection_id = $1 AND cohort_id = $2");
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&connection_id, &cohort_id])
-            .await?;
-        string_set(&rows)
+    ) -> StoreResult<IdSet> {
+        let sql = format!(
+            "SELECT external_id FROM {table} WHERE connection_id = $1 AND cohort_id = $2
+             ORDER BY external_id COLLATE \"C\""
+        );
+        // A portal reads the rows in blocks, so that a million ids are never held as rows.
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let portal = tx.bind(&sql, &[&connection_id, &cohort_id]).await?;
+        let mut ids = IdSetBuilder::default();
+        loop {
+            let rows = tx.query_portal(&portal, ID_ROWS_PER_READ).await?;
+            for row in &rows {
+                ids.push(row.try_get::<_, &str>(0)?);
+            }
+            if rows.len() < ID_ROWS_PER_READ as usize {
+                break;
+            }
+        }
+        tx.commit().await?;
+        Ok(ids.finish())
     }
 }
+
+/// Rows of an id set read per round trip.
+const ID_ROWS_PER_READ: i32 = 50_000;
 
 /// Takes a transaction-level advisory lock on `key`, released at commit or rollback.
 async fn advisory_lock(client: &impl GenericClient, key: &str) -> StoreResult<()> {
@@ -1526,71 +1542,62 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn braze_members(
-        &self,
-        connection_id: i64,
-        cohort_id: i64,
-    ) -> StoreResult<HashSet<String>> {
+    async fn braze_members(&self, connection_id: i64, cohort_id: i64) -> StoreResult<IdSet> {
         self.external_ids("braze_members", connection_id, cohort_id)
             .await
     }
 
-    async fn record_braze_pending(
-        &self,
-        connection_id: i64,
-        cohort_id: i64,
-        ids: Vec<String>,
-    ) -> StoreResult<()> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO braze_pending (connection_id, cohort_id, external_id)
-                 SELECT $1, $2, id FROM unnest($3::text[]) AS pending(id)
-                 ON CONFLICT DO NOTHING",
-                &[&connection_id, &cohort_id, &ids],
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn braze_pending(
-        &self,
-        connection_id: i64,
-        cohort_id: i64,
-    ) -> StoreResult<HashSet<String>> {
+    async fn braze_pending(&self, connection_id: i64, cohort_id: i64) -> StoreResult<IdSet> {
         self.external_ids("braze_pending", connection_id, cohort_id)
             .await
     }
 
-    async fn record_braze_changes(
+    async fn record_braze_progress(
         &self,
         connection_id: i64,
         cohort_id: i64,
-        added: &[String],
-        removed: &[String],
+        progress: BrazeProgress,
     ) -> StoreResult<()> {
-        let settled: Vec<&String> = added.iter().chain(removed).collect();
+        let added: Vec<&str> = progress.acknowledged_adds.iter().collect();
+        let removed: Vec<&str> = progress.acknowledged_removes.iter().collect();
+        let settled: Vec<&str> = added.iter().chain(&removed).copied().collect();
+        let pending: Vec<&str> = progress.pending.iter().collect();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        tx.execute(
-            "INSERT INTO braze_members (connection_id, cohort_id, external_id)
-             SELECT $1, $2, id FROM unnest($3::text[]) AS added(id)
-             ON CONFLICT DO NOTHING",
-            &[&connection_id, &cohort_id, &added],
-        )
-        .await?;
-        tx.execute(
-            "DELETE FROM braze_members
-             WHERE connection_id = $1 AND cohort_id = $2 AND external_id = ANY($3)",
-            &[&connection_id, &cohort_id, &removed],
-        )
-        .await?;
-        tx.execute(
-            "DELETE FROM braze_pending
-             WHERE connection_id = $1 AND cohort_id = $2 AND external_id = ANY($3)",
-            &[&connection_id, &cohort_id, &settled],
-        )
-        .await?;
+        if !added.is_empty() {
+            tx.execute(
+                "INSERT INTO braze_members (connection_id, cohort_id, external_id)
+                 SELECT $1, $2, id FROM unnest($3::text[]) AS added(id)
+                 ON CONFLICT DO NOTHING",
+                &[&connection_id, &cohort_id, &added],
+            )
+            .await?;
+        }
+        if !removed.is_empty() {
+            tx.execute(
+                "DELETE FROM braze_members
+                 WHERE connection_id = $1 AND cohort_id = $2 AND external_id = ANY($3)",
+                &[&connection_id, &cohort_id, &removed],
+            )
+            .await?;
+        }
+        if !settled.is_empty() {
+            tx.execute(
+                "DELETE FROM braze_pending
+                 WHERE connection_id = $1 AND cohort_id = $2 AND external_id = ANY($3)",
+                &[&connection_id, &cohort_id, &settled],
+            )
+            .await?;
+        }
+        if !pending.is_empty() {
+            tx.execute(
+                "INSERT INTO braze_pending (connection_id, cohort_id, external_id)
+                 SELECT $1, $2, id FROM unnest($3::text[]) AS pending(id)
+                 ON CONFLICT DO NOTHING",
+                &[&connection_id, &cohort_id, &pending],
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -1735,9 +1742,10 @@ impl Store for PostgresStore {
     async fn record_run_operations(
         &self,
         run_id: i64,
+        first_seq: i64,
         operations: Vec<RunOperation>,
     ) -> StoreResult<()> {
-        let seq: Vec<i64> = (0..operations.len() as i64).collect();
+        let seq: Vec<i64> = (first_seq..first_seq + operations.len() as i64).collect();
         let mut distinct_ids = Vec::with_capacity(operations.len());
         let mut external_ids = Vec::with_capacity(operations.len());
         let mut kinds = Vec::with_capacity(operations.len());
@@ -1767,6 +1775,57 @@ impl Store for PostgresStore {
             )
             .await?;
         Ok(())
+    }
+
+    async fn previous_holders(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+        before_run_id: i64,
+        ids: IdSet,
+    ) -> StoreResult<Vec<Option<String>>> {
+        let mut holders = vec![None; ids.len()];
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let previous: Option<i64> = tx
+            .query_opt(
+                "SELECT r.id FROM sync_runs r JOIN syncs s ON s.id = r.sync_id
+                 WHERE s.connection_id = $1 AND s.cohort_id = $2 AND r.id < $3
+                   AND EXISTS (SELECT 1 FROM sync_run_operations o WHERE o.run_id = r.id)
+                 ORDER BY r.id DESC LIMIT 1",
+                &[&connection_id, &cohort_id, &before_run_id],
+            )
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+        let Some(previous) = previous else {
+            return Ok(holders);
+        };
+        // A portal reads the rows in blocks, as `external_ids` does.
+        let portal = tx
+            .bind(
+                "SELECT external_id, distinct_id FROM sync_run_operations
+                 WHERE run_id = $1 AND external_id IS NOT NULL AND distinct_id IS NOT NULL
+                 ORDER BY seq",
+                &[&previous],
+            )
+            .await?;
+        loop {
+            let rows = tx.query_portal(&portal, ID_ROWS_PER_READ).await?;
+            for row in &rows {
+                let external_id: &str = row.try_get(0)?;
+                if let Some(index) = ids.index_of(external_id) {
+                    if holders[index].is_none() {
+                        holders[index] = Some(row.try_get::<_, String>(1)?);
+                    }
+                }
+            }
+            if rows.len() < ID_ROWS_PER_READ as usize {
+                break;
+            }
+        }
+        tx.commit().await?;
+        Ok(holders)
     }
 
     async fn run_operations(&self, run_id: i64) -> StoreResult<Vec<RunOperation>> {

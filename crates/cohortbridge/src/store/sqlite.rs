@@ -4,11 +4,12 @@
 //! Writes go through one connection and reads through another, so readers never wait for a
 //! write in progress. Blocking calls run on tokio's blocking pool.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use rusqlite::types::Type;
 use rusqlite::{params, params_from_iter, Connection as SqlConnection, OptionalExtension, Row};
 use serde_json::{Map, Value};
 
@@ -184,18 +185,29 @@ fn migrate(conn: &mut SqlConnection) -> StoreResult<Vec<String>> {
 }
 
 /// Reads the external ids that `table` (`braze_members` or `braze_pending`) records for one
-/// connection and cohort.
+/// connection and cohort. The primary key's index returns them in byte order, so the set is
+/// built without sorting and without a string per id.
 fn external_ids(
     conn: &SqlConnection,
     table: &'static str,
     connection_id: i64,
     cohort_id: i64,
-) -> StoreResult<HashSet<String>> {
-    let sql =
-        format!("SELECT external_id FROM {table} WHERE connection_id = ?1 AND cohort_id = ?2");
+) -> StoreResult<IdSet> {
+    let sql = format!(
+        "SELECT external_id FROM {table} WHERE connection_id = ?1 AND cohort_id = ?2
+         ORDER BY external_id"
+    );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![connection_id, cohort_id], |row| row.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut rows = stmt.query(params![connection_id, cohort_id])?;
+    let mut ids = IdSetBuilder::default();
+    while let Some(row) = rows.next()? {
+        let id = row
+            .get_ref(0)?
+            .as_str()
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(e)))?;
+        ids.push(id);
+    }
+    Ok(ids.finish())
 }
 
 fn is_unique_violation(err: &rusqlite::Error) -> bool {
@@ -1794,78 +1806,56 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn braze_members(
-        &self,
-        connection_id: i64,
-        cohort_id: i64,
-    ) -> StoreResult<HashSet<String>> {
+    async fn braze_members(&self, connection_id: i64, cohort_id: i64) -> StoreResult<IdSet> {
         self.read(move |conn| external_ids(conn, "braze_members", connection_id, cohort_id))
             .await
     }
 
-    async fn record_braze_pending(
-        &self,
-        connection_id: i64,
-        cohort_id: i64,
-        ids: Vec<String>,
-    ) -> StoreResult<()> {
-        self.write(move |conn| {
-            let tx = conn.transaction()?;
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO braze_pending (connection_id, cohort_id, external_id)
-                     VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                )?;
-                for id in &ids {
-                    insert.execute(params![connection_id, cohort_id, id])?;
-                }
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn braze_pending(
-        &self,
-        connection_id: i64,
-        cohort_id: i64,
-    ) -> StoreResult<HashSet<String>> {
+    async fn braze_pending(&self, connection_id: i64, cohort_id: i64) -> StoreResult<IdSet> {
         self.read(move |conn| external_ids(conn, "braze_pending", connection_id, cohort_id))
             .await
     }
 
-    async fn record_braze_changes(
+    async fn record_braze_progress(
         &self,
         connection_id: i64,
         cohort_id: i64,
-        added: &[String],
-        removed: &[String],
+        progress: BrazeProgress,
     ) -> StoreResult<()> {
-        let (added, removed) = (added.to_vec(), removed.to_vec());
         self.write(move |conn| {
             let tx = conn.transaction()?;
             {
-                let mut insert = tx.prepare_cached(
+                let mut add = tx.prepare_cached(
                     "INSERT INTO braze_members (connection_id, cohort_id, external_id)
                      VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                 )?;
-                for id in &added {
-                    insert.execute(params![connection_id, cohort_id, id])?;
+                for id in progress.acknowledged_adds.iter() {
+                    add.execute(params![connection_id, cohort_id, id])?;
                 }
-                let mut delete = tx.prepare_cached(
+                let mut remove = tx.prepare_cached(
                     "DELETE FROM braze_members
                      WHERE connection_id = ?1 AND cohort_id = ?2 AND external_id = ?3",
                 )?;
-                for id in &removed {
-                    delete.execute(params![connection_id, cohort_id, id])?;
+                for id in progress.acknowledged_removes.iter() {
+                    remove.execute(params![connection_id, cohort_id, id])?;
                 }
                 let mut settle = tx.prepare_cached(
                     "DELETE FROM braze_pending
                      WHERE connection_id = ?1 AND cohort_id = ?2 AND external_id = ?3",
                 )?;
-                for id in added.iter().chain(&removed) {
+                let acknowledged = progress
+                    .acknowledged_adds
+                    .iter()
+                    .chain(progress.acknowledged_removes.iter());
+                for id in acknowledged {
                     settle.execute(params![connection_id, cohort_id, id])?;
+                }
+                let mut pend = tx.prepare_cached(
+                    "INSERT INTO braze_pending (connection_id, cohort_id, external_id)
+                     VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                )?;
+                for id in progress.pending.iter() {
+                    pend.execute(params![connection_id, cohort_id, id])?;
                 }
             }
             tx.commit()?;
@@ -2046,6 +2036,7 @@ impl Store for SqliteStore {
     async fn record_run_operations(
         &self,
         run_id: i64,
+        first_seq: i64,
         operations: Vec<RunOperation>,
     ) -> StoreResult<()> {
         self.write(move |conn| {
@@ -2056,10 +2047,10 @@ impl Store for SqliteStore {
                          (run_id, seq, distinct_id, external_id, operation, reason)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
-                for (seq, op) in operations.iter().enumerate() {
+                for (seq, op) in (first_seq..).zip(&operations) {
                     insert.execute(params![
                         run_id,
-                        seq as i64,
+                        seq,
                         op.distinct_id,
                         op.external_id,
                         op.operation,
@@ -2069,6 +2060,49 @@ impl Store for SqliteStore {
             }
             tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn previous_holders(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+        before_run_id: i64,
+        ids: IdSet,
+    ) -> StoreResult<Vec<Option<String>>> {
+        self.read(move |conn| {
+            let mut holders = vec![None; ids.len()];
+            let previous: Option<i64> = conn
+                .query_row(
+                    "SELECT r.id FROM sync_runs r JOIN syncs s ON s.id = r.sync_id
+                     WHERE s.connection_id = ?1 AND s.cohort_id = ?2 AND r.id < ?3
+                       AND EXISTS (SELECT 1 FROM sync_run_operations o WHERE o.run_id = r.id)
+                     ORDER BY r.id DESC LIMIT 1",
+                    params![connection_id, cohort_id, before_run_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let Some(previous) = previous else {
+                return Ok(holders);
+            };
+            let mut stmt = conn.prepare(
+                "SELECT external_id, distinct_id FROM sync_run_operations
+                 WHERE run_id = ?1 AND external_id IS NOT NULL AND distinct_id IS NOT NULL
+                 ORDER BY seq",
+            )?;
+            let mut rows = stmt.query([previous])?;
+            while let Some(row) = rows.next()? {
+                let external_id = row.get_ref(0)?.as_str().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(e))
+                })?;
+                if let Some(index) = ids.index_of(external_id) {
+                    if holders[index].is_none() {
+                        holders[index] = Some(row.get(1)?);
+                    }
+                }
+            }
+            Ok(holders)
         })
         .await
     }

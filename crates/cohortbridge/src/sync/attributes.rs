@@ -54,37 +54,37 @@ impl SyncEngine {
             .braze_pending(connection.id, cohort.id)
             .await
             .map_err(store_failure)?;
-        let plan = plan_changes(
+        let mut plan = plan_changes(
             &evaluated,
             &connection.user_id_property,
             &acknowledged,
             &pending,
         );
-        drop(evaluated);
+        drop(acknowledged);
+        drop(pending);
         counts.members = plan.counts.members;
         counts.skipped = plan.counts.skipped;
         counts.unchanged = plan.counts.unchanged;
-
-        // After a rename every member needs the new name, not only the new members.
-        let adds: Vec<String> = if old_name.is_some() {
-            let mut all: Vec<String> = plan
-                .operations
-                .iter()
-                .filter(|op| op.operation == "add" || op.operation == "no-op")
-                .filter_map(|op| op.external_id.clone())
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .collect();
-            all.sort();
-            counts.unchanged = 0;
-            all
-        } else {
-            plan.adds.clone()
-        };
-        self.store
-            .record_run_operations(run_id, plan.operations)
+        self.find_remove_holders(connection.id, cohort.id, run_id, &mut plan)
             .await
             .map_err(store_failure)?;
+
+        // After a rename every member needs the new name, not only the new members.
+        let renamed_adds;
+        let adds = if old_name.is_some() {
+            renamed_adds = plan_operations(&evaluated, &connection.user_id_property, &plan)
+                .filter(|op| op.operation == "add" || op.operation == "no-op")
+                .filter_map(|op| op.external_id)
+                .collect::<IdSet>();
+            counts.unchanged = 0;
+            &renamed_adds
+        } else {
+            &plan.adds
+        };
+        self.record_operations(run_id, &evaluated, &connection.user_id_property, &plan)
+            .await
+            .map_err(store_failure)?;
+        drop(evaluated);
         self.store
             .update_run_counts(run_id, counts)
             .await
@@ -95,7 +95,12 @@ impl SyncEngine {
         let mut all_names = vec![name];
         all_names.extend(old.iter().copied());
         let mut last_progress = Instant::now();
-        for (added, removed) in batches(&adds, &plan.removes, MAX_ATTRIBUTE_OBJECTS) {
+        let mut acknowledged = BrazeProgress::default();
+        for (add_range, remove_range) in
+            batches(adds.len(), plan.removes.len(), MAX_ATTRIBUTE_OBJECTS)
+        {
+            let added = adds.slice(add_range);
+            let removed = plan.removes.slice(remove_range);
             let objects: Vec<Value> = added
                 .iter()
                 .map(|id| attribute_object(id, &attribute, &[name], &old))
@@ -106,8 +111,11 @@ impl SyncEngine {
                 )
                 .collect();
             self.check_lease(run_id)?;
+            // The previous request's acknowledgement and this request's ids are committed
+            // together before this request is sent.
+            acknowledged.pending = IdSet::from_ids(added.iter().chain(&removed));
             self.store
-                .record_braze_pending(connection.id, cohort.id, [added, removed].concat())
+                .record_braze_progress(connection.id, cohort.id, acknowledged)
                 .await
                 .map_err(store_failure)?;
             let outcome = self
@@ -129,29 +137,28 @@ impl SyncEngine {
                     "Braze rejected attribute objects; their ids stay pending for the next run"
                 );
             }
-            let accepted = |ids: &[String], offset: usize| -> Vec<String> {
+            let accepted = |ids: &[&str], offset: usize| -> IdSet {
                 ids.iter()
                     .enumerate()
                     .filter(|(i, _)| !rejected.contains(&(offset + i)))
-                    .map(|(_, id)| id.clone())
+                    .map(|(_, id)| *id)
                     .collect()
             };
-            let accepted_adds = accepted(added, 0);
-            let accepted_removes = accepted(removed, added.len());
-            self.store
-                .record_braze_changes(connection.id, cohort.id, &accepted_adds, &accepted_removes)
-                .await
-                .map_err(store_failure)?;
-            counts.added += accepted_adds.len() as i64;
-            counts.removed += accepted_removes.len() as i64;
+            acknowledged = BrazeProgress {
+                acknowledged_adds: accepted(&added, 0),
+                acknowledged_removes: accepted(&removed, added.len()),
+                pending: IdSet::default(),
+            };
+            counts.added += acknowledged.acknowledged_adds.len() as i64;
+            counts.removed += acknowledged.acknowledged_removes.len() as i64;
             self.metrics
                 .ids_sent
                 .with_label_values(&["add"])
-                .inc_by(accepted_adds.len() as u64);
+                .inc_by(acknowledged.acknowledged_adds.len() as u64);
             self.metrics
                 .ids_sent
                 .with_label_values(&["remove"])
-                .inc_by(accepted_removes.len() as u64);
+                .inc_by(acknowledged.acknowledged_removes.len() as u64);
             // The counts are progress for `syncs show`, not state that a crash must keep, so
             // they are written at most once a second; `finish_run` writes the final ones.
             if last_progress.elapsed() >= PROGRESS_INTERVAL {
@@ -161,6 +168,14 @@ impl SyncEngine {
                     .map_err(store_failure)?;
                 last_progress = Instant::now();
             }
+        }
+        if !acknowledged.acknowledged_adds.is_empty()
+            || !acknowledged.acknowledged_removes.is_empty()
+        {
+            self.store
+                .record_braze_progress(connection.id, cohort.id, acknowledged)
+                .await
+                .map_err(store_failure)?;
         }
 
         if old_name.is_some() {

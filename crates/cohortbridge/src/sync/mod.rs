@@ -15,6 +15,7 @@ mod removal;
 mod scheduler;
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -22,16 +23,16 @@ use chrono::{TimeZone, Utc};
 use serde_json::Value;
 
 pub use metrics::SyncMetrics;
-pub use plan::{member_braze_id, plan_changes, Plan};
+pub use plan::{member_braze_id, plan_changes, plan_operations, Plan};
 pub use scheduler::spawn_scheduler;
 
 use crate::braze::client::{BrazeClient, BrazeError, Credentials, MAX_IDS_PER_REQUEST};
 use crate::braze::instances;
 use crate::cohorts;
-use crate::identity;
 use crate::secrets::SecretBox;
 use crate::store::{
-    BrazeCohort, Cohort, Connection, RunCounts, Store, StoreError, Sync, SyncMode, SyncRun,
+    BrazeCohort, BrazeProgress, Cohort, Connection, IdSet, RunCounts, RunOperation, Store,
+    StoreError, Sync, SyncMode, SyncRun,
 };
 
 /// Cause of a run.
@@ -56,6 +57,14 @@ impl Trigger {
             Trigger::Removal => "removal",
         }
     }
+}
+
+/// The plan of the next run, computed without sending anything.
+#[derive(Debug)]
+pub struct Preview {
+    pub plan: Plan,
+    /// The planned operations other than `no-op`: adds, removes and skipped members.
+    pub changes: Vec<RunOperation>,
 }
 
 /// Limits that keep one project from overloading the server or its Braze workspace.
@@ -634,7 +643,7 @@ impl SyncEngine {
         project_id: i64,
         cohort: &Cohort,
         connection: &Connection,
-    ) -> Result<Plan, String> {
+    ) -> Result<Preview, String> {
         let evaluated = self
             .evaluate_for_sync(project_id, cohort, connection)
             .await?;
@@ -649,12 +658,19 @@ impl SyncEngine {
             .braze_pending(connection.id, cohort.id)
             .await
             .map_err(storage)?;
-        Ok(plan_changes(
+        let mut plan = plan_changes(
             &evaluated,
             &connection.user_id_property,
             &acknowledged,
             &pending,
-        ))
+        );
+        self.find_remove_holders(connection.id, cohort.id, i64::MAX, &mut plan)
+            .await
+            .map_err(storage)?;
+        let changes = plan_operations(&evaluated, &connection.user_id_property, &plan)
+            .filter(|op| op.operation != "no-op")
+            .collect();
+        Ok(Preview { plan, changes })
     }
 
     async fn execute(
@@ -757,33 +773,41 @@ impl SyncEngine {
             .braze_pending(connection.id, cohort.id)
             .await
             .map_err(store_failure)?;
-        let plan = plan_changes(
+        let mut plan = plan_changes(
             &evaluated,
             &connection.user_id_property,
             &acknowledged,
             &pending,
         );
-        drop(evaluated);
         drop(acknowledged);
+        drop(pending);
         counts.members = plan.counts.members;
         counts.skipped = plan.counts.skipped;
         counts.unchanged = plan.counts.unchanged;
-        self.store
-            .record_run_operations(run_id, plan.operations)
+        self.find_remove_holders(connection.id, cohort.id, run_id, &mut plan)
             .await
             .map_err(store_failure)?;
+        self.record_operations(run_id, &evaluated, &connection.user_id_property, &plan)
+            .await
+            .map_err(store_failure)?;
+        drop(evaluated);
         self.store
             .update_run_counts(run_id, counts)
             .await
             .map_err(store_failure)?;
 
         let mut last_progress = Instant::now();
-        for (added, removed) in batches(&plan.adds, &plan.removes, MAX_IDS_PER_REQUEST) {
+        let mut acknowledged = BrazeProgress::default();
+        for (adds, removes) in batches(plan.adds.len(), plan.removes.len(), MAX_IDS_PER_REQUEST) {
             self.check_lease(run_id)?;
-            // Recorded first, so that a crash while the request is in flight leaves these ids
-            // marked as unknown, and the next run sends them again.
+            let added = plan.adds.slice(adds);
+            let removed = plan.removes.slice(removes);
+            // The previous request's acknowledgement and this request's ids are committed
+            // together before this request is sent. A crash while it is in flight leaves these
+            // ids pending, and the next run sends them again.
+            acknowledged.pending = IdSet::from_ids(added.iter().chain(&removed));
             self.store
-                .record_braze_pending(connection.id, cohort.id, [added, removed].concat())
+                .record_braze_progress(connection.id, cohort.id, acknowledged)
                 .await
                 .map_err(store_failure)?;
             let retries = self
@@ -792,17 +816,18 @@ impl SyncEngine {
                     &connection.base_url,
                     &credentials,
                     &braze_cohort_id,
-                    added,
-                    removed,
+                    &added,
+                    &removed,
                 )
                 .await
                 .map_err(|e| braze_failure_counted(e, counts))?;
             counts.requests += 1;
             counts.retries += i64::from(retries);
-            self.store
-                .record_braze_changes(connection.id, cohort.id, added, removed)
-                .await
-                .map_err(store_failure)?;
+            acknowledged = BrazeProgress {
+                acknowledged_adds: IdSet::from_ids(&added),
+                acknowledged_removes: IdSet::from_ids(&removed),
+                pending: IdSet::default(),
+            };
             counts.added += added.len() as i64;
             counts.removed += removed.len() as i64;
             self.metrics
@@ -823,12 +848,71 @@ impl SyncEngine {
                 last_progress = Instant::now();
             }
         }
+        if !acknowledged.acknowledged_adds.is_empty()
+            || !acknowledged.acknowledged_removes.is_empty()
+        {
+            self.store
+                .record_braze_progress(connection.id, cohort.id, acknowledged)
+                .await
+                .map_err(store_failure)?;
+        }
         Ok(())
+    }
+
+    /// Fills in who last held each id that `plan` removes, from the latest run before
+    /// `before_run_id` that stored operations, so that a remove names its member when known.
+    pub(super) async fn find_remove_holders(
+        &self,
+        connection_id: i64,
+        cohort_id: i64,
+        before_run_id: i64,
+        plan: &mut Plan,
+    ) -> Result<(), StoreError> {
+        if plan.removes.is_empty() {
+            return Ok(());
+        }
+        plan.remove_holders = self
+            .store
+            .previous_holders(
+                connection_id,
+                cohort_id,
+                before_run_id,
+                plan.removes.clone(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Stores the planned operations of a run in blocks of `OPERATIONS_PER_WRITE`, so that the
+    /// run never keeps one operation per member in memory at once.
+    pub(super) async fn record_operations(
+        &self,
+        run_id: i64,
+        evaluated: &cohorts::CohortMembers,
+        user_id_property: &str,
+        plan: &Plan,
+    ) -> Result<(), StoreError> {
+        let mut operations = plan_operations(evaluated, user_id_property, plan);
+        let mut first_seq = 0;
+        loop {
+            let block: Vec<_> = operations.by_ref().take(OPERATIONS_PER_WRITE).collect();
+            if block.is_empty() {
+                return Ok(());
+            }
+            let written = block.len() as i64;
+            self.store
+                .record_run_operations(run_id, first_seq, block)
+                .await?;
+            first_seq += written;
+        }
     }
 }
 
 /// Time between two attempts to take a connection's turn while another node has it.
 const CONNECTION_TURN_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Operations of a run stored per transaction.
+const OPERATIONS_PER_WRITE: usize = 50_000;
 
 /// Least time between two writes of a run's counts while it sends.
 const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -839,46 +923,15 @@ pub fn braze_cohort_id(installation_id: &str, project_id: i64, cohort_id: i64) -
     format!("cohortbridge-{installation_id}-{project_id}-{cohort_id}")
 }
 
-/// Maps members to the external ids to send, counting members and skipped members. A member is
-/// skipped when it is an anonymous device, or its profile lacks a non-empty string value of the
-/// user-id property. Ids are sent byte-exact; two members sharing an id send it once.
-pub fn external_ids(
-    evaluated: &cohorts::CohortMembers,
-    user_id_property: &str,
-    counts: &mut RunCounts,
-) -> HashSet<String> {
-    let mut ids = HashSet::new();
-    counts.members = evaluated.members.len() as i64;
-    for member in &evaluated.members {
-        let id = evaluated
-            .profiles
-            .get(member)
-            .and_then(|profile| profile.get(user_id_property))
-            .and_then(Value::as_str)
-            .filter(|id| !id.is_empty());
-        match id {
-            Some(id) if !identity::is_anonymous_device(member) => {
-                ids.insert(id.to_owned());
-            }
-            _ => counts.skipped += 1,
-        }
-    }
-    ids
-}
-
-/// Splits adds and removes into requests of at most `max` ids in total: adds first, then
-/// removes, each request filled before the next begins.
-pub fn batches<'a>(
-    adds: &'a [String],
-    removes: &'a [String],
-    max: usize,
-) -> Vec<(&'a [String], &'a [String])> {
+/// Splits a run's adds and removes, given as counts, into requests of at most `max` ids in
+/// total, as index ranges: adds first, then removes, each request filled before the next.
+pub fn batches(adds: usize, removes: usize, max: usize) -> Vec<(Range<usize>, Range<usize>)> {
     let mut out = Vec::new();
     let (mut a, mut r) = (0, 0);
-    while a < adds.len() || r < removes.len() {
-        let take_adds = (adds.len() - a).min(max);
-        let take_removes = (removes.len() - r).min(max - take_adds);
-        out.push((&adds[a..a + take_adds], &removes[r..r + take_removes]));
+    while a < adds || r < removes {
+        let take_adds = (adds - a).min(max);
+        let take_removes = (removes - r).min(max - take_adds);
+        out.push((a..a + take_adds, r..r + take_removes));
         a += take_adds;
         r += take_removes;
     }
@@ -923,55 +976,23 @@ fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
-
-    fn ids(prefix: &str, n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("{prefix}{i}")).collect()
-    }
 
     #[test]
     fn batches_respect_the_limit() {
-        let adds = ids("a", 1500);
-        let removes = ids("r", 700);
-        let batches = batches(&adds, &removes, 1000);
+        let batches = batches(1500, 700, 1000);
         assert_eq!(batches.len(), 3);
         assert!(batches.iter().all(|(a, r)| a.len() + r.len() <= 1000));
-        assert_eq!(batches[0].0.len(), 1000);
-        assert_eq!((batches[1].0.len(), batches[1].1.len()), (500, 500));
-        assert_eq!(batches[2].1.len(), 200);
+        assert_eq!(batches[0], (0..1000, 0..0));
+        assert_eq!(batches[1], (1000..1500, 0..500));
+        assert_eq!(batches[2], (1500..1500, 500..700));
         let total: usize = batches.iter().map(|(a, r)| a.len() + r.len()).sum();
         assert_eq!(total, 2200);
     }
 
     #[test]
     fn no_changes_means_no_requests() {
-        assert!(batches(&[], &[], 1000).is_empty());
-    }
-
-    #[test]
-    fn external_ids_skip_and_dedupe() {
-        let mut evaluated = cohorts::CohortMembers::default();
-        for (member, profile) in [
-            ("a", json!({"$braze_external_id": "X"})),
-            ("b", json!({"$braze_external_id": "X"})),
-            ("c", json!({"$braze_external_id": " Y "})),
-            ("d", json!({"$braze_external_id": ""})),
-            ("e", json!({"$braze_external_id": 7})),
-            ("$device:f", json!({"$braze_external_id": "Z"})),
-        ] {
-            evaluated.members.insert(member.into());
-            evaluated
-                .profiles
-                .insert(member.into(), profile.as_object().unwrap().clone());
-        }
-        evaluated.members.insert("no-profile".into());
-        let mut counts = RunCounts::default();
-        let ids = external_ids(&evaluated, "$braze_external_id", &mut counts);
-        assert_eq!(ids, HashSet::from(["X".to_owned(), " Y ".to_owned()]));
-        assert_eq!(counts.members, 7);
-        assert_eq!(counts.skipped, 4);
+        assert!(batches(0, 0, 1000).is_empty());
     }
 
     #[test]

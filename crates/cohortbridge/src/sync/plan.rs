@@ -8,21 +8,21 @@
 //! each is sent again: an add when it is desired, a remove when it is not. Both are no-ops in
 //! Braze when they repeat what it already did.
 
-use std::collections::{BTreeSet, HashSet};
-
 use serde_json::Value;
 
 use crate::cohorts::CohortMembers;
 use crate::identity;
-use crate::store::{RunCounts, RunOperation};
+use crate::store::{IdSet, RunCounts, RunOperation};
 
-/// Adds and removes of one run, disjoint and each sorted, with one operation per member and
-/// per removed id.
+/// Adds and removes of one run, disjoint and each in byte order. The operation of each member
+/// comes from [`plan_operations`], so that a run never keeps all of them in memory at once.
 #[derive(Debug, Default)]
 pub struct Plan {
-    pub adds: Vec<String>,
-    pub removes: Vec<String>,
-    pub operations: Vec<RunOperation>,
+    pub adds: IdSet,
+    pub removes: IdSet,
+    /// For each remove, by position, the distinct id that last held the id, when a stored run
+    /// lists it. `plan_changes` leaves it empty; the run fills it from the store.
+    pub remove_holders: Vec<Option<String>>,
     /// `members`, `skipped` and `unchanged` are set; the rest stay zero.
     pub counts: RunCounts,
 }
@@ -66,45 +66,53 @@ fn json_type(value: &Value) -> &'static str {
 pub fn plan_changes(
     evaluated: &CohortMembers,
     user_id_property: &str,
-    acknowledged: &HashSet<String>,
-    pending: &HashSet<String>,
+    acknowledged: &IdSet,
+    pending: &IdSet,
 ) -> Plan {
     let mut plan = Plan::default();
     plan.counts.members = evaluated.members.len() as i64;
 
-    let mut desired: HashSet<&str> = HashSet::with_capacity(evaluated.members.len());
-    let mut member_ids = Vec::with_capacity(evaluated.members.len());
+    let mut desired: Vec<&str> = Vec::with_capacity(evaluated.members.len());
     for member in &evaluated.members {
-        let id = member_braze_id(evaluated, member, user_id_property);
-        match &id {
-            Ok(id) => {
-                desired.insert(id);
-            }
+        match member_braze_id(evaluated, member, user_id_property) {
+            Ok(id) => desired.push(id),
             Err(_) => plan.counts.skipped += 1,
         }
-        member_ids.push((member, id));
     }
+    desired.sort_unstable();
+    desired.dedup();
 
-    let adds: BTreeSet<&str> = desired
+    plan.adds = desired
         .iter()
-        .copied()
-        .filter(|id| !acknowledged.contains(*id) || pending.contains(*id))
+        .filter(|id| !acknowledged.contains(id) || pending.contains(id))
         .collect();
-    let removes: BTreeSet<&str> = acknowledged
+    plan.removes = acknowledged
+        .union(pending)
         .iter()
-        .chain(pending)
-        .map(String::as_str)
-        .filter(|id| !desired.contains(id))
+        .filter(|id| desired.binary_search(id).is_err())
         .collect();
-    plan.counts.unchanged = (desired.len() - adds.len()) as i64;
+    plan.counts.unchanged = (desired.len() - plan.adds.len()) as i64;
+    plan
+}
 
-    plan.operations.reserve(member_ids.len() + removes.len());
-    for (member, id) in member_ids {
-        let operation = match id {
+/// Lists the operations of a planned run: one per member, in member order, then one per
+/// removed id.
+pub fn plan_operations<'a>(
+    evaluated: &'a CohortMembers,
+    user_id_property: &'a str,
+    plan: &'a Plan,
+) -> impl Iterator<Item = RunOperation> + 'a {
+    let members = evaluated.members.iter().map(move |member| {
+        match member_braze_id(evaluated, member, user_id_property) {
             Ok(id) => RunOperation {
                 distinct_id: Some(member.clone()),
                 external_id: Some(id.to_owned()),
-                operation: if adds.contains(id) { "add" } else { "no-op" }.into(),
+                operation: if plan.adds.contains(id) {
+                    "add"
+                } else {
+                    "no-op"
+                }
+                .into(),
                 reason: None,
             },
             Err(reason) => RunOperation {
@@ -113,21 +121,15 @@ pub fn plan_changes(
                 operation: "skipped".into(),
                 reason: Some(reason),
             },
-        };
-        plan.operations.push(operation);
-    }
-    for id in &removes {
-        plan.operations.push(RunOperation {
-            distinct_id: None,
-            external_id: Some((*id).to_owned()),
-            operation: "remove".into(),
-            reason: None,
-        });
-    }
-
-    plan.adds = adds.into_iter().map(str::to_owned).collect();
-    plan.removes = removes.into_iter().map(str::to_owned).collect();
-    plan
+        }
+    });
+    let removes = plan.removes.iter().enumerate().map(|(i, id)| RunOperation {
+        distinct_id: plan.remove_holders.get(i).cloned().flatten(),
+        external_id: Some(id.to_owned()),
+        operation: "remove".into(),
+        reason: None,
+    });
+    members.chain(removes)
 }
 
 #[cfg(test)]
@@ -135,6 +137,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn set(ids: &[&str]) -> IdSet {
+        IdSet::from_ids(ids)
+    }
 
     fn members(rows: &[(&str, Value)]) -> CohortMembers {
         let mut evaluated = CohortMembers::default();
@@ -150,12 +156,12 @@ mod tests {
     #[test]
     fn changed_id_is_one_remove_and_one_add() {
         let evaluated = members(&[("u1", json!({"$braze_external_id": "new"}))]);
-        let acknowledged = HashSet::from(["old".to_owned()]);
+        let acknowledged = set(&["old"]);
         let plan = plan_changes(
             &evaluated,
             "$braze_external_id",
             &acknowledged,
-            &HashSet::new(),
+            &IdSet::default(),
         );
         assert_eq!(plan.adds, ["new"]);
         assert_eq!(plan.removes, ["old"]);
@@ -168,18 +174,19 @@ mod tests {
             ("u1", json!({"$braze_external_id": "shared"})),
             ("u2", json!({"$braze_external_id": "shared"})),
         ]);
-        let acknowledged = HashSet::from(["shared".to_owned()]);
+        let acknowledged = set(&["shared"]);
         let plan = plan_changes(
             &evaluated,
             "$braze_external_id",
             &acknowledged,
-            &HashSet::new(),
+            &IdSet::default(),
         );
         assert!(plan.adds.is_empty());
         assert!(plan.removes.is_empty());
         assert_eq!(plan.counts.unchanged, 1);
-        assert_eq!(plan.operations.len(), 2);
-        assert!(plan.operations.iter().all(|op| op.operation == "no-op"));
+        let operations: Vec<_> = plan_operations(&evaluated, "$braze_external_id", &plan).collect();
+        assert_eq!(operations.len(), 2);
+        assert!(operations.iter().all(|op| op.operation == "no-op"));
     }
 
     #[test]
@@ -189,17 +196,16 @@ mod tests {
             ("b", json!({"$braze_external_id": "X"})),
             ("c", json!({"$braze_external_id": "Y"})),
         ]);
-        let acknowledged = HashSet::from(["Y".to_owned(), "Z".to_owned()]);
+        let acknowledged = set(&["Y", "Z"]);
         let plan = plan_changes(
             &evaluated,
             "$braze_external_id",
             &acknowledged,
-            &HashSet::new(),
+            &IdSet::default(),
         );
         assert_eq!(plan.adds, ["X"]);
         assert_eq!(plan.removes, ["Z"]);
-        let adds: HashSet<_> = plan.adds.iter().collect();
-        assert!(plan.removes.iter().all(|id| !adds.contains(id)));
+        assert!(plan.removes.iter().all(|id| !plan.adds.contains(id)));
     }
 
     #[test]
@@ -208,8 +214,8 @@ mod tests {
             ("a", json!({"$braze_external_id": "kept"})),
             ("b", json!({"$braze_external_id": "in-doubt-member"})),
         ]);
-        let acknowledged = HashSet::from(["kept".to_owned(), "in-doubt-member".to_owned()]);
-        let pending = HashSet::from(["in-doubt-member".to_owned(), "in-doubt-gone".to_owned()]);
+        let acknowledged = set(&["kept", "in-doubt-member"]);
+        let pending = set(&["in-doubt-member", "in-doubt-gone"]);
         let plan = plan_changes(&evaluated, "$braze_external_id", &acknowledged, &pending);
         assert_eq!(plan.adds, ["in-doubt-member"]);
         assert_eq!(plan.removes, ["in-doubt-gone"]);
@@ -229,13 +235,14 @@ mod tests {
         let plan = plan_changes(
             &evaluated,
             "$braze_external_id",
-            &HashSet::new(),
-            &HashSet::new(),
+            &IdSet::default(),
+            &IdSet::default(),
         );
         assert_eq!(plan.adds, [" Ok "]);
         assert_eq!(plan.counts.skipped, 5);
+        let operations: Vec<_> = plan_operations(&evaluated, "$braze_external_id", &plan).collect();
         let reason = |member: &str| {
-            plan.operations
+            operations
                 .iter()
                 .find(|op| op.distinct_id.as_deref() == Some(member))
                 .and_then(|op| op.reason.clone())

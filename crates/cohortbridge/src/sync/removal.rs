@@ -97,17 +97,16 @@ impl SyncEngine {
             // The cohort never reached Braze, so it has no members there.
             return Ok(());
         };
-        let mut members = self
+        let members = self
             .store
             .braze_members(connection.id, sync.cohort_id)
-            .await?;
-        members.extend(
-            self.store
-                .braze_pending(connection.id, sync.cohort_id)
-                .await?,
-        );
-        let mut members: Vec<String> = members.into_iter().collect();
-        members.sort();
+            .await?
+            .union(
+                &self
+                    .store
+                    .braze_pending(connection.id, sync.cohort_id)
+                    .await?,
+            );
 
         let run = self.store.start_run(sync.id, now_ms()).await?;
         let _heartbeat = self.keep_lease(sync.id, sync.connection_id, run.id);
@@ -115,16 +114,32 @@ impl SyncEngine {
             .set_run_trigger(run.id, Trigger::Removal.as_str())
             .await?;
         let mut counts = RunCounts::default();
-        let outcome = self
-            .send_removes(
-                run.id,
-                &connection,
-                &known,
-                sync.cohort_id,
-                &members,
-                &mut counts,
-            )
-            .await;
+        // The run lists one remove per id, naming the member who last held it when known.
+        let mut plan = Plan {
+            removes: members,
+            ..Plan::default()
+        };
+        let recorded = async {
+            self.find_remove_holders(connection.id, sync.cohort_id, run.id, &mut plan)
+                .await?;
+            let no_members = cohorts::CohortMembers::default();
+            self.record_operations(run.id, &no_members, &connection.user_id_property, &plan)
+                .await
+        };
+        let outcome = match recorded.await {
+            Ok(()) => {
+                self.send_removes(
+                    run.id,
+                    &connection,
+                    &known,
+                    sync.cohort_id,
+                    &plan.removes,
+                    &mut counts,
+                )
+                .await
+            }
+            Err(e) => Err(format!("storage error: {e}")),
+        };
         let error = outcome.as_ref().err().cloned();
         let status = if error.is_some() {
             "failed"
@@ -143,7 +158,7 @@ impl SyncEngine {
         connection: &Connection,
         known: &BrazeCohort,
         cohort_id: i64,
-        members: &[String],
+        members: &IdSet,
         counts: &mut RunCounts,
     ) -> Result<(), String> {
         let credentials = self.credentials(connection)?;
@@ -153,13 +168,19 @@ impl SyncEngine {
         } else {
             MAX_IDS_PER_REQUEST
         };
-        for removed in members.chunks(chunk_size) {
+        let storage = |e: StoreError| format!("storage error: {e}");
+        let mut acknowledged = BrazeProgress::default();
+        for (_, range) in batches(0, members.len(), chunk_size) {
             self.check_lease(run_id)
                 .map_err(|failure| failure.message)?;
+            let removed = members.slice(range);
+            // The previous request's acknowledgement and this request's ids are committed
+            // together before this request is sent.
+            acknowledged.pending = IdSet::from_ids(&removed);
             self.store
-                .record_braze_pending(connection.id, cohort_id, removed.to_vec())
+                .record_braze_progress(connection.id, cohort_id, acknowledged)
                 .await
-                .map_err(|e| format!("storage error: {e}"))?;
+                .map_err(storage)?;
             let retries = if attributes {
                 // In this mode `braze_cohort_id` is the attribute and `name_sent` the value.
                 let objects = removed
@@ -194,22 +215,28 @@ impl SyncEngine {
                         &credentials,
                         &known.braze_cohort_id,
                         &[],
-                        removed,
+                        &removed,
                     )
                     .await
                     .map_err(|e| e.to_string())?
             };
             counts.requests += 1;
             counts.retries += i64::from(retries);
-            self.store
-                .record_braze_changes(connection.id, cohort_id, &[], removed)
-                .await
-                .map_err(|e| format!("storage error: {e}"))?;
+            acknowledged = BrazeProgress {
+                acknowledged_removes: IdSet::from_ids(&removed),
+                ..BrazeProgress::default()
+            };
             counts.removed += removed.len() as i64;
             self.metrics
                 .ids_sent
                 .with_label_values(&["remove"])
                 .inc_by(removed.len() as u64);
+        }
+        if !acknowledged.acknowledged_removes.is_empty() {
+            self.store
+                .record_braze_progress(connection.id, cohort_id, acknowledged)
+                .await
+                .map_err(storage)?;
         }
         Ok(())
     }
