@@ -7,8 +7,8 @@
 //! month boundaries, so it rebuilds the project's rollup from its events.
 //!
 //! Ingestion does not rewrite `mtu_members` rows: each transaction appends its changes to
-//! `mtu_deltas`, and the writer folds those into `mtu_members` when [`FOLD_AT`] of them are
-//! pending and before every report, many changes per row at once.
+//! `mtu_deltas`, packed in one row, and the writer folds those into `mtu_members` once enough
+//! are pending and before every report, many changes per `mtu_members` row at once.
 
 use std::collections::HashMap;
 
@@ -67,9 +67,11 @@ fn encode(pairs: &[(u32, i64)]) -> Vec<u8> {
 }
 
 /// Pending changes that make the writer fold them into `mtu_members` within the transaction
-/// that appends them. A batch of 2000 events appends up to one row per distinct id and key.
-/// Unit tests fold after a few rows, so that their random batches fold part way as well.
-const FOLD_AT: i64 = if cfg!(test) { 8 } else { 250_000 };
+/// that appends them. A batch of 2000 events packs up to one change per distinct id and key.
+const FOLD_AT_CHANGES: i64 = if cfg!(test) { 8 } else { 250_000 };
+
+/// Pending rows that make the writer fold, so that many small requests do not pile up rows.
+const FOLD_AT_ROWS: i64 = if cfg!(test) { 3 } else { 1_000 };
 
 /// Finds the key id of each change, adding the keys not seen before.
 fn key_ids(conn: &Connection, project_id: i64, changes: &[Change<'_>]) -> StoreResult<Vec<u32>> {
@@ -108,9 +110,54 @@ fn key_ids(conn: &Connection, project_id: i64, changes: &[Change<'_>]) -> StoreR
     Ok(ids)
 }
 
-/// Records `changes` in the caller's transaction: one appended row per month, distinct id and
-/// key that the changes touch. Folds every pending change into `mtu_members` once
-/// [`FOLD_AT`] rows are pending.
+/// One pending change as packed in `mtu_deltas.changes`.
+struct Packed<'a> {
+    month: i64,
+    key: u32,
+    delta: i64,
+    distinct_id: &'a str,
+}
+
+fn pack(changes: &[Packed<'_>]) -> Vec<u8> {
+    let size: usize = changes.iter().map(|c| 24 + c.distinct_id.len()).sum();
+    let mut blob = Vec::with_capacity(size);
+    for c in changes {
+        blob.extend_from_slice(&c.month.to_le_bytes());
+        blob.extend_from_slice(&c.key.to_le_bytes());
+        blob.extend_from_slice(&c.delta.to_le_bytes());
+        blob.extend_from_slice(&(c.distinct_id.len() as u32).to_le_bytes());
+        blob.extend_from_slice(c.distinct_id.as_bytes());
+    }
+    blob
+}
+
+/// Decodes a `changes` blob, or returns `None` when it is not one that [`pack`] wrote.
+fn unpack(mut blob: &[u8]) -> Option<Vec<Packed<'_>>> {
+    fn take<'b>(blob: &mut &'b [u8], n: usize) -> Option<&'b [u8]> {
+        let (head, tail) = blob.split_at_checked(n)?;
+        *blob = tail;
+        Some(head)
+    }
+    let mut changes = Vec::new();
+    while !blob.is_empty() {
+        let month = i64::from_le_bytes(take(&mut blob, 8)?.try_into().ok()?);
+        let key = u32::from_le_bytes(take(&mut blob, 4)?.try_into().ok()?);
+        let delta = i64::from_le_bytes(take(&mut blob, 8)?.try_into().ok()?);
+        let len = u32::from_le_bytes(take(&mut blob, 4)?.try_into().ok()?) as usize;
+        let distinct_id = std::str::from_utf8(take(&mut blob, len)?).ok()?;
+        changes.push(Packed {
+            month,
+            key,
+            delta,
+            distinct_id,
+        });
+    }
+    Some(changes)
+}
+
+/// Records `changes` in the caller's transaction as one appended row. Folds every pending
+/// change into `mtu_members` once [`FOLD_AT_CHANGES`] changes or [`FOLD_AT_ROWS`] rows are
+/// pending.
 pub(super) fn apply(conn: &Connection, project_id: i64, changes: &[Change<'_>]) -> StoreResult<()> {
     if changes.is_empty() {
         return Ok(());
@@ -120,26 +167,26 @@ pub(super) fn apply(conn: &Connection, project_id: i64, changes: &[Change<'_>]) 
     for (c, key) in changes.iter().zip(ids) {
         *sums.entry((c.month, c.distinct_id, key)).or_insert(0) += c.delta;
     }
-    let mut append_stmt = conn.prepare_cached(
-        "INSERT INTO mtu_deltas (project_id, month, distinct_id, key_id, delta)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
-    for ((month, distinct_id, key), delta) in sums {
-        if delta != 0 {
-            append_stmt.execute(params![project_id, month, distinct_id, key, delta])?;
-        }
+    let packed: Vec<Packed<'_>> = sums
+        .into_iter()
+        .filter(|(_, delta)| *delta != 0)
+        .map(|((month, distinct_id, key), delta)| Packed {
+            month,
+            key,
+            delta,
+            distinct_id,
+        })
+        .collect();
+    if packed.is_empty() {
+        return Ok(());
     }
-    let (first, last): (Option<i64>, Option<i64>) = conn
-        // Two subqueries, because SQLite answers a lone min() or max() from the end of the
-        // table but scans the whole table for both in one select.
-        .prepare_cached(
-            "SELECT (SELECT min(id) FROM mtu_deltas), (SELECT max(id) FROM mtu_deltas)",
-        )?
+    conn.prepare_cached("INSERT INTO mtu_deltas (project_id, count, changes) VALUES (?1, ?2, ?3)")?
+        .execute(params![project_id, packed.len() as i64, pack(&packed)])?;
+    let (rows, pending): (i64, i64) = conn
+        .prepare_cached("SELECT count(*), coalesce(sum(count), 0) FROM mtu_deltas")?
         .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    if let (Some(first), Some(last)) = (first, last) {
-        if last - first + 1 >= FOLD_AT {
-            fold(conn)?;
-        }
+    if rows >= FOLD_AT_ROWS || pending >= FOLD_AT_CHANGES {
+        fold(conn)?;
     }
     Ok(())
 }
@@ -149,15 +196,23 @@ pub(super) fn apply(conn: &Connection, project_id: i64, changes: &[Change<'_>]) 
 pub(crate) fn fold(conn: &Connection) -> StoreResult<()> {
     let mut pending: HashMap<(i64, i64, String), Vec<(u32, i64)>> = HashMap::new();
     {
-        let mut stmt = conn.prepare_cached(
-            "SELECT project_id, month, distinct_id, key_id, delta FROM mtu_deltas",
-        )?;
+        let mut stmt = conn.prepare_cached("SELECT id, project_id, changes FROM mtu_deltas")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            pending
-                .entry((row.get(0)?, row.get(1)?, row.get(2)?))
-                .or_default()
-                .push((row.get(3)?, row.get(4)?));
+            let id: i64 = row.get(0)?;
+            let project_id: i64 = row.get(1)?;
+            let blob = row.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
+            let changes = unpack(blob).ok_or_else(|| {
+                StoreError::Task(format!(
+                    "mtu_deltas row {id} holds a malformed changes blob"
+                ))
+            })?;
+            for c in changes {
+                pending
+                    .entry((project_id, c.month, c.distinct_id.to_owned()))
+                    .or_default()
+                    .push((c.key, c.delta));
+            }
         }
     }
     if pending.is_empty() {
@@ -701,6 +756,49 @@ mod tests {
                     Value::Object(extra),
                 )
             })
+    }
+
+    #[test]
+    fn packed_changes_round_trip() {
+        let changes = [
+            Packed {
+                month: 202611,
+                key: 7,
+                delta: -1,
+                distinct_id: "user-ü-🙂",
+            },
+            Packed {
+                month: 202612,
+                key: u32::MAX,
+                delta: 3,
+                distinct_id: "",
+            },
+        ];
+        let blob = pack(&changes);
+        let back = unpack(&blob).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(
+            (
+                back[0].month,
+                back[0].key,
+                back[0].delta,
+                back[0].distinct_id
+            ),
+            (202611, 7, -1, "user-ü-🙂")
+        );
+        assert_eq!(
+            (
+                back[1].month,
+                back[1].key,
+                back[1].delta,
+                back[1].distinct_id
+            ),
+            (202612, u32::MAX, 3, "")
+        );
+        assert!(
+            unpack(&blob[..blob.len() - 1]).is_none(),
+            "a cut blob is malformed"
+        );
     }
 
     proptest! {
