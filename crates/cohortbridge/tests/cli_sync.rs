@@ -43,26 +43,14 @@ async fn run_ok(server: &TestServer, args: &[&str]) -> String {
     stdout(&output)
 }
 
-#[tokio::test]
-async fn help_states_the_member_removal_choice() {
-    let server = TestServer::start().await;
-    for command in [["syncs", "remove"], ["cohorts", "delete"]] {
-        let text = run_ok(&server, &[command[0], command[1], "--help"]).await;
-        assert!(text.contains("--remove-members"), "{text}");
-        assert!(text.contains("stay in Braze"), "{text}");
-    }
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn sync_commands_end_to_end() {
-    let emulator = TestEmulator::start().await;
-    let server = TestServer::start().await;
-    for (user, id) in [
-        ("ann", Some("ext-ann")),
-        ("bob", Some("ext-bob")),
-        ("cid", None),
-    ] {
+/// Gives each user a `plan` of `pro` and, where given, a Braze id; creates the cohort of pro
+/// users and a connection named `emu` to the emulator. Returns the cohort's id.
+async fn pro_cohort(
+    server: &TestServer,
+    emulator: &TestEmulator,
+    users: &[(&str, Option<&str>)],
+) -> String {
+    for (user, id) in users {
         let mut set = json!({"plan": "pro"});
         if let Some(id) = id {
             set["$braze_external_id"] = json!(id);
@@ -80,7 +68,7 @@ async fn sync_commands_end_to_end() {
         .await
         .to_string();
     run_ok(
-        &server,
+        server,
         &[
             "connections",
             "add",
@@ -88,6 +76,34 @@ async fn sync_commands_end_to_end() {
             "emu",
             "--base-url",
             &emulator.base,
+        ],
+    )
+    .await;
+    cohort
+}
+
+#[tokio::test]
+async fn help_states_the_member_removal_choice() {
+    let server = TestServer::start().await;
+    for command in [["syncs", "remove"], ["cohorts", "delete"]] {
+        let text = run_ok(&server, &[command[0], command[1], "--help"]).await;
+        assert!(text.contains("--remove-members"), "{text}");
+        assert!(text.contains("stay in Braze"), "{text}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sync_commands_end_to_end() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    let cohort = pro_cohort(
+        &server,
+        &emulator,
+        &[
+            ("ann", Some("ext-ann")),
+            ("bob", Some("ext-bob")),
+            ("cid", None),
         ],
     )
     .await;
@@ -188,30 +204,10 @@ async fn operations_csv(server: &TestServer, run_id: &str) -> Vec<Vec<String>> {
 async fn removes_name_their_member() {
     let emulator = TestEmulator::start().await;
     let server = TestServer::start().await;
-    for user in ["ann", "bob"] {
-        let set = json!({"plan": "pro", "$braze_external_id": format!("ext-{user}")});
-        let (status, _) = server
-            .engage(&[json!({"$token": server.token, "$distinct_id": user, "$set": set})])
-            .await;
-        assert_eq!(status, 200);
-    }
-    let cohort = server
-        .create_cohort(
-            "Pro",
-            json!({"profile": "plan", "op": "eq", "value": "pro"}),
-        )
-        .await
-        .to_string();
-    run_ok(
+    let cohort = pro_cohort(
         &server,
-        &[
-            "connections",
-            "add",
-            "--name",
-            "emu",
-            "--base-url",
-            &emulator.base,
-        ],
+        &emulator,
+        &[("ann", Some("ext-ann")), ("bob", Some("ext-bob"))],
     )
     .await;
     run_ok(
