@@ -43,8 +43,8 @@ async fn run_ok(server: &TestServer, args: &[&str]) -> String {
     stdout(&output)
 }
 
-/// Gives each user a `plan` of `pro` and, where given, a Braze id; creates the cohort of pro
-/// users and a connection named `emu` to the emulator. Returns the cohort's id.
+/// Sets `plan` to `pro` and the given Braze id on each user's profile. Then creates the cohort
+/// of pro users and a connection named `emu` to the emulator, and returns the cohort's id.
 async fn pro_cohort(
     server: &TestServer,
     emulator: &TestEmulator,

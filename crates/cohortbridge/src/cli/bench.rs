@@ -62,14 +62,13 @@ pub struct IngestArgs {
     /// `--database-url`.
     #[arg(long, default_value_t = 1)]
     pub nodes: usize,
-    /// How event times are drawn: `spread` at random over the last 30 days, as a backfill of
-    /// shuffled history would send them; `live` in order over the last minutes, as SDKs send
-    /// events as they happen.
+    /// Event times: `spread` draws them at random over the last 30 days, like a backfill of
+    /// shuffled history. `live` sends them in order over the last minutes, as SDKs do.
     #[arg(long, value_enum, default_value_t = EventTimes::Spread)]
     pub times: EventTimes,
 }
 
-/// How `bench ingest` draws event times.
+/// The order of the event times that `bench ingest` sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EventTimes {
     Spread,

@@ -203,9 +203,7 @@ pub(crate) fn fold(conn: &Connection) -> StoreResult<()> {
             let project_id: i64 = row.get(1)?;
             let blob = row.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
             let changes = unpack(blob).ok_or_else(|| {
-                StoreError::Task(format!(
-                    "mtu_deltas row {id} holds a malformed changes blob"
-                ))
+                StoreError::Task(format!("mtu_deltas row {id} has an invalid changes blob"))
             })?;
             for c in changes {
                 pending
