@@ -234,6 +234,14 @@ async fn preview_counts_exportable_members() {
     .await;
     set_profile(&server, "no-id", json!({"plan": "pro"})).await;
     set_profile(&server, "free", json!({"plan": "free"})).await;
+    // A sync never sends an anonymous device that no user merged, whatever its profile holds,
+    // so the preview does not count it as exportable either.
+    set_profile(
+        &server,
+        "$device:d-1",
+        json!({"plan": "pro", "$braze_external_id": "ext-device"}),
+    )
+    .await;
     let cohort = server
         .create_cohort(
             "Pro",
@@ -243,9 +251,9 @@ async fn preview_counts_exportable_members() {
     let preview = server
         .admin_get(&format!("/cohorts/{cohort}/preview?sample=2"))
         .await;
-    assert_eq!(preview["count"], 3, "{preview}");
+    assert_eq!(preview["count"], 4, "{preview}");
     assert_eq!(preview["exportable"], 1, "{preview}");
-    assert_eq!(preview["not_exportable"], 2, "{preview}");
+    assert_eq!(preview["not_exportable"], 3, "{preview}");
     assert_eq!(preview["sample"].as_array().unwrap().len(), 2, "{preview}");
     let (status, _) = server
         .admin_get_status(&format!("/cohorts/{cohort}/preview?connection=nope"))

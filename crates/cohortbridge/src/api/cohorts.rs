@@ -173,18 +173,7 @@ pub(crate) async fn preview_cohort(
     )
     .await
     .map_err(eval_error)?;
-    let exportable = evaluated
-        .members
-        .iter()
-        .filter(|member| {
-            evaluated
-                .profiles
-                .get(*member)
-                .and_then(|p| p.get(&property))
-                .and_then(Value::as_str)
-                .is_some_and(|s| !s.is_empty())
-        })
-        .count();
+    let exportable = crate::sync::exportable_count(&evaluated, &property);
     let sample: Vec<&String> = evaluated.members.iter().take(sample_size).collect();
     Ok(Json(json!({
         "cohort_id": cohort_id,

@@ -23,7 +23,7 @@ use chrono::{TimeZone, Utc};
 use serde_json::Value;
 
 pub use metrics::SyncMetrics;
-pub use plan::{member_braze_id, plan_changes, plan_operations, Plan};
+pub use plan::{exportable_count, member_braze_id, plan_changes, plan_operations, Plan};
 pub use scheduler::spawn_scheduler;
 
 use crate::braze::client::{BrazeClient, BrazeError, Credentials, MAX_IDS_PER_REQUEST};

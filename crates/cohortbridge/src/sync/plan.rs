@@ -51,6 +51,16 @@ pub fn member_braze_id<'a>(
     }
 }
 
+/// Counts the members that a sync would send: those [`member_braze_id`] finds an id for.
+/// Previews count with this, so that they agree with the run.
+pub fn exportable_count(evaluated: &CohortMembers, user_id_property: &str) -> usize {
+    evaluated
+        .members
+        .iter()
+        .filter(|member| member_braze_id(evaluated, member, user_id_property).is_ok())
+        .count()
+}
+
 fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",

@@ -29,7 +29,7 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-/// Members and exportable members (those with a non-empty user-id property) of a definition.
+/// Members and exportable members (those a sync would send) of a definition.
 async fn counts(
     state: &AppState,
     definition: &Value,
@@ -46,18 +46,7 @@ async fn counts(
     )
     .await
     .map_err(crate::api::cohorts::eval_error)?;
-    let exportable = evaluated
-        .members
-        .iter()
-        .filter(|member| {
-            evaluated
-                .profiles
-                .get(*member)
-                .and_then(|p| p.get(property))
-                .and_then(Value::as_str)
-                .is_some_and(|s| !s.is_empty())
-        })
-        .count();
+    let exportable = crate::sync::exportable_count(&evaluated, property);
     Ok((evaluated.members.len(), exportable))
 }
 
