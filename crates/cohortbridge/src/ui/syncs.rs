@@ -311,7 +311,19 @@ async fn change(
     }
 }
 
-/// The operations of one run as CSV: distinct id, external id, operation and reason.
+/// Prefixes a cell that a spreadsheet would read as a formula (one that starts with `=`, `+`,
+/// `-`, `@`, a tab or a carriage return) with `'`, as OWASP advises for CSV downloads. Distinct
+/// ids and Braze ids come from clients, so a crafted id must not run when the file is opened.
+fn spreadsheet_safe(cell: String) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}")
+    } else {
+        cell
+    }
+}
+
+/// The operations of one run as CSV: distinct id, external id, operation and reason. Cells that
+/// a spreadsheet would run as formulas are neutralised with [`spreadsheet_safe`].
 async fn run_csv(State(state): State<AppState>, Path(run_id): Path<i64>, user: UiUser) -> Response {
     let reply =
         match lifecycle::run_operations(State(state.clone()), Path((PROJECT_ID, run_id))).await {
@@ -321,7 +333,7 @@ async fn run_csv(State(state): State<AppState>, Path(run_id): Path<i64>, user: U
     let mut writer = csv::Writer::from_writer(Vec::new());
     let mut rows = vec![["distinct_id", "external_id", "operation", "reason"].map(str::to_owned)];
     for op in reply["operations"].as_array().into_iter().flatten() {
-        let field = |key: &str| op[key].as_str().unwrap_or_default().to_owned();
+        let field = |key: &str| spreadsheet_safe(op[key].as_str().unwrap_or_default().to_owned());
         rows.push([
             field("distinct_id"),
             field("external_id"),
@@ -350,4 +362,21 @@ async fn run_csv(State(state): State<AppState>, Path(run_id): Path<i64>, user: U
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spreadsheet_safe;
+
+    #[test]
+    fn formula_cells_are_neutralised() {
+        assert_eq!(
+            spreadsheet_safe("=HYPERLINK(\"x\")".into()),
+            "'=HYPERLINK(\"x\")"
+        );
+        assert_eq!(spreadsheet_safe("@SUM(A1)".into()), "'@SUM(A1)");
+        assert_eq!(spreadsheet_safe("-2+3".into()), "'-2+3");
+        assert_eq!(spreadsheet_safe("ext-1".into()), "ext-1");
+        assert_eq!(spreadsheet_safe(String::new()), "");
+    }
 }
