@@ -64,10 +64,17 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0011_mtu_deltas",
         include_str!("migrations/sqlite/0011_mtu_deltas.sql"),
     ),
+    (
+        MTU_PACKED_MIGRATION,
+        include_str!("migrations/sqlite/0012_mtu_deltas_packed.sql"),
+    ),
 ];
 
 /// The migration that creates the MTU rollup, which is then filled from the stored events.
 const MTU_ROLLUP_MIGRATION: &str = "0006_mtu_rollup";
+
+/// The migration that packs pending MTU changes, after which the unpacked ones are folded.
+const MTU_PACKED_MIGRATION: &str = "0012_mtu_deltas_packed";
 
 /// The error text of a run whose node stopped or lost its lease.
 const INTERRUPTED: &str = "interrupted: the server stopped during the run; the next run resumes from what Braze acknowledged";
@@ -172,6 +179,9 @@ fn migrate(conn: &mut SqlConnection) -> StoreResult<Vec<String>> {
         tx.execute_batch(sql)?;
         if *name == MTU_ROLLUP_MIGRATION {
             mtu_rollup::rebuild_all(&tx)?;
+        }
+        if *name == MTU_PACKED_MIGRATION {
+            mtu_rollup::fold_unpacked(&tx)?;
         }
         tx.execute(
             "INSERT INTO schema_migrations (name, applied_at_ms) VALUES (?1, ?2)",

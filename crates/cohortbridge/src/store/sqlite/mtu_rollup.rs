@@ -223,6 +223,29 @@ pub(crate) fn fold(conn: &Connection) -> StoreResult<()> {
     Ok(())
 }
 
+/// Folds the pending changes that an earlier version stored one per row, in the table that the
+/// packing migration renamed to `mtu_deltas_unpacked`, then drops that table.
+pub(super) fn fold_unpacked(conn: &Connection) -> StoreResult<()> {
+    let mut pending: HashMap<(i64, i64, String), Vec<(u32, i64)>> = HashMap::new();
+    {
+        let mut stmt = conn.prepare(
+            "SELECT project_id, month, distinct_id, key_id, delta FROM mtu_deltas_unpacked",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            pending
+                .entry((row.get(0)?, row.get(1)?, row.get(2)?))
+                .or_default()
+                .push((row.get(3)?, row.get(4)?));
+        }
+    }
+    for ((project_id, month, distinct_id), deltas) in &pending {
+        merge_user(conn, *project_id, *month, distinct_id, deltas)?;
+    }
+    conn.execute_batch("DROP TABLE mtu_deltas_unpacked")?;
+    Ok(())
+}
+
 /// Adds `changes` straight to `mtu_members`, for a rebuild.
 fn merge(conn: &Connection, project_id: i64, changes: &[Change<'_>]) -> StoreResult<()> {
     let ids = key_ids(conn, project_id, changes)?;
@@ -754,6 +777,48 @@ mod tests {
                     Value::Object(extra),
                 )
             })
+    }
+
+    #[tokio::test]
+    async fn unpacked_changes_fold_when_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let project_id;
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            project_id = project(&store).await;
+            let events = vec![event("Open", "u1", NOVEMBER_10, "a", json!({}))];
+            store
+                .write_events(project_id, events, Vec::new(), 0)
+                .await
+                .unwrap();
+            // The report folds u1's pending change into `mtu_members`.
+            store.mtu_month(project_id, 202611, None).await.unwrap();
+            // Put the database back in the state of the earlier shape: one pending change per
+            // row, and the packing migration not yet applied.
+            let conn = store.writer.lock().unwrap();
+            let key: i64 = conn
+                .query_row("SELECT id FROM mtu_keys WHERE event = 'Open'", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            conn.execute_batch(&format!(
+                "DROP TABLE mtu_deltas;
+                 {}
+                 INSERT INTO mtu_deltas (project_id, month, distinct_id, key_id, delta)
+                     VALUES ({project_id}, 202611, 'u2', {key}, 2);
+                 DELETE FROM schema_migrations WHERE name = '0012_mtu_deltas_packed';",
+                include_str!("../migrations/sqlite/0011_mtu_deltas.sql")
+            ))
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let month = store.mtu_month(project_id, 202611, None).await.unwrap();
+        let mut events: Vec<i64> = month.cells.iter().map(|cell| cell.events).collect();
+        events.sort();
+        assert_eq!(events, vec![1, 2], "u1's event and u2's two unpacked ones");
+        let users: std::collections::HashSet<_> = month.cells.iter().map(|c| c.user).collect();
+        assert_eq!(users.len(), 2);
     }
 
     #[test]
