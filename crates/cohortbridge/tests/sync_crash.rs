@@ -252,6 +252,59 @@ async fn sigkill_during_runs_keeps_braze_exact() {
 }
 
 #[tokio::test]
+async fn once_export_resumes_after_sigkill() {
+    let emulator = TestEmulator::start().await;
+    emulator
+        .inject(json!({"delay_ms": 20, "times": 100_000}))
+        .await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create(data_dir.path()).await;
+
+    let server = Server::spawn(data_dir.path(), &database, None);
+    let token = server.get("").await["token"].as_str().unwrap().to_owned();
+    server.set_plans(&token, 0..6_000, "pro").await;
+    let (status, body) = server
+        .post(
+            "/connections",
+            &json!({"name": "emu", "base_url": emulator.base, "data_import_key": DATA_IMPORT_KEY}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = server
+        .post(
+            "/cohorts",
+            &json!({"name": "Pro", "definition": {"profile": "plan", "op": "eq", "value": "pro"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+
+    // A one-time export killed after the name call and two member requests has no next run of
+    // its own; the restarted server must finish it without being asked.
+    let export = json!({"cohort_id": 1, "connection": "emu", "mode": "once"});
+    kill_during_run(server, &emulator, "/exports".into(), export, 3).await;
+    assert!(emulator.members(BRAZE_COHORT).await.len() < 6_000);
+
+    let server = Server::spawn(data_dir.path(), &database, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sync = server.get("/syncs/1").await;
+        if sync["sync"]["status"] == "completed" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the interrupted once sync never completed: {sync}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.kill();
+    let pro: BTreeSet<usize> = (0..6_000).collect();
+    assert_eq!(emulator.members(BRAZE_COHORT).await, exportable(&pro));
+}
+
+#[tokio::test]
 async fn keys_never_reach_the_log() {
     let emulator = TestEmulator::start().await;
     let data_dir = tempfile::tempdir().unwrap();

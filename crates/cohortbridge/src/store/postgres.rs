@@ -1256,7 +1256,7 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let sql = format!(
             "SELECT {SYNC_COLUMNS} FROM syncs
-             WHERE status = 'active' AND mode = 'dynamic'
+             WHERE status = 'active'
                AND next_run_at_ms IS NOT NULL AND next_run_at_ms <= $1
                AND (lease_expires_at_ms IS NULL OR lease_expires_at_ms < $1)
              ORDER BY next_run_at_ms, id"
@@ -1356,10 +1356,11 @@ impl Store for PostgresStore {
             &[&node_id],
         )
         .await?;
-        // A dynamic sync whose run was cut short may have no next run yet; it runs now.
+        // A sync whose run was cut short may have no next run yet, and a once sync never has
+        // one: it runs now, and a once sync completes when that run succeeds.
         tx.execute(
             "UPDATE syncs SET next_run_at_ms = $1
-             WHERE status = 'active' AND mode = 'dynamic' AND next_run_at_ms IS NULL",
+             WHERE status = 'active' AND next_run_at_ms IS NULL",
             &[&now_ms],
         )
         .await?;

@@ -1537,7 +1537,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let sql = format!(
                 "SELECT {SYNC_COLUMNS} FROM syncs
-                 WHERE status = 'active' AND mode = 'dynamic'
+                 WHERE status = 'active'
                    AND next_run_at_ms IS NOT NULL AND next_run_at_ms <= ?1
                    AND (lease_expires_at_ms IS NULL OR lease_expires_at_ms < ?1)
                  ORDER BY next_run_at_ms, id"
@@ -1636,10 +1636,11 @@ impl Store for SqliteStore {
                  WHERE turn_owner = ?1",
                 [&node_id],
             )?;
-            // A dynamic sync whose run was cut short may have no next run yet; it runs now.
+            // A sync whose run was cut short may have no next run yet, and a once sync never has
+            // one: it runs now, and a once sync completes when that run succeeds.
             tx.execute(
                 "UPDATE syncs SET next_run_at_ms = ?1
-                 WHERE status = 'active' AND mode = 'dynamic' AND next_run_at_ms IS NULL",
+                 WHERE status = 'active' AND next_run_at_ms IS NULL",
                 [now_ms],
             )?;
             tx.commit()?;
