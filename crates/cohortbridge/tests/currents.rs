@@ -388,3 +388,22 @@ async fn numbers_keep_their_exact_values() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn unsupported_encoding_is_refused_by_name() {
+    let server = TestServer::start().await;
+    let response = server
+        .http
+        .post(server.url("/currents"))
+        .bearer_auth(&server.currents_token)
+        .header("content-encoding", "br")
+        .header("content-type", "application/json")
+        .body(r#"{"events":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let reply: Value = response.json().await.unwrap();
+    assert!(reply["error"].as_str().unwrap().contains("`br`"), "{reply}");
+    server.stop().await;
+}

@@ -121,6 +121,12 @@ async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
             )
         }
         Err(DecodeError::Empty) => Vec::new(),
+        Err(e @ DecodeError::UnsupportedEncoding { .. }) => {
+            return reply(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                json!({"error": e.to_string()}),
+            )
+        }
         Err(e) => {
             return reply(
                 StatusCode::BAD_REQUEST,
