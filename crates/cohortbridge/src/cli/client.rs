@@ -12,6 +12,19 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn new(server: &str, admin_key: &str, project: i64) -> anyhow::Result<Self> {
+        // Credentials in the address would end up in error messages; the admin key is the
+        // credential, so an address that carries any is rejected without echoing it.
+        if let Ok(url) = reqwest::Url::parse(server) {
+            if !url.username().is_empty() || url.password().is_some() {
+                bail!(
+                    "invalid --server: the address carries a user name or password, which \
+                     cohortbridge does not use; give the plain address (such as \
+                     http://{}:{}) and the admin key",
+                    url.host_str().unwrap_or("127.0.0.1"),
+                    url.port_or_known_default().unwrap_or(8080)
+                );
+            }
+        }
         let http = reqwest::Client::builder()
             .build()
             .context("cannot build the HTTP client")?;
@@ -79,5 +92,22 @@ impl AdminClient {
             bail!("server returned HTTP {}: {message}", status.as_u16());
         }
         Ok(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AdminClient;
+
+    #[test]
+    fn server_with_credentials_is_rejected_unechoed() {
+        let error = AdminClient::new("http://user:s3cret-pass@127.0.0.1:8080", "key", 1)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("--server"), "{error}");
+        assert!(!error.contains("s3cret-pass"), "{error}");
+        assert!(!error.contains("user:"), "{error}");
+        assert!(AdminClient::new("http://127.0.0.1:8080", "key", 1).is_ok());
     }
 }
