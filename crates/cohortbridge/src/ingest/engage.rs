@@ -221,15 +221,24 @@ pub fn apply(properties: &mut Map<String, Value>, operation: &ProfileOperation) 
         }
         ProfileOperation::Add(values) => {
             for (key, delta) in values {
-                let current = properties.get(key).and_then(Value::as_f64).unwrap_or(0.0);
-                let sum = current + delta.as_f64().unwrap_or(0.0);
-                let both_integers = delta.is_i64() && properties.get(key).is_none_or(Value::is_i64);
-                let value = if both_integers {
-                    Value::from(sum as i64)
-                } else {
-                    Value::from(sum)
+                // Integers add exactly, also above 2^53 where an f64 would round.
+                let current = properties.get(key);
+                let exact = match (current.map_or(Some(0), Value::as_i64), delta.as_i64()) {
+                    (Some(a), Some(b)) => a.checked_add(b),
+                    _ => None,
                 };
-                properties.insert(key.clone(), value);
+                if let Some(sum) = exact {
+                    properties.insert(key.clone(), Value::from(sum));
+                    continue;
+                }
+                let sum =
+                    current.and_then(Value::as_f64).unwrap_or(0.0) + delta.as_f64().unwrap_or(0.0);
+                if !sum.is_finite() {
+                    // JSON has no infinity: the property keeps its value rather than turn null.
+                    tracing::warn!(property = %key, "$add overflowed a 64-bit float; the property keeps its value");
+                    continue;
+                }
+                properties.insert(key.clone(), Value::from(sum));
             }
         }
         ProfileOperation::Append(values) => {
@@ -328,6 +337,18 @@ mod tests {
             json!({"$distinct_id": "u", "$unset": ["x"]}),
         ]);
         assert_eq!(Value::Object(properties), json!({"plan": "pro"}));
+    }
+
+    #[test]
+    fn add_stays_exact_and_finite() {
+        let properties = run(&[
+            json!({"$distinct_id": "u", "$add": {"big": 9_007_199_254_740_993_i64}}),
+            json!({"$distinct_id": "u", "$add": {"big": 1}}),
+            json!({"$distinct_id": "u", "$add": {"huge": 1.7976931348623157e308}}),
+            json!({"$distinct_id": "u", "$add": {"huge": 1.7976931348623157e308}}),
+        ]);
+        assert_eq!(properties["big"].as_i64(), Some(9_007_199_254_740_994));
+        assert_eq!(properties["huge"].as_f64(), Some(1.7976931348623157e308));
     }
 
     #[test]
