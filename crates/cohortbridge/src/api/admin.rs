@@ -485,7 +485,8 @@ pub(super) async fn probe_credentials(
     match probe {
         Ok(()) => Ok(()),
         Err(BrazeError::Rejected { status, message }) => Err(ApiError::BadRequest(format!(
-            "Braze rejected the credentials (HTTP {status}: {message}); check the Data Import Key and the instance"
+            "Braze rejected the credentials (HTTP {status}: {message}); check the {} and the instance",
+            if connection.delivery == "attributes" { "REST API key" } else { "Data Import Key" }
         ))),
         Err(BrazeError::GaveUp { last, .. }) => Err(ApiError::Upstream(format!(
             "could not check the credentials with Braze at {base_url}: {last}; the check is one \

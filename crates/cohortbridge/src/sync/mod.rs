@@ -110,6 +110,22 @@ impl PartnerSettings {
     }
 }
 
+/// Says why a sync that is not active does not run: its recorded reason, or what its status
+/// means when none was recorded.
+fn not_active_reason(sync: &Sync) -> String {
+    if let Some(reason) = &sync.status_reason {
+        return reason.clone();
+    }
+    match sync.status.as_str() {
+        "completed" => {
+            "a one-time export runs once; start a new export to send the cohort again".into()
+        }
+        "paused" => "resume it to run it again".into(),
+        "removed" => "a removed sync never runs again".into(),
+        _ => "no reason recorded".into(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error(transparent)]
@@ -321,10 +337,7 @@ impl SyncEngine {
             return Err(SyncError::NotActive {
                 id: sync_id,
                 status: sync.status.clone(),
-                reason: sync
-                    .status_reason
-                    .clone()
-                    .unwrap_or_else(|| "no reason recorded".into()),
+                reason: not_active_reason(&sync),
             });
         }
         let _guard = self.claim(sync_id)?;
@@ -402,10 +415,7 @@ impl SyncEngine {
             return Err(SyncError::NotActive {
                 id: sync_id,
                 status: sync.status.clone(),
-                reason: sync
-                    .status_reason
-                    .clone()
-                    .unwrap_or_else(|| "no reason recorded".into()),
+                reason: not_active_reason(&sync),
             });
         }
         let due = sync.next_run_at_ms.is_some_and(|at| at <= now_ms());
@@ -977,6 +987,30 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completed_once_sync_says_why() {
+        let sync = Sync {
+            id: 1,
+            project_id: 1,
+            cohort_id: 1,
+            connection_id: 1,
+            mode: SyncMode::Once,
+            interval_secs: None,
+            status: "completed".into(),
+            status_reason: None,
+            next_run_at_ms: None,
+            created_at_ms: 0,
+            paused_by: None,
+        };
+        assert!(not_active_reason(&sync).contains("runs once"));
+        let paused = Sync {
+            status: "paused".into(),
+            status_reason: Some("Braze answered 401".into()),
+            ..sync
+        };
+        assert_eq!(not_active_reason(&paused), "Braze answered 401");
+    }
 
     #[test]
     fn batches_respect_the_limit() {
