@@ -155,6 +155,26 @@ async fn kill_during_run(
     let _ = request.await;
 }
 
+/// Connects the emulator as `emu` and creates cohort 1 of the users whose plan is `pro`.
+async fn connect_pro_cohort(server: &Server, emulator: &TestEmulator) {
+    let (status, body) = server
+        .post(
+            "/connections",
+            &json!({"name": "emu", "base_url": emulator.base, "data_import_key": DATA_IMPORT_KEY}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = server
+        .post(
+            "/cohorts",
+            &json!({"name": "Pro", "definition": {"profile": "plan", "op": "eq", "value": "pro"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+}
+
 fn exportable(pro: &BTreeSet<usize>) -> Vec<String> {
     let mut ids: Vec<String> = pro.iter().map(|n| format!("ext-{n}")).collect();
     ids.sort();
@@ -175,22 +195,7 @@ async fn sigkill_during_runs_keeps_braze_exact() {
     let token = server.get("").await["token"].as_str().unwrap().to_owned();
     let mut pro: BTreeSet<usize> = (0..12_000).collect();
     server.set_plans(&token, 0..12_000, "pro").await;
-    let (status, body) = server
-        .post(
-            "/connections",
-            &json!({"name": "emu", "base_url": emulator.base, "data_import_key": DATA_IMPORT_KEY}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = server
-        .post(
-            "/cohorts",
-            &json!({"name": "Pro", "definition": {"profile": "plan", "op": "eq", "value": "pro"}}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "{body}");
+    connect_pro_cohort(&server, &emulator).await;
 
     // Kill 1: during the first export, after the name call and four member requests.
     let export =
@@ -263,22 +268,7 @@ async fn once_export_resumes_after_sigkill() {
     let server = Server::spawn(data_dir.path(), &database, None);
     let token = server.get("").await["token"].as_str().unwrap().to_owned();
     server.set_plans(&token, 0..6_000, "pro").await;
-    let (status, body) = server
-        .post(
-            "/connections",
-            &json!({"name": "emu", "base_url": emulator.base, "data_import_key": DATA_IMPORT_KEY}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = server
-        .post(
-            "/cohorts",
-            &json!({"name": "Pro", "definition": {"profile": "plan", "op": "eq", "value": "pro"}}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "{body}");
+    connect_pro_cohort(&server, &emulator).await;
 
     // A one-time export killed after the name call and two member requests has no next run of
     // its own; the restarted server must finish it without being asked.
