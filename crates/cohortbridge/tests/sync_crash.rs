@@ -271,7 +271,7 @@ async fn once_export_resumes_after_sigkill() {
     connect_pro_cohort(&server, &emulator).await;
 
     // A one-time export killed after the name call and two member requests has no next run of
-    // its own; the restarted server must finish it without being asked.
+    // its own. The restarted server must finish it without being asked.
     let export = json!({"cohort_id": 1, "connection": "emu", "mode": "once"});
     kill_during_run(server, &emulator, "/exports".into(), export, 3).await;
     assert!(emulator.members(BRAZE_COHORT).await.len() < 6_000);

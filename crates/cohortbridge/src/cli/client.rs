@@ -12,8 +12,8 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn new(server: &str, admin_key: &str, project: i64) -> anyhow::Result<Self> {
-        // Credentials in the address would end up in error messages; the admin key is the
-        // credential, so an address that carries any is rejected without echoing it.
+        // Credentials in the address would end up in error messages. The admin key is the
+        // credential, so an address that contains any is rejected without echoing it.
         if let Ok(url) = reqwest::Url::parse(server) {
             if !url.username().is_empty() || url.password().is_some() {
                 bail!(

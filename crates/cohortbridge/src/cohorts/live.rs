@@ -88,7 +88,7 @@ pub struct LiveCohort {
     now_ms: i64,
 }
 
-/// What a live cohort stores about one distinct id.
+/// The state a live cohort stores about one distinct id.
 #[derive(Default)]
 struct IdState {
     /// The number the id resolves to: its own unless it is linked.

@@ -3,7 +3,7 @@
 //! A store feeds an [`IndexBuilder`] one row at a time: identity links, the distinct ids that
 //! have events, profiles, then events. The builder interns distinct ids as numbers and keeps
 //! only the event properties and profile properties named in its [`Selection`], so an
-//! evaluation holds per event a user number, a time and the values it reads, never the stored
+//! evaluation keeps per event a user number, a time and the values it reads, never the stored
 //! row itself.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::definition::Definition;
 
-/// What an evaluation reads from the store.
+/// The event names, event properties and profile properties that an evaluation reads.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
     /// Event names to read and, per name, the event properties to keep.

@@ -595,9 +595,9 @@ pub trait Store: Send + std::marker::Sync + 'static {
         with_properties: bool,
         until_ms: i64,
     ) -> StoreResult<CohortSnapshot>;
-    /// Reads, in one read transaction, the identity links, the distinct ids with events, the
-    /// profiles and the events of the builder's selected names up to and including
-    /// `until_ms`, passing each row to `builder` as it is read, and returns the builder.
+    /// Streams the rows of an evaluation into `builder` in one read transaction and returns it.
+    /// The rows are the identity links, the distinct ids with events, the profiles, and the
+    /// events of the builder's selected names up to and including `until_ms`.
     async fn read_cohort_rows(
         &self,
         project_id: i64,

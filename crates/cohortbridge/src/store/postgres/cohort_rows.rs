@@ -1,6 +1,6 @@
 //! Streams the rows of a cohort evaluation into an `IndexBuilder` inside one read-only
 //! repeatable-read transaction. Rows arrive through a portal in batches, so the process never
-//! holds more than one batch of stored rows.
+//! keeps more than one batch of stored rows in memory.
 
 use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
