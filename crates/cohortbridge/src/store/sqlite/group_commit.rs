@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
 
-use super::insert_events;
+use super::{insert_events, PropertyTexts};
 use crate::store::{IdentityLink, NewEvent, StoreResult, WriteSummary};
 
 /// The maximum number of writes committed in one transaction, which bounds its size.
@@ -24,7 +24,7 @@ pub(super) struct PendingWrite {
     pub project_id: i64,
     pub events: Vec<NewEvent>,
     /// The serialised properties of `events`, in the same order.
-    pub properties: Vec<String>,
+    pub properties: PropertyTexts,
     pub links: Vec<IdentityLink>,
     pub now_ms: i64,
     pub done: oneshot::Sender<StoreResult<WriteSummary>>,
@@ -142,10 +142,11 @@ mod tests {
             insert_id: insert_id.into(),
             properties: Map::new(),
         }];
+        let properties = PropertyTexts::of(&events).unwrap();
         let pending = PendingWrite {
             project_id,
             events,
-            properties: vec!["{}".into()],
+            properties,
             links: Vec::new(),
             now_ms: 1_700_000_000_000,
             done,
