@@ -149,3 +149,24 @@ async fn bench_ingest_reports_throughput() {
     assert!(text.contains("events/s"), "{text}");
     assert!(text.contains("VmHWM"), "{text}");
 }
+
+#[tokio::test]
+async fn bench_ingest_warms_up_with_whole_bodies_outside_the_figures() {
+    let output = tokio::task::spawn_blocking(|| {
+        Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
+            .args(["bench", "ingest", "--start-server", "--clients", "2"])
+            .args(["--events", "3000", "--batch", "1000", "--warmup", "1500"])
+            .args(["--times", "live"])
+            .env_remove("COHORTBRIDGE_ADMIN_KEY")
+            .output()
+            .expect("the cohortbridge binary runs")
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    // 1500 warm-up events round up to two bodies of 1000; the measured run still has 3000.
+    assert!(text.contains("warm-up events:          2000"), "{text}");
+    assert!(text.contains("events sent:             3000"), "{text}");
+    assert!(text.contains("events imported:         3000"), "{text}");
+}

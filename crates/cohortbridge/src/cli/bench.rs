@@ -66,6 +66,11 @@ pub struct IngestArgs {
     /// shuffled history. `live` sends them in order over the last minutes, as SDKs do.
     #[arg(long, value_enum, default_value_t = EventTimes::Spread)]
     pub times: EventTimes,
+    /// Events to post before the measured run, untimed, so that the figures describe a server
+    /// that has already grown its memory and caches. They come before the measured events
+    /// (earlier in time with `--times live`) and count in no figure.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
 }
 
 /// The order of the event times that `bench ingest` sends.
@@ -280,6 +285,63 @@ pub async fn run(client: &ClientArgs, command: BenchCommand) -> anyhow::Result<(
     outcome
 }
 
+/// Posts `bodies` to `/import` from `clients` concurrent clients, each taking the next body
+/// when its previous request has been answered, and returns how many events were imported.
+async fn post_bodies(
+    http: &reqwest::Client,
+    urls: &Arc<Vec<String>>,
+    api_secret: &str,
+    bodies: Vec<(usize, Vec<u8>)>,
+    clients: usize,
+) -> anyhow::Result<u64> {
+    let bodies: Arc<Vec<axum::body::Bytes>> = Arc::new(
+        bodies
+            .into_iter()
+            .map(|(_, body)| axum::body::Bytes::from(body))
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (bodies, next, http, urls, secret) = (
+            bodies.clone(),
+            next.clone(),
+            http.clone(),
+            urls.clone(),
+            api_secret.to_owned(),
+        );
+        tasks.spawn(async move {
+            let mut imported = 0u64;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(index) else {
+                    return Ok::<u64, anyhow::Error>(imported);
+                };
+                // Requests go to the servers in turn.
+                let url = &urls[index % urls.len()];
+                let response = http
+                    .post(url)
+                    .basic_auth(&secret, Some(""))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                let status = response.status();
+                let reply: Value = response.json().await.unwrap_or(Value::Null);
+                if !status.is_success() {
+                    bail!("{url} returned HTTP {status}: {reply}");
+                }
+                imported += reply["num_records_imported"].as_u64().unwrap_or(0);
+            }
+        });
+    }
+    let mut imported = 0;
+    while let Some(result) = tasks.join_next().await {
+        imported += result??;
+    }
+    Ok(imported)
+}
+
 /// Starts the servers (or uses `--server`), posts the events and prints the figures.
 async fn measure(
     client: &ClientArgs,
@@ -320,13 +382,17 @@ async fn measure(
         .context("the server returned no API secret")?
         .to_owned();
 
-    eprintln!("generating {} events...", args.events);
-    let bodies = generate_bodies(
-        args.events,
+    // The warm-up fills whole bodies, so that the measured events are exactly `events`.
+    let warmup_events = args.warmup.div_ceil(args.batch) * args.batch;
+    eprintln!("generating {} events...", warmup_events + args.events);
+    let mut bodies = generate_bodies(
+        warmup_events + args.events,
         args.batch,
         chrono::Utc::now().timestamp(),
         args.times,
     );
+    let warmup_bodies: Vec<_> = bodies.drain(..warmup_events / args.batch).collect();
+    let events: usize = bodies.iter().map(|(size, _)| size).sum();
     let bytes: usize = bodies.iter().map(|(_, body)| body.len()).sum();
 
     let parse_started = Instant::now();
@@ -336,14 +402,6 @@ async fn measure(
     }
     let parse_secs = parse_started.elapsed().as_secs_f64();
 
-    eprintln!(
-        "posting {} requests from {} clients to /import on {}...",
-        bodies.len(),
-        args.clients,
-        servers.join(", ")
-    );
-    let bodies = Arc::new(bodies);
-    let next = Arc::new(AtomicUsize::new(0));
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
         .build()?;
@@ -353,46 +411,22 @@ async fn measure(
             .map(|server| format!("{server}/import"))
             .collect(),
     );
+    if !warmup_bodies.is_empty() {
+        eprintln!("warming up with {warmup_events} events...");
+        let warmed = post_bodies(&http, &urls, &api_secret, warmup_bodies, args.clients).await?;
+        if warmed != warmup_events as u64 {
+            bail!("{warmup_events} warm-up events were sent but {warmed} imported");
+        }
+    }
+    eprintln!(
+        "posting {} requests from {} clients to /import on {}...",
+        bodies.len(),
+        args.clients,
+        servers.join(", ")
+    );
     let cpu_before: Vec<Option<f64>> = pids.iter().map(|pid| cpu_seconds(*pid)).collect();
     let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..args.clients {
-        let (bodies, next, http, urls, secret) = (
-            bodies.clone(),
-            next.clone(),
-            http.clone(),
-            urls.clone(),
-            api_secret.clone(),
-        );
-        tasks.spawn(async move {
-            let mut imported = 0u64;
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some((_, body)) = bodies.get(index) else {
-                    return Ok::<u64, anyhow::Error>(imported);
-                };
-                // Requests go to the servers in turn.
-                let url = &urls[index % urls.len()];
-                let response = http
-                    .post(url)
-                    .basic_auth(&secret, Some(""))
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await?;
-                let status = response.status();
-                let reply: Value = response.json().await.unwrap_or(Value::Null);
-                if !status.is_success() {
-                    bail!("{url} returned HTTP {status}: {reply}");
-                }
-                imported += reply["num_records_imported"].as_u64().unwrap_or(0);
-            }
-        });
-    }
-    let mut imported = 0;
-    while let Some(result) = tasks.join_next().await {
-        imported += result??;
-    }
+    let imported = post_bodies(&http, &urls, &api_secret, bodies, args.clients).await?;
     let secs = started.elapsed().as_secs_f64();
     let server_cpu: Option<f64> = pids
         .iter()
@@ -406,7 +440,7 @@ async fn measure(
     drop(owned);
 
     let rate = imported as f64 / secs;
-    let parse_rate = args.events as f64 / parse_secs;
+    let parse_rate = events as f64 / parse_secs;
     let database = match database_url {
         Some(url) => format!("PostgreSQL {}", crate::store::redact_url(url)),
         None if args.start_server => "SQLite".to_owned(),
@@ -414,7 +448,10 @@ async fn measure(
     };
     println!("database:                {database}");
     println!("servers:                 {}", servers.len());
-    println!("events sent:             {}", args.events);
+    if warmup_events > 0 {
+        println!("warm-up events:          {warmup_events} (not measured)");
+    }
+    println!("events sent:             {events}");
     println!("events imported:         {imported}");
     println!("payload:                 {:.1} MB", bytes as f64 / 1e6);
     println!("wall time:               {secs:.2} s");
@@ -435,8 +472,8 @@ async fn measure(
         ),
         None => println!("server peak memory:      unknown (pass --server-pid or --start-server)"),
     }
-    if imported != args.events as u64 {
-        bail!("{} events were sent but {imported} imported", args.events);
+    if imported != events as u64 {
+        bail!("{events} events were sent but {imported} imported");
     }
     Ok(())
 }
