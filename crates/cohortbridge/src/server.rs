@@ -37,6 +37,8 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     http: JoinHandle<()>,
     scheduler: JoinHandle<()>,
+    /// Holds the data folder's lock for as long as the server runs.
+    _data_dir_lock: std::fs::File,
 }
 
 impl RunningServer {
@@ -64,6 +66,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
 
     let database = config.database.database(&config.data_dir)?;
     create_data_dir(&config.data_dir)?;
+    let data_dir_lock = lock_data_dir(&config.data_dir)?;
     let secret_box = SecretBox::load_or_create(&config.data_dir, config.secret_key.as_deref())?;
     let node_id = node_id(&config)?;
     let store = store::open(&database)
@@ -169,6 +172,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         shutdown,
         http,
         scheduler,
+        _data_dir_lock: data_dir_lock,
     })
 }
 
@@ -259,6 +263,32 @@ fn node_id(config: &ServeConfig) -> anyhow::Result<String> {
     std::fs::write(&path, format!("{id}\n"))
         .with_context(|| format!("cannot write the node id {}", path.display()))?;
     Ok(id)
+}
+
+/// The file in the data folder that a running server holds locked.
+const LOCK_FILE: &str = "cohortbridge.lock";
+
+/// Locks the data folder for this server. A second server on the same folder would share its
+/// node id, so each would take the other's sync leases for its own; with SQLite both would
+/// also write one file. The lock is the operating system's advisory file lock, released when
+/// the process ends in any way, SIGKILL included, so a crash never leaves a stale lock.
+fn lock_data_dir(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let lock_path = path.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open the lock file {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another cohortbridge server is running on the data folder {}; stop it first, or give this one a folder of its own with --data-dir",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e)
+            .with_context(|| format!("cannot lock the data folder {}", lock_path.display())),
+    }
 }
 
 /// Creates the data folder, readable by its owner only, unless it exists already.

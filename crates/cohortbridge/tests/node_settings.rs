@@ -167,3 +167,44 @@ async fn database_password_never_reaches_the_log() {
     assert!(log.contains("postgres:<redacted>@"), "{log}");
     assert!(!log.contains(password), "the password is in the log: {log}");
 }
+
+#[tokio::test]
+async fn second_server_on_one_data_folder_is_refused() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create(data_dir.path()).await;
+    let mut first = Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--secret-key", KEY_A])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .envs(database.envs())
+        .env(
+            "COHORTBRIDGE_ADMIN_KEY",
+            "node-settings-admin-key-0123456789",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the cohortbridge binary starts");
+    let mut stdout = std::io::BufReader::new(first.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(line.starts_with("listening on "), "{line}");
+
+    let second = serve_once(data_dir.path(), &database, KEY_A);
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("another cohortbridge server is running on the data folder"),
+        "{stderr}"
+    );
+
+    // SIGKILL releases the lock with the process: the folder can be served again at once.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let third = serve_once(data_dir.path(), &database, KEY_A);
+    assert!(
+        String::from_utf8_lossy(&third.stdout).starts_with("listening on "),
+        "{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
+}
