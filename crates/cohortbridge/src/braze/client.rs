@@ -463,12 +463,48 @@ fn braze_message(text: &str) -> String {
     }
 }
 
+/// The shortest part of a key that [`redact`] hides when it appears alone, as in a message
+/// that quotes only the start or the end of a key.
+const MIN_REDACTED_FRAGMENT: usize = 8;
+
+/// Replaces every appearance of the credentials' keys in `text` with `<redacted>`: the whole
+/// key, and any run of at least [`MIN_REDACTED_FRAGMENT`] of its characters, compared without
+/// regard to ASCII case. A key shorter than that is hidden only where it appears whole.
 fn redact(text: &str, credentials: &Credentials) -> String {
-    let mut out = text.to_owned();
+    let bytes = text.as_bytes();
+    let mut hidden = vec![false; bytes.len()];
     for secret in [&credentials.data_import_key, &credentials.partner_api_key] {
-        if !secret.is_empty() {
-            out = out.replace(secret.as_str(), "<redacted>");
+        let secret = secret.as_bytes();
+        if secret.is_empty() {
+            continue;
         }
+        let window = secret.len().min(MIN_REDACTED_FRAGMENT);
+        for part in secret.windows(window) {
+            for start in 0..bytes.len().saturating_sub(window - 1) {
+                if bytes[start..start + window].eq_ignore_ascii_case(part) {
+                    hidden[start..start + window].fill(true);
+                }
+            }
+        }
+    }
+    if !hidden.contains(&true) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = start
+            + hidden[start..]
+                .iter()
+                .position(|h| *h != hidden[start])
+                .unwrap_or(bytes.len() - start);
+        if hidden[start] {
+            out.push_str("<redacted>");
+        } else {
+            // A hidden run matches ASCII key bytes, so its ends fall on character boundaries.
+            out.push_str(&text[start..end]);
+        }
+        start = end;
     }
     out
 }
@@ -564,6 +600,31 @@ mod tests {
             "Partner not enabled for client with client secret: <redacted>"
         );
         assert!(!format!("{credentials:?}").contains("dik-SECRET"));
+    }
+
+    #[test]
+    fn key_fragments_and_other_cases_are_redacted() {
+        let credentials = Credentials {
+            partner_name: "p".into(),
+            partner_api_key: "pk-1".into(),
+            data_import_key: "0123abcd-4567-89ef-aaaa-bbbbccccdddd".into(),
+        };
+        let cases = [
+            (
+                "key 0123ABCD-4567-89EF-AAAA-BBBBCCCCDDDD is wrong",
+                "key <redacted> is wrong",
+            ),
+            (
+                "key starting 0123abcd-45… is wrong",
+                "key starting <redacted>… is wrong",
+            ),
+            ("ends in …ccccdddd.", "ends in …<redacted>."),
+            ("short 0123abc stays", "short 0123abc stays"),
+            ("partner pk-1 and é", "partner <redacted> and é"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(redact(text, &credentials), expected, "{text}");
+        }
     }
 
     #[test]
