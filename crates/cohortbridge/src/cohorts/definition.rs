@@ -627,11 +627,25 @@ fn check_value(
             }
             Ok(())
         }
-        ProfileOp::Between => match value.as_array().map(Vec::as_slice) {
-            Some([low, high]) if low.is_number() && high.is_number() => Ok(()),
-            Some([low, high]) if is_datetime(low) && is_datetime(high) => Ok(()),
-            _ => fail("a list of two numbers or two datetimes, low then high"),
-        },
+        ProfileOp::Between => {
+            let reversed = match value.as_array().map(Vec::as_slice) {
+                Some([low, high]) if low.is_number() && high.is_number() => {
+                    low.as_f64() > high.as_f64()
+                }
+                Some([low, high]) if is_datetime(low) && is_datetime(high) => {
+                    let instant = |v: &Value| v.as_str().and_then(parse_datetime);
+                    instant(low) > instant(high)
+                }
+                _ => return fail("a list of two numbers or two datetimes, low then high"),
+            };
+            if reversed {
+                return Err(error(
+                    path,
+                    format!("operator {op_name}: the low end of {value} is above the high end, so no value could match; give the low end first"),
+                ));
+            }
+            Ok(())
+        }
         ProfileOp::In => match value.as_array() {
             Some(items) if !items.is_empty() && items.iter().all(is_scalar) => Ok(()),
             _ => fail("a non-empty list of strings, numbers or booleans"),
@@ -788,6 +802,15 @@ mod tests {
             ),
             (
                 json!({"profile": "p", "op": "within_last", "value": -1}),
+                "value",
+            ),
+            (
+                json!({"profile": "p", "op": "between", "value": [5, 1]}),
+                "value",
+            ),
+            (
+                json!({"profile": "p", "op": "between",
+                    "value": ["2026-02-01T00:00:00Z", "2026-01-01T00:00:00Z"]}),
                 "value",
             ),
             (
