@@ -1,9 +1,39 @@
 //! Plain-text tables for the CLI: each column is as wide as its widest cell, so a long value
 //! (a `completed` status, a large id) never shifts the columns after it.
 
+use std::borrow::Cow;
+
+/// Shows control characters (a newline, a tab, an escape) as escapes such as `\n`, so that a
+/// value holding one, such as a distinct id, cannot break a line of output or move the
+/// terminal's cursor. Other characters are kept as they are.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Formats `headers` and `rows` as left-aligned columns separated by two spaces, one line per
-/// row and a newline after each. The last column is not padded.
+/// row and a newline after each. The last column is not padded. Control characters in cells
+/// are shown escaped.
 pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|cell| printable(cell).into_owned())
+                .collect()
+        })
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -31,6 +61,14 @@ pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("plain é"), "plain é");
+        assert_eq!(printable("a\nb\tc\u{1b}[2J"), "a\\nb\\tc\\u{1b}[2J");
+        let table = format_table(&["id"], &[vec!["two\nlines".into()]]);
+        assert_eq!(table, "id\ntwo\\nlines\n");
+    }
 
     /// Character offset of each column's start in `line`, found from the header's columns.
     fn starts(header: &str) -> Vec<usize> {
