@@ -96,16 +96,23 @@ enum Kind {
 }
 
 /// Reads a whole file, decompressing it when it is gzip (by content, not by name).
+/// Reads a file, decompressing it when it starts with gzip's magic bytes, and drops a UTF-8
+/// byte order mark, which some Windows tools write at the start of text files.
 fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
     let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
+    let mut bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         MultiGzDecoder::new(raw.as_slice())
             .read_to_end(&mut out)
             .with_context(|| format!("{} is not valid gzip", path.display()))?;
-        return Ok(out);
+        out
+    } else {
+        raw
+    };
+    if bytes.starts_with(crate::ingest::decode::UTF8_BOM) {
+        bytes.drain(..crate::ingest::decode::UTF8_BOM.len());
     }
-    Ok(raw)
+    Ok(bytes)
 }
 
 /// Records of a file with the line each starts on, and where reading stopped early, if it did.
@@ -170,6 +177,25 @@ fn records(path: &Path, bytes: &[u8]) -> anyhow::Result<Records> {
         return Ok((out, Some(stop)));
     }
     Ok((out, None))
+}
+
+/// The message and field of a record the server rejected, in the file's own terms: a profile
+/// file's `$properties` travel as a `$set` update, so the server's `$set` means `$properties`.
+fn file_terms(kind: Kind, failure: &Value) -> (String, String) {
+    let message = failure["message"].as_str().unwrap_or("invalid");
+    let field = failure["field"].as_str().unwrap_or("");
+    match kind {
+        Kind::Events => (message.to_owned(), field.to_owned()),
+        Kind::Profiles => {
+            let field = match field.strip_prefix("$set") {
+                Some(rest) if rest.is_empty() || rest.starts_with('.') => {
+                    format!("$properties{rest}")
+                }
+                _ => field.to_owned(),
+            };
+            (message.replace("$set", "$properties"), field)
+        }
+    }
 }
 
 /// Turns an engage-export record into a `$set` update.
@@ -255,14 +281,9 @@ async fn import_file(
             totals.printed += 1;
             let index = failure["index"].as_u64().unwrap_or(0) as usize;
             let line = lines.get(index).copied().unwrap_or(0);
-            progress.suspend(|| {
-                eprintln!(
-                    "{}:{line}: rejected: {} ({})",
-                    path.display(),
-                    failure["message"].as_str().unwrap_or("invalid"),
-                    failure["field"].as_str().unwrap_or("")
-                )
-            });
+            let (message, field) = file_terms(kind, &failure);
+            progress
+                .suspend(|| eprintln!("{}:{line}: rejected: {message} ({field})", path.display()));
         }
         progress.inc((end - start) as u64);
         start = end;
@@ -349,6 +370,36 @@ async fn send_batch(
 mod tests {
     use super::*;
     use crate::ingest::decode;
+
+    #[test]
+    fn byte_order_mark_is_dropped_before_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.ndjson");
+        std::fs::write(&path, b"\xEF\xBB\xBF{\"a\":1}\n{\"a\":2}\n").unwrap();
+        let bytes = read_file(&path).unwrap();
+        let (records, stop) = records(&path, &bytes).unwrap();
+        assert_eq!(stop, None);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0], (1, json!({"a": 1})));
+    }
+
+    #[test]
+    fn profile_failures_use_the_files_terms() {
+        let failure = json!({"index": 0, "field": "$set",
+            "message": "$set must be an object of properties, found a string"});
+        assert_eq!(
+            file_terms(Kind::Profiles, &failure),
+            (
+                "$properties must be an object of properties, found a string".to_owned(),
+                "$properties".to_owned()
+            )
+        );
+        let nested = json!({"field": "$set.plan", "message": "bad"});
+        assert_eq!(file_terms(Kind::Profiles, &nested).1, "$properties.plan");
+        let other = json!({"field": "$set_once", "message": "m"});
+        assert_eq!(file_terms(Kind::Profiles, &other).1, "$set_once");
+        assert_eq!(file_terms(Kind::Events, &failure).1, "$set");
+    }
 
     #[test]
     fn ndjson_records_keep_line_numbers() {

@@ -57,6 +57,31 @@ pub fn is_placeholder(id: &str) -> bool {
     PLACEHOLDER_IDS.iter().any(|p| p.eq_ignore_ascii_case(id))
 }
 
+/// Turns a JSON number sent as an id into its decimal string. Whole numbers are accepted in any
+/// notation (`1000`, `1e3`, `1000.0`); a fraction, or a whole number too large for a double to
+/// hold exactly, is an error that says what to send instead.
+pub fn number_id(n: &serde_json::Number, field: &str) -> Result<String, FieldError> {
+    if let Some(i) = n.as_i64() {
+        return Ok(i.to_string());
+    }
+    if let Some(u) = n.as_u64() {
+        return Ok(u.to_string());
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() != 0.0 => Err(FieldError::new(
+            field,
+            format!("{field} {n} is a fraction; an id must be a string or a whole number"),
+        )),
+        Some(f) if f.abs() < 9.0e15 => Ok(format!("{}", f as i64)),
+        _ => Err(FieldError::new(
+            field,
+            format!(
+                "{field} {n} is too large to be kept exactly as a number; send the id as a string"
+            ),
+        )),
+    }
+}
+
 /// Reads an id field. Strings are kept byte-exact (no trimming, no case folding); whole numbers
 /// become their decimal string; `null` counts as absent (`Ok(None)`). Placeholders, fractions,
 /// objects, arrays and booleans are errors.
@@ -64,23 +89,7 @@ pub fn read_id(value: Option<&Value>, field: &str) -> Result<Option<String>, Fie
     let id = match value {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => {
-            if let Some(i) = n.as_i64() {
-                i.to_string()
-            } else if let Some(u) = n.as_u64() {
-                u.to_string()
-            } else {
-                match n.as_f64() {
-                    Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => format!("{}", f as i64),
-                    _ => {
-                        return Err(FieldError::new(
-                            field,
-                            format!("{field} {n} is not a whole number or a string"),
-                        ))
-                    }
-                }
-            }
-        }
+        Some(Value::Number(n)) => number_id(n, field)?,
         Some(other) => {
             return Err(FieldError::new(
                 field,
@@ -164,6 +173,25 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn number_ids_name_what_is_wrong() {
+        let id = |text: &str| number_id(&serde_json::from_str(text).unwrap(), "distinct_id");
+        assert_eq!(id("1000").unwrap(), "1000");
+        assert_eq!(id("1e3").unwrap(), "1000");
+        assert_eq!(id("1000.0").unwrap(), "1000");
+        assert_eq!(id("18446744073709551615").unwrap(), "18446744073709551615");
+        let fraction = id("1.5").unwrap_err();
+        assert_eq!(fraction.field, "distinct_id");
+        assert!(
+            fraction.message.contains("1.5 is a fraction"),
+            "{}",
+            fraction.message
+        );
+        let large = id("1e20").unwrap_err();
+        assert!(large.message.contains("too large"), "{}", large.message);
+        assert!(large.message.contains("as a string"), "{}", large.message);
+    }
 
     fn props(value: Value) -> Map<String, Value> {
         value.as_object().unwrap().clone()

@@ -176,9 +176,14 @@ fn decode_data_field(data: &str) -> Result<Vec<u8>, DecodeError> {
     Ok(bytes)
 }
 
+/// The UTF-8 byte order mark. JSON forbids it, but files saved by some Windows tools start with
+/// it, so a body or file that starts with it is read as if it did not.
+pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// Parses a JSON object, a JSON array of objects, or NDJSON. NDJSON is split on `\n` only
 /// (a trailing `\r` is dropped), so U+2028, U+2029 and U+0085 inside strings never split a record.
 pub fn parse_records(payload: &[u8]) -> Result<Vec<Value>, DecodeError> {
+    let payload = payload.strip_prefix(UTF8_BOM).unwrap_or(payload);
     let trimmed = payload.trim_ascii();
     if trimmed.is_empty() {
         return Err(DecodeError::Empty);
@@ -258,6 +263,14 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn byte_order_mark_before_json_is_ignored() {
+        let records = parse_records(b"\xEF\xBB\xBF[{\"event\":\"e\"}]").unwrap();
+        assert_eq!(records, vec![json!({"event": "e"})]);
+        let lines = parse_records(b"\xEF\xBB\xBF{\"a\":1}\n{\"a\":2}").unwrap();
+        assert_eq!(lines.len(), 2);
+    }
 
     const FORM: &str = "application/x-www-form-urlencoded";
 

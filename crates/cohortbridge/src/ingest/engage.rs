@@ -46,13 +46,19 @@ pub fn parse_update(record: &Value, now_ms: i64) -> Result<ProfileUpdate, FieldE
     let op = match present.as_slice() {
         [op] => *op,
         [] => {
+            let keys: Vec<&str> = object.keys().map(String::as_str).collect();
             return Err(FieldError::new(
-                "",
+                "operation",
                 format!(
-                    "update has no operation; expected one of {}",
+                    "update has no operation (its keys: {}); expected one of {}",
+                    if keys.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        keys.join(", ")
+                    },
                     OPERATIONS.join(", ")
                 ),
-            ))
+            ));
         }
         many => {
             return Err(FieldError::new(
@@ -418,7 +424,7 @@ mod tests {
             (json!({"$distinct_id": "u", "$set": [1]}), "$set"),
             (json!({"$distinct_id": "u", "$unset": "x"}), "$unset"),
             (json!({"$distinct_id": "u", "$add": {"n": "x"}}), "$add.n"),
-            (json!({"$distinct_id": "u"}), ""),
+            (json!({"$distinct_id": "u"}), "operation"),
             (
                 json!({"$distinct_id": "u", "$set": {}, "$unset": []}),
                 "$set, $unset",

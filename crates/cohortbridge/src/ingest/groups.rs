@@ -24,7 +24,7 @@ fn read_group_field(object: &Map<String, Value>, field: &str) -> Result<String, 
             return Err(FieldError::new(field, format!("{field} is missing")))
         }
         Some(Value::String(text)) => text.clone(),
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+        Some(Value::Number(n)) => crate::identity::number_id(n, field)?,
         Some(other) => {
             return Err(FieldError::new(
                 field,
@@ -68,13 +68,19 @@ pub fn parse_update(record: &Value) -> Result<GroupUpdate, FieldError> {
     let op = match present.as_slice() {
         [op] => *op,
         [] => {
+            let keys: Vec<&str> = object.keys().map(String::as_str).collect();
             return Err(FieldError::new(
-                "",
+                "operation",
                 format!(
-                    "update has no operation; expected one of {}",
+                    "update has no operation (its keys: {}); expected one of {}",
+                    if keys.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        keys.join(", ")
+                    },
                     OPERATIONS.join(", ")
                 ),
-            ))
+            ));
         }
         many => {
             return Err(FieldError::new(
@@ -150,6 +156,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fractional_group_id_names_its_value() {
+        let record = json!({"$token": "t", "$group_key": "company", "$group_id": 1.5,
+            "$set": {"a": 1}});
+        let error = parse_update(&record).unwrap_err();
+        assert_eq!(error.field, "$group_id");
+        assert!(
+            error.message.contains("1.5 is a fraction"),
+            "{}",
+            error.message
+        );
+        let whole = json!({"$token": "t", "$group_key": "company", "$group_id": 1e3,
+            "$set": {"a": 1}});
+        assert_eq!(parse_update(&whole).unwrap().group_id, "1000");
+    }
+
+    #[test]
+    fn update_without_operation_lists_its_keys() {
+        let record = json!({"$token": "t", "$group_key": "company", "$group_id": "c"});
+        let error = parse_update(&record).unwrap_err();
+        assert_eq!(error.field, "operation");
+        assert!(error.message.contains("$group_key"), "{}", error.message);
+    }
+
+    #[test]
     fn set_update_parses() {
         let update = parse_update(&json!({"$group_key": "company", "$group_id": 42,
             "$set": {"plan": "pro"}}))
@@ -191,7 +221,7 @@ mod tests {
                 json!({"$group_key": "c", "$group_id": "g", "$unset": "x"}),
                 "$unset",
             ),
-            (json!({"$group_key": "c", "$group_id": "g"}), ""),
+            (json!({"$group_key": "c", "$group_id": "g"}), "operation"),
         ];
         for (record, field) in cases {
             let err = parse_update(&record).unwrap_err();
