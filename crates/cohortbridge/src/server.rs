@@ -268,10 +268,12 @@ fn node_id(config: &ServeConfig) -> anyhow::Result<String> {
 /// The file in the data folder that a running server holds locked.
 const LOCK_FILE: &str = "cohortbridge.lock";
 
-/// Locks the data folder for this server. A second server on the same folder would share its
-/// node id, so each would take the other's sync leases for its own; with SQLite both would
-/// also write one file. The lock is the operating system's advisory file lock, released when
-/// the process ends in any way, SIGKILL included, so a crash never leaves a stale lock.
+/// Locks the data folder for this server.
+///
+/// A second server on the same folder would share its node id, so each would take the other's
+/// sync leases for its own. With SQLite, both would also write one file. The lock is the
+/// operating system's advisory file lock. It is released when the process ends in any way,
+/// SIGKILL included, so a crash never leaves a stale lock.
 fn lock_data_dir(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
     let lock_path = path.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()

@@ -151,7 +151,7 @@ async fn bench_ingest_reports_throughput() {
 }
 
 #[tokio::test]
-async fn bench_ingest_warms_up_with_whole_bodies_outside_the_figures() {
+async fn bench_ingest_warmup_whole_bodies() {
     let output = tokio::task::spawn_blocking(|| {
         Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
             .args(["bench", "ingest", "--start-server", "--clients", "2"])

@@ -169,7 +169,7 @@ async fn database_password_never_reaches_the_log() {
 }
 
 #[tokio::test]
-async fn second_server_on_one_data_folder_is_refused() {
+async fn second_server_on_folder_rejected() {
     let data_dir = tempfile::tempdir().unwrap();
     let database = TestDatabase::create(data_dir.path()).await;
     let mut first = Command::new(env!("CARGO_BIN_EXE_cohortbridge"))

@@ -603,7 +603,7 @@ mod tests {
     }
 
     #[test]
-    fn key_fragments_and_other_cases_are_redacted() {
+    fn key_fragments_redacted() {
         let credentials = Credentials {
             partner_name: "p".into(),
             partner_api_key: "pk-1".into(),

@@ -179,8 +179,9 @@ fn records(path: &Path, bytes: &[u8]) -> anyhow::Result<Records> {
     Ok((out, None))
 }
 
-/// The message and field of a record the server rejected, in the file's own terms: a profile
-/// file's `$properties` travel as a `$set` update, so the server's `$set` means `$properties`.
+/// Returns the message and field of a record the server rejected, in the file's own terms. A
+/// profile file's `$properties` travel as a `$set` update, so the server's `$set` means
+/// `$properties`.
 fn file_terms(kind: Kind, failure: &Value) -> (String, String) {
     let message = failure["message"].as_str().unwrap_or("invalid");
     let field = failure["field"].as_str().unwrap_or("");
@@ -384,7 +385,7 @@ mod tests {
     }
 
     #[test]
-    fn profile_failures_use_the_files_terms() {
+    fn profile_failures_use_file_terms() {
         let failure = json!({"index": 0, "field": "$set",
             "message": "$set must be an object of properties, found a string"});
         assert_eq!(

@@ -58,8 +58,8 @@ pub fn is_placeholder(id: &str) -> bool {
 }
 
 /// Turns a JSON number sent as an id into its decimal string. Whole numbers are accepted in any
-/// notation (`1000`, `1e3`, `1000.0`); a fraction, or a whole number too large for a double to
-/// hold exactly, is an error that says what to send instead.
+/// notation (`1000`, `1e3`, `1000.0`). A fraction, or a whole number too large for a double to
+/// hold exactly, is rejected with a message that names what to send instead.
 pub fn number_id(n: &serde_json::Number, field: &str) -> Result<String, FieldError> {
     if let Some(i) = n.as_i64() {
         return Ok(i.to_string());

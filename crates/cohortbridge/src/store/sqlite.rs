@@ -2270,7 +2270,7 @@ mod tests {
     }
 
     #[test]
-    fn new_file_gets_large_pages_and_a_matching_checkpoint() {
+    fn new_file_page_size_and_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("new.db");
         let store = SqliteStore::open(&path).unwrap();
