@@ -59,6 +59,8 @@ def test_mixpanel_library_to_braze_loop(
 ) -> None:
     cli = cohortbridge
     project = cli.json("projects", "show")
+    # The API secret is shown only when generated.
+    api_secret = cli.json("projects", "rotate-api-secret")["api_secret"]
     base = cli.base_url
     endpoints = {
         "events_url": f"{base}/track",
@@ -91,10 +93,10 @@ def test_mixpanel_library_to_braze_loop(
     # Historical events through /import, which needs the API secret. bob's purchase 10 days
     # ago is inside the 30-day window, frank's 40 days ago is outside it.
     mp.import_data(
-        None, "bob", "Purchase", int(now - 10 * DAY_SECS), api_secret=project["api_secret"]
+        None, "bob", "Purchase", int(now - 10 * DAY_SECS), api_secret=api_secret
     )
     mp.import_data(
-        None, "frank", "Purchase", int(now - 40 * DAY_SECS), api_secret=project["api_secret"]
+        None, "frank", "Purchase", int(now - 40 * DAY_SECS), api_secret=api_secret
     )
     users_tracked_this_month = set(recent_purchases)
 

@@ -37,7 +37,7 @@ def test_original_id_merge_with_mixpanel_library(
         request_timeout=MIXPANEL_TIMEOUT_SECS,
     )
     mp = Mixpanel(project["token"], consumer=consumer)
-    secret = project["api_secret"]
+    secret = cli.json("projects", "rotate-api-secret")["api_secret"]
     now = time.time()
 
     # Two ids of one person, each with a purchase in the past.

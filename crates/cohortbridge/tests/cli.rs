@@ -40,14 +40,20 @@ async fn run_with_key(server: &TestServer, args: &[&str], admin_key: &str) -> Ou
 }
 
 #[tokio::test]
-async fn projects_show_prints_the_secrets() {
+async fn projects_show_hides_secrets() {
     let server = TestServer::start().await;
     let output = run(&server, &["projects", "show"]).await;
     assert!(output.status.success(), "{}", stderr(&output));
     let text = stdout(&output);
     assert!(text.contains(&server.token), "{text}");
-    assert!(text.contains(&server.api_secret), "{text}");
-    assert!(text.contains(&server.currents_token), "{text}");
+    assert!(!text.contains(&server.api_secret), "{text}");
+    assert!(!text.contains(&server.currents_token), "{text}");
+    let json_output = stdout(&run(&server, &["projects", "show", "--json"]).await);
+    assert!(!json_output.contains(&server.api_secret), "{json_output}");
+    assert!(
+        !json_output.contains(&server.currents_token),
+        "{json_output}"
+    );
     assert!(text.contains("time zone:      UTC"), "{text}");
     assert_eq!(text.matches("time zone:").count(), 1, "{text}");
     assert!(text.contains("identity mode:  simplified"), "{text}");
@@ -374,4 +380,64 @@ fn bench_mtu_help_explains_repeat_zero() {
         "{}",
         stdout(&help)
     );
+}
+
+/// Posts one event to `/import` with `user` as the Basic user and returns the status.
+async fn import_status(server: &TestServer, user: &str) -> u16 {
+    let now = chrono::Utc::now().timestamp();
+    server
+        .http
+        .post(server.url("/import"))
+        .basic_auth(user, Some("x"))
+        .json(
+            &json!([{"event": "e", "properties": {"distinct_id": "u", "time": now,
+            "$insert_id": "rotate-check"}}]),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn rotated_secrets_replace_old_ones() {
+    let server = TestServer::start().await;
+    assert_eq!(import_status(&server, &server.api_secret).await, 200);
+    let output = run(&server, &["projects", "rotate-api-secret", "--json"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let reply: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let secret = reply["api_secret"].as_str().unwrap();
+    assert_ne!(secret, server.api_secret);
+    assert_eq!(import_status(&server, &server.api_secret).await, 401);
+    assert_eq!(import_status(&server, secret).await, 200);
+
+    let output = run(&server, &["projects", "rotate-currents-token"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("shown only now"), "{text}");
+    let token = text
+        .lines()
+        .find_map(|line| line.strip_prefix("currents token: "))
+        .unwrap()
+        .trim();
+    let old = server
+        .http
+        .post(server.url("/currents"))
+        .bearer_auth(&server.currents_token)
+        .json(&json!({"events": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 401);
+    let new = server
+        .http
+        .post(server.url("/currents"))
+        .bearer_auth(token)
+        .json(&json!({"events": []}))
+        .send()
+        .await
+        .unwrap();
+    assert!(new.status().is_success(), "{}", new.status());
+    server.stop().await;
 }

@@ -50,7 +50,15 @@ async fn sigkill_after_import_loses_nothing() {
     let data_dir = tempfile::tempdir().unwrap();
     let database = TestDatabase::create(data_dir.path()).await;
     let (mut child, base) = spawn_server(data_dir.path(), &database);
-    let api_secret = admin_get(&base, "").await["api_secret"]
+    let api_secret = reqwest::Client::new()
+        .post(format!("{base}/api/v1/projects/1/api-secret"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["api_secret"]
         .as_str()
         .unwrap()
         .to_owned();

@@ -40,9 +40,10 @@ fn spawn_server(data_dir: &std::path::Path, database: &TestDatabase) -> (Child, 
     (child, base)
 }
 
+/// Generates the project's API secret; the server returns it only in this reply.
 async fn api_secret(base: &str) -> String {
     let project: Value = reqwest::Client::new()
-        .get(format!("{base}/api/v1/projects/1"))
+        .post(format!("{base}/api/v1/projects/1/api-secret"))
         .bearer_auth(ADMIN_KEY)
         .send()
         .await

@@ -100,7 +100,8 @@ fn command(server: &TestServer, args: &[&str]) -> Command {
         .arg("--server")
         .arg(&server.base)
         .args(args)
-        .env("COHORTBRIDGE_ADMIN_KEY", ADMIN_KEY);
+        .env("COHORTBRIDGE_ADMIN_KEY", ADMIN_KEY)
+        .env("COHORTBRIDGE_CURRENTS_TOKEN", &server.currents_token);
     command
 }
 

@@ -237,7 +237,9 @@ async fn three_nodes_survive_sigkill_during_sync() {
     );
     let project = nodes[1].get("").await;
     let token = project["token"].as_str().unwrap().to_owned();
-    let secret = project["api_secret"].as_str().unwrap().to_owned();
+    let (status, reply) = nodes[0].post("/api-secret", &json!({})).await;
+    assert_eq!(status, 200, "{reply}");
+    let secret = reply["api_secret"].as_str().unwrap().to_owned();
 
     let mut pro: BTreeSet<usize> = (0..3_000).collect();
     let all: Vec<&Node> = nodes.iter().collect();
@@ -476,7 +478,9 @@ async fn runs_of_one_connection_take_turns() {
     ];
     let project = nodes[0].get("").await;
     let token = project["token"].as_str().unwrap().to_owned();
-    let secret = project["api_secret"].as_str().unwrap().to_owned();
+    let (status, reply) = nodes[0].post("/api-secret", &json!({})).await;
+    assert_eq!(status, 200, "{reply}");
+    let secret = reply["api_secret"].as_str().unwrap().to_owned();
     let users: Vec<usize> = (0..1_000).collect();
     let all: Vec<&Node> = nodes.iter().collect();
     ingest(&all, &token, &secret, &users, "pro").await;

@@ -95,7 +95,19 @@ fn api_matrix(cohort: i64) -> Vec<(Action, Method, String, Option<Value>)> {
             format!("{p}/identity-mode"),
             None,
         ),
-        (Action::ManageProject, Method::GET, p.into(), None),
+        (Action::View, Method::GET, p.into(), None),
+        (
+            Action::ManageProject,
+            Method::POST,
+            format!("{p}/api-secret"),
+            empty.clone(),
+        ),
+        (
+            Action::ManageProject,
+            Method::POST,
+            format!("{p}/currents-token"),
+            empty.clone(),
+        ),
         (
             Action::ManageProject,
             Method::GET,
@@ -429,6 +441,12 @@ fn ui_matrix(cohort: i64) -> Vec<UiCase> {
         (Action::View, "GET", "/ui/users?q=u1".into(), vec![]),
         (Action::View, "GET", "/ui/mtu?month=2026-01".into(), vec![]),
         (Action::View, "GET", "/ui/setup".into(), vec![]),
+        (
+            Action::ManageProject,
+            "POST",
+            "/ui/setup/currents-token".into(),
+            vec![],
+        ),
         (Action::View, "GET", "/ui/account".into(), vec![]),
         (
             Action::ManageConnections,
@@ -743,6 +761,19 @@ async fn secrets_are_never_rendered() {
         .unwrap();
     assert!(users.contains("owner@example.com"));
     assert!(!users.contains("argon2"), "{users}");
+
+    // The setup page never shows the stored Currents token; generating one shows it once.
+    let (_, html) = ui.get("/ui/setup").await;
+    assert!(!html.contains(&server.currents_token), "{html}");
+    let (status, html) = ui.post("/ui/setup/currents-token", &[]).await;
+    assert_eq!(status, 200, "{html}");
+    let marker = "id=\"currents-token\">";
+    let start = html.find(marker).expect("the new token is shown") + marker.len();
+    let token = &html[start..start + html[start..].find('<').unwrap()];
+    assert_eq!(token.len(), 64, "{token}");
+    assert_ne!(token, server.currents_token);
+    let (_, html) = ui.get("/ui/setup").await;
+    assert!(!html.contains(token), "the new token is shown only once");
     server.stop().await;
 }
 

@@ -158,6 +158,13 @@ before(async () => {
   const projectReply = await admin("");
   assert.equal(projectReply.status, 200);
   project = projectReply.body;
+  // The API secret is returned only by the request that generates it.
+  const secretReply = await fetch(`${base}/api/v1/projects/1/api-secret`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${ADMIN_KEY}` },
+  });
+  assert.equal(secretReply.status, 200);
+  project.api_secret = (await secretReply.json()).api_secret;
   proxy = await startTlsProxy(base, workDir);
   proxyPort = proxy.address().port;
   // The proxy's certificate is self-signed; only this process's requests to it are affected.

@@ -18,7 +18,7 @@ use crate::braze::client::{BrazeError, PROBE_CONNECT_TIMEOUT};
 use crate::braze::instances;
 use crate::cohorts;
 use crate::secrets;
-use crate::store::{Connection, NewConnection, Project, SyncMode};
+use crate::store::{Connection, NewConnection, Project, ProjectSecret, SyncMode};
 use crate::sync::{SyncError, Trigger};
 
 /// The user-id property a connection uses when none is given.
@@ -34,6 +34,11 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/projects", get(list_projects))
         .route("/projects/{project}", get(show_project))
         .route("/projects/{project}/stats", get(project_stats))
+        .route("/projects/{project}/api-secret", post(replace_api_secret))
+        .route(
+            "/projects/{project}/currents-token",
+            post(replace_currents_token),
+        )
         .route(
             "/projects/{project}/credentials",
             get(list_credentials).post(create_credential),
@@ -102,28 +107,70 @@ async fn list_projects(State(state): State<AppState>) -> Result<Json<Value>, Api
     Ok(Json(json!(list)))
 }
 
-/// Returns the project with its token, API secret and Currents token, which the owner needs to
-/// point SDKs and Braze here.
+/// Returns the project with its public token. Its API secret and Currents token are never
+/// returned here: the server keeps them encrypted and hashed, and shows a new one once, in the
+/// reply of the request that generates it.
 async fn show_project(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Value>, ApiError> {
     let project = project_or_404(&state, id).await?;
-    let decrypt = |stored: &str| {
-        state
-            .secrets
-            .decrypt(stored)
-            .map_err(|e| ApiError::Conflict(format!("project {id}: {e}")))
-    };
     Ok(Json(json!({
         "id": project.id,
         "name": project.name,
         "token": project.token,
-        "api_secret": decrypt(&project.api_secret_enc)?,
-        "currents_token": decrypt(&project.currents_token_enc)?,
         "created_at": iso(project.created_at_ms),
         "timezone": state.store.project_timezone(id).await?,
         "identity_mode": super::ingest::identity_mode(&state, id).await?.as_str(),
+    })))
+}
+
+/// Generates a new credential of `kind` for the project, stores it encrypted and hashed, and
+/// returns it. The earlier one stops working at once.
+pub(crate) async fn replace_secret(
+    state: &AppState,
+    project_id: i64,
+    kind: ProjectSecret,
+) -> Result<String, ApiError> {
+    project_or_404(state, project_id).await?;
+    let value = match kind {
+        ProjectSecret::ApiSecret => crate::secrets::random_token(16),
+        ProjectSecret::CurrentsToken => crate::secrets::random_token(32),
+    };
+    state
+        .store
+        .replace_project_secret(
+            project_id,
+            kind,
+            state.secrets.encrypt(&value),
+            crate::secrets::hash(&value),
+        )
+        .await?;
+    tracing::info!(project_id, credential = ?kind, "replaced a project credential");
+    Ok(value)
+}
+
+/// `POST /projects/{id}/api-secret`: a new API secret, returned only in this reply.
+async fn replace_api_secret(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<Value>, ApiError> {
+    let secret = replace_secret(&state, id, ProjectSecret::ApiSecret).await?;
+    Ok(Json(json!({
+        "api_secret": secret,
+        "note": "shown only now; the previous API secret no longer works",
+    })))
+}
+
+/// `POST /projects/{id}/currents-token`: a new Currents token, returned only in this reply.
+async fn replace_currents_token(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<Value>, ApiError> {
+    let token = replace_secret(&state, id, ProjectSecret::CurrentsToken).await?;
+    Ok(Json(json!({
+        "currents_token": token,
+        "note": "shown only now; the previous Currents token no longer works",
     })))
 }
 

@@ -49,9 +49,9 @@ pub fn required_action(method: &Method, route: &str) -> Action {
     let read = *method == Method::GET;
     match tail {
         "/users" | "/users/{email}/api-keys" => Action::ManageUsers,
-        // The project itself carries its API secret and Currents token.
+        "" if route.starts_with("/projects/{project}") && read => Action::View,
         "" if route.starts_with("/projects/{project}") => Action::ManageProject,
-        "/credentials" | "/timezone" => Action::ManageProject,
+        "/credentials" | "/timezone" | "/api-secret" | "/currents-token" => Action::ManageProject,
         "/identity-mode" if !read => Action::ManageProject,
         "/connections"
         | "/connections/{connection}/reconnect"
@@ -237,9 +237,15 @@ mod tests {
     fn routes_map_to_actions() {
         let cases = [
             (Method::GET, "/api/v1/projects", Action::View),
+            (Method::GET, "/api/v1/projects/{project}", Action::View),
             (
-                Method::GET,
-                "/api/v1/projects/{project}",
+                Method::POST,
+                "/api/v1/projects/{project}/api-secret",
+                Action::ManageProject,
+            ),
+            (
+                Method::POST,
+                "/api/v1/projects/{project}/currents-token",
                 Action::ManageProject,
             ),
             (

@@ -290,7 +290,7 @@ pub async fn run(client: &ClientArgs, command: BenchCommand) -> anyhow::Result<(
 async fn post_bodies(
     http: &reqwest::Client,
     urls: &Arc<Vec<String>>,
-    api_secret: &str,
+    import_user: &str,
     bodies: Vec<(usize, Vec<u8>)>,
     clients: usize,
 ) -> anyhow::Result<u64> {
@@ -308,7 +308,7 @@ async fn post_bodies(
             next.clone(),
             http.clone(),
             urls.clone(),
-            api_secret.to_owned(),
+            import_user.to_owned(),
         );
         tasks.spawn(async move {
             let mut imported = 0u64;
@@ -377,9 +377,11 @@ async fn measure(
     };
     let admin = AdminClient::new(&servers[0], &admin_key, client.project)?;
     let project = admin.get("").await?;
-    let api_secret = project["api_secret"]
+    // `/import` takes the project token as the Basic user with an empty password, so the run
+    // needs no secret, and a server's API secret is never replaced by a benchmark.
+    let import_user = project["token"]
         .as_str()
-        .context("the server returned no API secret")?
+        .context("the server returned no project token")?
         .to_owned();
 
     // The warm-up fills whole bodies, so that the measured events are exactly `events`.
@@ -413,7 +415,7 @@ async fn measure(
     );
     if !warmup_bodies.is_empty() {
         eprintln!("warming up with {warmup_events} events...");
-        let warmed = post_bodies(&http, &urls, &api_secret, warmup_bodies, args.clients).await?;
+        let warmed = post_bodies(&http, &urls, &import_user, warmup_bodies, args.clients).await?;
         if warmed != warmup_events as u64 {
             bail!("{warmup_events} warm-up events were sent but {warmed} imported");
         }
@@ -426,7 +428,7 @@ async fn measure(
     );
     let cpu_before: Vec<Option<f64>> = pids.iter().map(|pid| cpu_seconds(*pid)).collect();
     let started = Instant::now();
-    let imported = post_bodies(&http, &urls, &api_secret, bodies, args.clients).await?;
+    let imported = post_bodies(&http, &urls, &import_user, bodies, args.clients).await?;
     let secs = started.elapsed().as_secs_f64();
     let server_cpu: Option<f64> = pids
         .iter()

@@ -29,6 +29,8 @@ pub struct Options {
     pub watch: bool,
     pub interval: Duration,
     pub state_file: PathBuf,
+    /// The project's Currents token, sent as the bearer token.
+    pub token: String,
 }
 
 #[derive(Default)]
@@ -40,11 +42,7 @@ struct Totals {
 }
 
 pub async fn run(client: &AdminClient, options: Options, json_output: bool) -> anyhow::Result<()> {
-    let project = client.get("").await?;
-    let token = project["currents_token"]
-        .as_str()
-        .context("the server returned no Currents token")?
-        .to_owned();
+    let token = options.token.clone();
     let mut imported = load_state(&options.state_file)?;
     let http = reqwest::Client::new();
     let mut totals = Totals::default();

@@ -44,20 +44,19 @@ pub async fn run(
         .as_str()
         .context("the server returned no project token")?
         .to_owned();
-    let api_secret = project["api_secret"]
-        .as_str()
-        .context("the server returned no API secret")?
-        .to_owned();
-    let (files, kind, zone) = match command {
+    let (files, kind, zone, api_secret) = match command {
         ImportCommand::Events {
             files,
             source_time_zone,
-        } => (files, Kind::Events, source_time_zone),
-        ImportCommand::Profiles { files } => (files, Kind::Profiles, None),
+            api_secret,
+        } => (files, Kind::Events, source_time_zone, api_secret),
+        ImportCommand::Profiles { files } => (files, Kind::Profiles, None, None),
         ImportCommand::Currents { .. } => {
             unreachable!("Currents files are imported by cli::currents")
         }
     };
+    // `/import` accepts the API secret as the Basic user, or the token with an empty password.
+    let import_user = api_secret.unwrap_or_else(|| token.clone());
     let http = reqwest::Client::new();
     let mut totals = Totals::default();
     for file in &files {
@@ -65,7 +64,7 @@ pub async fn run(
             &http,
             client.server(),
             &token,
-            &api_secret,
+            &import_user,
             Source { kind, zone },
             file,
             &mut totals,

@@ -149,8 +149,15 @@ fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectsCommand {
-    /// Print the project's token, API secret and Currents token.
+    /// Print the project's token and settings. Its API secret and Currents token are shown
+    /// only when generated, by `rotate-api-secret` and `rotate-currents-token`.
     Show,
+    /// Generate a new API secret (for `/import` and the query APIs) and print it once. The
+    /// previous secret stops working at once.
+    RotateApiSecret,
+    /// Generate a new Currents token (the bearer token Braze Currents sends to `/currents`) and
+    /// print it once. The previous token stops working at once.
+    RotateCurrentsToken,
     /// Change project settings.
     Set {
         /// Identity mode that resolves distinct ids to users: `simplified` (Simplified ID Merge)
@@ -192,6 +199,10 @@ pub enum ImportCommand {
         /// UTC. Each `time` is converted to UTC before import. Default: times are already UTC.
         #[arg(long, value_parser = parse_time_zone)]
         source_time_zone: Option<chrono_tz::Tz>,
+        /// The project's API secret. Without it, records are sent with the project token, and
+        /// `$merge` events are then recorded as failed merges, as on `/track`.
+        #[arg(long, env = "COHORTBRIDGE_API_SECRET", hide_env_values = true)]
+        api_secret: Option<String>,
     },
     /// Import profiles from engage-export files (`$distinct_id` and `$properties` per record).
     Profiles {
@@ -212,6 +223,10 @@ pub enum ImportCommand {
         /// File that records which files were imported, so they are skipped next time.
         #[arg(long, default_value = "cohortbridge-currents-imported.txt")]
         state_file: PathBuf,
+        /// The project's Currents token, which `/currents` requires (see
+        /// `projects rotate-currents-token`).
+        #[arg(long, env = "COHORTBRIDGE_CURRENTS_TOKEN", hide_env_values = true)]
+        currents_token: String,
     },
 }
 
@@ -438,10 +453,26 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
                     text(&project["name"])
                 );
                 println!("token:          {}", text(&project["token"]));
-                println!("api secret:     {}", text(&project["api_secret"]));
-                println!("currents token: {}", text(&project["currents_token"]));
                 println!("time zone:      {}", text(&project["timezone"]));
                 println!("identity mode:  {}", text(&project["identity_mode"]));
+            }
+        }
+        Command::Projects(ProjectsCommand::RotateApiSecret) => {
+            let reply = client.post("/api-secret", &json!({})).await?;
+            if json_output {
+                print_json(&reply);
+            } else {
+                println!("api secret:     {}", text(&reply["api_secret"]));
+                println!("(shown only now; the previous API secret no longer works)");
+            }
+        }
+        Command::Projects(ProjectsCommand::RotateCurrentsToken) => {
+            let reply = client.post("/currents-token", &json!({})).await?;
+            if json_output {
+                print_json(&reply);
+            } else {
+                println!("currents token: {}", text(&reply["currents_token"]));
+                println!("(shown only now; the previous Currents token no longer works)");
             }
         }
         Command::Projects(ProjectsCommand::Set {
@@ -503,12 +534,14 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
             watch,
             interval,
             state_file,
+            currents_token,
         }) => {
             let options = currents::Options {
                 paths,
                 watch,
                 interval,
                 state_file,
+                token: currents_token,
             };
             currents::run(&client, options, json_output).await?
         }

@@ -156,7 +156,8 @@ fn validate_inner(
 /// Cuts every string inside `value` to [`MAX_STRING_CHARS`] characters.
 pub fn truncate_strings(value: &mut Value) {
     match value {
-        Value::String(text) => {
+        // A string of at most MAX_STRING_CHARS bytes has at most that many characters.
+        Value::String(text) if text.len() > MAX_STRING_CHARS => {
             if let Some((cut, _)) = text.char_indices().nth(MAX_STRING_CHARS) {
                 text.truncate(cut);
             }

@@ -120,6 +120,25 @@ impl NewEvent {
     }
 }
 
+/// A credential of a project that the server generates and keeps only encrypted and hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProjectSecret {
+    /// The API secret, which `/import` and the query APIs accept.
+    ApiSecret,
+    /// The bearer token that Braze Currents sends to `/currents`.
+    CurrentsToken,
+}
+
+impl ProjectSecret {
+    /// The `projects` columns holding the encrypted value and the hash.
+    fn columns(self) -> (&'static str, &'static str) {
+        match self {
+            ProjectSecret::ApiSecret => ("api_secret_enc", "api_secret_hash"),
+            ProjectSecret::CurrentsToken => ("currents_token_enc", "currents_token_hash"),
+        }
+    }
+}
+
 /// A Simplified ID Merge link from a `$device:` id to a `$user_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityLink {
@@ -491,6 +510,14 @@ pub trait Store: Send + std::marker::Sync + 'static {
     async fn project_by_token(&self, token: &str) -> StoreResult<Option<Project>>;
     async fn project_by_api_secret_hash(&self, hash: &str) -> StoreResult<Option<Project>>;
     async fn project_by_currents_token_hash(&self, hash: &str) -> StoreResult<Option<Project>>;
+    /// Replaces one of a project's credentials with a new one, given encrypted and hashed.
+    async fn replace_project_secret(
+        &self,
+        project_id: i64,
+        secret: ProjectSecret,
+        encrypted: String,
+        hash: String,
+    ) -> StoreResult<()>;
 
     async fn create_import_credential(
         &self,

@@ -910,6 +910,30 @@ impl Store for PostgresStore {
             })
     }
 
+    async fn replace_project_secret(
+        &self,
+        project_id: i64,
+        secret: ProjectSecret,
+        encrypted: String,
+        hash: String,
+    ) -> StoreResult<()> {
+        let (enc_column, hash_column) = secret.columns();
+        let client = self.client().await?;
+        let changed = client
+            .execute(
+                &format!("UPDATE projects SET {enc_column} = $2, {hash_column} = $3 WHERE id = $1"),
+                &[&project_id, &encrypted, &hash],
+            )
+            .await?;
+        if changed == 0 {
+            return Err(StoreError::NotFound {
+                what: "project",
+                id: project_id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     async fn set_project_timezone(&self, project_id: i64, timezone: &str) -> StoreResult<()> {
         let client = self.client().await?;
         let changed = client

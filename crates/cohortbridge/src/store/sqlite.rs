@@ -1291,6 +1291,30 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn replace_project_secret(
+        &self,
+        project_id: i64,
+        secret: ProjectSecret,
+        encrypted: String,
+        hash: String,
+    ) -> StoreResult<()> {
+        let (enc_column, hash_column) = secret.columns();
+        self.write(move |conn| {
+            let changed = conn.execute(
+                &format!("UPDATE projects SET {enc_column} = ?2, {hash_column} = ?3 WHERE id = ?1"),
+                params![project_id, encrypted, hash],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NotFound {
+                    what: "project",
+                    id: project_id.to_string(),
+                });
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn set_project_timezone(&self, project_id: i64, timezone: &str) -> StoreResult<()> {
         let timezone = timezone.to_owned();
         self.write(move |conn| {

@@ -232,8 +232,13 @@ impl TestServer {
         };
         let project = server.admin_get("").await;
         server.token = project["token"].as_str().unwrap().to_owned();
-        server.api_secret = project["api_secret"].as_str().unwrap().to_owned();
-        server.currents_token = project["currents_token"].as_str().unwrap().to_owned();
+        // The server shows a project's secrets only when it generates them.
+        let (status, reply) = server.admin_post("/api-secret", &json!({})).await;
+        assert_eq!(status, 200, "{reply}");
+        server.api_secret = reply["api_secret"].as_str().unwrap().to_owned();
+        let (status, reply) = server.admin_post("/currents-token", &json!({})).await;
+        assert_eq!(status, 200, "{reply}");
+        server.currents_token = reply["currents_token"].as_str().unwrap().to_owned();
         server
     }
 
