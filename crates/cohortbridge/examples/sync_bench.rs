@@ -1,17 +1,27 @@
 //! Benchmark of one dynamic sync: a cohort of N exportable members (default 1,000,000) synced
 //! into the Braze emulator, then a run after 1% churn (half leave, as many new users join).
 //!
-//! Run with `cargo run --release -p cohortbridge --example sync_bench [-- MEMBERS]`.
+//! Build and run:
+//!
+//! ```sh
+//! cargo build --release -p braze-emulator
+//! cargo build --release -p cohortbridge --example sync_bench
+//! target/release/examples/sync_bench [MEMBERS]
+//! ```
 //!
 //! Profiles are written straight through the `Store` trait, because loading a million through
-//! `/engage` measures ingestion, not sync. The emulator runs in the same process, so the peak
-//! memory printed includes the emulator's copy of the members. Peak memory is Linux's VmHWM,
-//! reset after loading through `/proc/self/clear_refs`, so each figure covers one run.
+//! `/engage` measures ingestion, not sync. The emulator replaces Braze, a remote service,
+//! so it runs as its own process: the `braze-emulator` binary next to the example's folder, or
+//! the one `BRAZE_EMULATOR_BIN` names. Peak memory is Linux's VmHWM of each process, reset
+//! through `/proc/PID/clear_refs` before each run, so each figure covers one run. The benchmark
+//! uses mimalloc, the allocator of the `cohortbridge` binary.
 
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use braze_emulator::{Config as EmulatorConfig, Emulator, MemberKind, Members};
 use cohortbridge::braze::client::{BrazeClient, RetryPolicy};
 use cohortbridge::secrets::SecretBox;
 use cohortbridge::store::{
@@ -19,6 +29,9 @@ use cohortbridge::store::{
 };
 use cohortbridge::sync::{PartnerSettings, SyncEngine, SyncLimits};
 use serde_json::{json, Map, Value};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PARTNER_KEY: &str = "bench-partner-key";
 const DATA_IMPORT_KEY: &str = "bench-data-import-key";
@@ -36,15 +49,8 @@ async fn main() -> anyhow::Result<()> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.path().join("bench.db"))?);
     let secrets = SecretBox::load_or_create(data_dir.path(), None)?;
 
-    let emulator = Emulator::new(EmulatorConfig {
-        partner_name: "cohortbridge".into(),
-        partner_api_keys: vec![PARTNER_KEY.into()],
-        data_import_keys: vec![DATA_IMPORT_KEY.into()],
-    });
-    let addr = emulator
-        .clone()
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await?;
+    let emulator = EmulatorProcess::start()?;
+    let addr = emulator.addr.clone();
 
     let project = store
         .create_project(NewProject {
@@ -66,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
             NewConnection {
                 name: "emulator".into(),
                 instance: "custom".into(),
-                base_url: format!("http://{addr}"),
+                base_url: addr.clone(),
                 data_import_key_enc: secrets.encrypt(DATA_IMPORT_KEY),
                 user_id_property: "$braze_external_id".into(),
                 delivery: "cohort_import".into(),
@@ -114,19 +120,9 @@ async fn main() -> anyhow::Result<()> {
         connection.id,
     )
     .await?;
-    reset_peak_memory();
-    let first = measure_run(&engine, sync.id, "first run").await?;
-    let braze_members = emulator
-        .members(
-            0,
-            &cohortbridge::sync::braze_cohort_id("bench", project.id, cohort.id),
-            MemberKind::UserIds,
-        )
-        .map(|m| match m {
-            Members::UserIds(ids) => ids.len(),
-            _ => 0,
-        })
-        .unwrap_or(0);
+    reset_peak_memory(&emulator);
+    let first = measure_run(&engine, sync.id, "first run", &emulator).await?;
+    let braze_members = emulator_member_count(&addr).await?;
     println!("  Braze holds {braze_members} members");
     anyhow::ensure!(
         first.added as usize == members,
@@ -151,15 +147,82 @@ async fn main() -> anyhow::Result<()> {
         connection.id,
     )
     .await?;
-    reset_peak_memory();
-    let second = measure_run(&engine, sync.id, "churn run").await?;
+    reset_peak_memory(&emulator);
+    let second = measure_run(&engine, sync.id, "churn run", &emulator).await?;
     anyhow::ensure!(
         (second.added + second.removed) as usize == churn / 2 * 2,
         "churn run sent {} adds and {} removes",
         second.added,
         second.removed
     );
+    let braze_members = emulator_member_count(&addr).await?;
+    println!("  Braze holds {braze_members} members");
+    anyhow::ensure!(
+        braze_members == members,
+        "Braze holds {braze_members} members after the churn run, not {members}"
+    );
     Ok(())
+}
+
+/// The `braze-emulator` binary, run as a child process on a free loopback port.
+struct EmulatorProcess {
+    child: Child,
+    /// Base URL, `http://127.0.0.1:PORT`.
+    addr: String,
+}
+
+impl EmulatorProcess {
+    fn start() -> anyhow::Result<Self> {
+        let binary = match std::env::var_os("BRAZE_EMULATOR_BIN") {
+            Some(path) => PathBuf::from(path),
+            None => std::env::current_exe()?
+                .parent()
+                .and_then(|examples| examples.parent())
+                .map(|dir| dir.join("braze-emulator"))
+                .ok_or_else(|| anyhow::anyhow!("cannot locate the target folder"))?,
+        };
+        anyhow::ensure!(
+            binary.exists(),
+            "the emulator binary {} is missing; build it with `cargo build --release -p braze-emulator`, or set BRAZE_EMULATOR_BIN",
+            binary.display()
+        );
+        let mut child = Command::new(&binary)
+            .args(["--listen", "127.0.0.1:0", "--partner-name", "cohortbridge"])
+            .args(["--partner-api-key", PARTNER_KEY])
+            .args(["--data-import-key", DATA_IMPORT_KEY])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .ok_or_else(|| anyhow::anyhow!("the emulator printed {line:?}, not its address"))?
+            .to_owned();
+        Ok(Self { child, addr })
+    }
+}
+
+impl Drop for EmulatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Counts the external ids of every cohort in the emulator's workspace.
+async fn emulator_member_count(addr: &str) -> anyhow::Result<usize> {
+    let cohorts: Vec<serde_json::Value> = reqwest::get(format!("{addr}/_emulator/cohorts"))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(cohorts
+        .iter()
+        .filter_map(|c| c["user_id_count"].as_u64())
+        .sum::<u64>() as usize)
 }
 
 /// Writes profiles `u<n>` with `plan` and the Braze id `ext-<n>`, 50,000 per transaction.
@@ -210,7 +273,7 @@ async fn measure_preview(
         .connection(connection_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("connection {connection_id} not found"))?;
-    reset_peak_memory();
+    reset_peak_memory_of("self");
     let started = Instant::now();
     let plan = engine
         .preview(project_id, &cohort, &connection)
@@ -222,7 +285,7 @@ async fn measure_preview(
         started.elapsed().as_secs_f64(),
         plan.adds.len(),
         plan.removes.len(),
-        peak_memory_mb().map_or_else(|| "unknown".into(), |mb| mb.to_string())
+        peak_memory_mb("self")
     );
     Ok(())
 }
@@ -232,6 +295,7 @@ async fn measure_run(
     engine: &SyncEngine,
     sync_id: i64,
     label: &str,
+    emulator: &EmulatorProcess,
 ) -> anyhow::Result<cohortbridge::store::RunCounts> {
     let started = Instant::now();
     let run = engine.run(sync_id).await?;
@@ -239,7 +303,7 @@ async fn measure_run(
     anyhow::ensure!(run.status == "succeeded", "{label} failed: {:?}", run.error);
     let sent = run.counts.added + run.counts.removed;
     println!(
-        "{label}: {} members, {} added, {} removed, {} requests, wall {:.2} s, {:.0} ids/s sent, {:.0} members/s evaluated and diffed, peak RSS {} MB",
+        "{label}: {} members, {} added, {} removed, {} requests, wall {:.2} s, {:.0} ids/s sent, {:.0} members/s evaluated and diffed, peak RSS {} MB (emulator process: {} MB)",
         run.counts.members,
         run.counts.added,
         run.counts.removed,
@@ -247,20 +311,32 @@ async fn measure_run(
         wall.as_secs_f64(),
         sent as f64 / wall.as_secs_f64(),
         run.counts.members as f64 / wall.as_secs_f64(),
-        peak_memory_mb().map_or_else(|| "unknown".into(), |mb| mb.to_string())
+        peak_memory_mb("self"),
+        peak_memory_mb(&emulator.child.id().to_string())
     );
     Ok(run.counts)
 }
 
-/// Resets the process's peak resident set size (Linux only; no effect elsewhere).
-fn reset_peak_memory() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+/// Resets the peak resident set size of this process and of the emulator.
+fn reset_peak_memory(emulator: &EmulatorProcess) {
+    reset_peak_memory_of("self");
+    reset_peak_memory_of(&emulator.child.id().to_string());
 }
 
-/// Peak resident set size in MB since the last reset (Linux's VmHWM).
-fn peak_memory_mb() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024)
+/// Resets the peak resident set size of process `pid` (`self` for this one). Linux only; no
+/// effect elsewhere.
+fn reset_peak_memory_of(pid: &str) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// Peak resident set size of process `pid` in MB since the last reset (Linux's VmHWM), or
+/// `unknown`.
+fn peak_memory_mb(pid: &str) -> String {
+    let read = || -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024)
+    };
+    read().map_or_else(|| "unknown".into(), |mb| mb.to_string())
 }

@@ -238,6 +238,26 @@ async fn large_cohort_is_sent_in_batches_of_1000() {
     }
     let cohorts = emulator.get("/_emulator/cohorts").await;
     assert_eq!(cohorts[0]["member_count"], 2500);
+
+    // Every member is listed once, in member order, with its own ids.
+    let reply = server
+        .admin_get(&format!("/runs/{}/operations", once["run"]["id"]))
+        .await;
+    let operations = reply["operations"].as_array().unwrap();
+    assert_eq!(operations.len(), 2500);
+    for (i, operation) in operations.iter().enumerate() {
+        assert_eq!(
+            operation["distinct_id"],
+            format!("user-{i:04}"),
+            "{operation}"
+        );
+        assert_eq!(
+            operation["external_id"],
+            format!("ext-{i:04}"),
+            "{operation}"
+        );
+        assert_eq!(operation["operation"], "add", "{operation}");
+    }
     server.stop().await;
 }
 

@@ -208,6 +208,29 @@ impl Engine {
         Ok(set.iter().map(|user| &*self.users[user as usize]).collect())
     }
 
+    /// Evaluates `definition` like `evaluate` and passes each member to `each`, in byte order of
+    /// canonical ids, with its profile's value of `property`: `None` when the member has no
+    /// profile, `Some(None)` when the profile lacks the property. Nothing is copied per member.
+    pub fn for_each_member_value(
+        &self,
+        definition: &Definition,
+        cohorts: &HashMap<i64, Definition>,
+        tz: Tz,
+        now_ms: i64,
+        property: &str,
+        mut each: impl FnMut(&str, Option<Option<&Value>>),
+    ) -> Result<(), EvalError> {
+        let set = self.member_set(definition, cohorts, tz, now_ms)?;
+        let number = self.property_names.get(property);
+        for user in &set {
+            let profile = self.profiles[user as usize]
+                .as_deref()
+                .map(|row| number.and_then(|number| row_value(row, number)));
+            each(&self.users[user as usize], profile);
+        }
+        Ok(())
+    }
+
     fn member_set(
         &self,
         definition: &Definition,

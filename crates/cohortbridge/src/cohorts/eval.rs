@@ -72,6 +72,32 @@ pub async fn evaluate_with_properties(
     evaluate_members(store, project_id, definition, Some(properties), now_ms).await
 }
 
+/// Evaluates like [`evaluate`] and passes each member to `each`, in byte order of canonical
+/// ids, with its profile's value of `property` (`None` when the member has no profile). Of the
+/// profiles, only `property` and the properties `definition` filters on are kept in memory.
+pub async fn evaluate_property(
+    store: &dyn Store,
+    project_id: i64,
+    definition: &Definition,
+    property: &str,
+    now_ms: i64,
+    each: impl FnMut(&str, Option<Option<&Value>>),
+) -> Result<(), EvalError> {
+    let tz_name = store.project_timezone(project_id).await?;
+    let tz = parse_timezone(&tz_name).map_err(EvalError::TimeZone)?;
+    let cohorts = referenced_cohorts(store, project_id, definition).await?;
+    let output = [property.to_owned()];
+    let selection = Selection::for_definitions(
+        std::iter::once(definition).chain(cohorts.values()),
+        Some(&output),
+    );
+    let builder = store
+        .read_cohort_rows(project_id, IndexBuilder::new(selection), now_ms)
+        .await?;
+    Engine::from_rows(builder)
+        .for_each_member_value(definition, &cohorts, tz, now_ms, property, each)
+}
+
 /// Streams the rows `definition` reads from the store into the engine's index and evaluates
 /// it, with the members' profiles carrying the `output` properties (`None`: all of them).
 async fn evaluate_members(

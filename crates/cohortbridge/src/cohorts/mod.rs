@@ -13,7 +13,8 @@ pub mod window;
 
 pub use definition::{parse, Definition, DefinitionError};
 pub use eval::{
-    check_references, evaluate, evaluate_cohort, evaluate_with_properties, CohortMembers, EvalError,
+    check_references, evaluate, evaluate_cohort, evaluate_property, evaluate_with_properties,
+    CohortMembers, EvalError,
 };
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::definition::Definition;
@@ -254,10 +255,21 @@ impl IndexBuilder {
         self.profiles.insert(number, row.into_boxed_slice());
     }
 
-    /// Adds a profile from its stored JSON text.
+    /// Adds a profile from its stored JSON text. Only the selected properties are parsed into
+    /// values; the others are skipped without building a map. A repeated key keeps its last
+    /// value, as `serde_json::Map` does.
     pub fn add_profile_json(&mut self, distinct_id: &str, text: &str) -> serde_json::Result<()> {
-        let properties: Map<String, Value> = serde_json::from_str(text)?;
-        self.add_profile(distinct_id, properties);
+        let mut row = Vec::new();
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        SelectedProperties {
+            selection: &self.selection,
+            names: &mut self.property_names,
+            row: &mut row,
+        }
+        .deserialize(&mut deserializer)?;
+        deserializer.end()?;
+        let number = self.number(distinct_id);
+        self.profiles.insert(number, row.into_boxed_slice());
         Ok(())
     }
 
@@ -299,5 +311,138 @@ impl IndexBuilder {
         };
         self.add_event(name, distinct_id, time_ms, parsed.as_ref());
         Ok(())
+    }
+}
+
+/// Parses a profile's JSON object into a `PropertyRow`, keeping only the properties that a
+/// `Selection` keeps.
+struct SelectedProperties<'a> {
+    selection: &'a Selection,
+    names: &'a mut PropertyNames,
+    row: &'a mut Vec<(u32, Value)>,
+}
+
+impl<'de> DeserializeSeed<'de> for SelectedProperties<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SelectedProperties<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object of profile properties")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(PropertyName(name)) = map.next_key()? {
+            if !self.selection.keeps_profile_property(&name) {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            let number = self.names.intern(&name);
+            let value: Value = map.next_value()?;
+            match self.row.iter_mut().find(|(n, _)| *n == number) {
+                Some(entry) => entry.1 = value,
+                None => self.row.push((number, value)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A property name, borrowed from the JSON text unless it contains escapes.
+struct PropertyName<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for PropertyName<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = PropertyName<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a property name")
+            }
+
+            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Self::Value, E> {
+                Ok(PropertyName(std::borrow::Cow::Borrowed(name)))
+            }
+
+            fn visit_str<E>(self, name: &str) -> Result<Self::Value, E> {
+                Ok(PropertyName(std::borrow::Cow::Owned(name.to_owned())))
+            }
+
+            fn visit_string<E>(self, name: String) -> Result<Self::Value, E> {
+                Ok(PropertyName(std::borrow::Cow::Owned(name)))
+            }
+        }
+
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn builder(kept: Option<&[&str]>) -> IndexBuilder {
+        IndexBuilder::new(Selection {
+            events: BTreeMap::new(),
+            profile_properties: kept.map(|names| names.iter().map(|n| (*n).to_owned()).collect()),
+        })
+    }
+
+    /// Returns the stored row of `distinct_id` as a JSON object.
+    fn profile(builder: &IndexBuilder, distinct_id: &str) -> Map<String, Value> {
+        let number = builder.ids.get(distinct_id).expect("interned");
+        builder
+            .property_names
+            .to_map(&builder.profiles[&number], None)
+    }
+
+    #[test]
+    fn profile_json_keeps_selected_properties() {
+        let mut b = builder(Some(&["plan", "quo\"te", "é"]));
+        let text = r#"{"plan":"pro","skip":{"deep":[1,2,{"x":"y"}]},"quo\"te":1.5,"é":null,"n":3}"#;
+        b.add_profile_json("u1", text).unwrap();
+        assert_eq!(
+            Value::Object(profile(&b, "u1")),
+            json!({"plan": "pro", "quo\"te": 1.5, "é": null})
+        );
+    }
+
+    #[test]
+    fn profile_json_keeps_every_property_without_selection() {
+        let mut b = builder(None);
+        let text = r#"{"b":1,"a":[true,"x"],"c":{"d":1e400}}"#;
+        b.add_profile_json("u1", text).unwrap();
+        let expected: Map<String, Value> = serde_json::from_str(text).unwrap();
+        assert_eq!(profile(&b, "u1"), expected);
+    }
+
+    #[test]
+    fn profile_json_repeated_key_keeps_last_value() {
+        let mut b = builder(Some(&["plan"]));
+        b.add_profile_json("u1", r#"{"plan":"free","plan":"pro"}"#)
+            .unwrap();
+        assert_eq!(Value::Object(profile(&b, "u1")), json!({"plan": "pro"}));
+        let expected: Map<String, Value> =
+            serde_json::from_str(r#"{"plan":"free","plan":"pro"}"#).unwrap();
+        assert_eq!(profile(&b, "u1"), expected);
+    }
+
+    #[test]
+    fn profile_json_rejects_invalid_text() {
+        let mut b = builder(Some(&["plan"]));
+        assert!(b.add_profile_json("u1", r#"{"plan":"pro"} x"#).is_err());
+        assert!(b.add_profile_json("u2", r#"["plan"]"#).is_err());
+        assert!(b.add_profile_json("u3", r#"{"plan":}"#).is_err());
+        assert!(b.ids.get("u1").is_none());
     }
 }

@@ -40,6 +40,16 @@ impl IdSet {
         self.ends.push(end);
     }
 
+    /// Appends `id` when it sorts after every id of the set; returns `false`, leaving the set
+    /// unchanged, otherwise.
+    pub(crate) fn push_ordered(&mut self, id: &str) -> bool {
+        if self.last().is_some_and(|last| last >= id) {
+            return false;
+        }
+        self.push(id);
+        true
+    }
+
     fn last(&self) -> Option<&str> {
         self.len().checked_sub(1).map(|i| self.get(i))
     }

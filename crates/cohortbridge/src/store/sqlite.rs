@@ -236,6 +236,49 @@ fn external_ids(
     Ok(ids.finish())
 }
 
+/// Ids bound per statement when a statement covers many ids. Each statement then has 102 bound
+/// parameters, far below SQLite's limit of 32,766.
+const IDS_PER_STATEMENT: usize = 100;
+
+/// Runs, for each chunk of at most `IDS_PER_STATEMENT` of `ids`, the statement `sql_for(chunk
+/// length)`, which binds `?1` and `?2` to `key` and the chunk's ids to the following
+/// parameters. SQLite runs one statement per chunk faster than one statement per id.
+fn for_id_chunks(
+    tx: &rusqlite::Transaction<'_>,
+    key: (i64, i64),
+    ids: &[&str],
+    sql_for: impl Fn(usize) -> String,
+) -> StoreResult<()> {
+    for chunk in ids.chunks(IDS_PER_STATEMENT) {
+        let sql = sql_for(chunk.len());
+        // Full chunks share one cached statement; a shorter last chunk is prepared once.
+        let (mut cached, mut fresh);
+        let statement: &mut rusqlite::Statement<'_> = if chunk.len() == IDS_PER_STATEMENT {
+            cached = tx.prepare_cached(&sql)?;
+            &mut cached
+        } else {
+            fresh = tx.prepare(&sql)?;
+            &mut fresh
+        };
+        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() + 2);
+        values.push(&key.0);
+        values.push(&key.1);
+        values.extend(chunk.iter().map(|id| id as &dyn rusqlite::ToSql));
+        statement.execute(values.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Returns the ids of `set`, borrowed.
+fn ids(set: &IdSet) -> Vec<&str> {
+    set.iter().collect()
+}
+
+/// Repeats `item` `n` times, comma-separated.
+fn placeholders(item: &str, n: usize) -> String {
+    vec![item; n].join(", ")
+}
+
 fn is_unique_violation(err: &rusqlite::Error) -> bool {
     matches!(
         err,
@@ -392,6 +435,28 @@ fn sync_from_row(row: &Row<'_>) -> rusqlite::Result<Sync> {
         created_at_ms: row.get(9)?,
         paused_by: row.get(10)?,
     })
+}
+
+/// Rows per `INSERT` of run operations. 100 rows of 6 values stay far below SQLite's limit of
+/// 32,766 bound parameters per statement.
+const OPERATION_ROWS_PER_INSERT: usize = 100;
+
+/// The `INSERT` of a full chunk of `OPERATION_ROWS_PER_INSERT` run operations.
+static INSERT_FULL_OPERATIONS_CHUNK: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| insert_operations_sql(OPERATION_ROWS_PER_INSERT));
+
+/// Builds an `INSERT` of `rows` run operations, six values per row.
+fn insert_operations_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO sync_run_operations (run_id, seq, distinct_id, external_id, operation, reason) VALUES ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?,?)");
+    }
+    sql
 }
 
 const RUN_COLUMNS: &str = "id, sync_id, started_at_ms, finished_at_ms, status, members, added, removed, skipped, requests, error, unchanged, retries, trigger";
@@ -1908,40 +1973,40 @@ impl Store for SqliteStore {
     ) -> StoreResult<()> {
         self.write(move |conn| {
             let tx = conn.transaction()?;
-            {
-                let mut add = tx.prepare_cached(
-                    "INSERT INTO braze_members (connection_id, cohort_id, external_id)
-                     VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                )?;
-                for id in progress.acknowledged_adds.iter() {
-                    add.execute(params![connection_id, cohort_id, id])?;
-                }
-                let mut remove = tx.prepare_cached(
+            let key = (connection_id, cohort_id);
+            for_id_chunks(&tx, key, &ids(&progress.acknowledged_adds), |n| {
+                format!(
+                    "INSERT INTO braze_members (connection_id, cohort_id, external_id) VALUES {}
+                     ON CONFLICT DO NOTHING",
+                    placeholders("(?1, ?2, ?)", n)
+                )
+            })?;
+            for_id_chunks(&tx, key, &ids(&progress.acknowledged_removes), |n| {
+                format!(
                     "DELETE FROM braze_members
-                     WHERE connection_id = ?1 AND cohort_id = ?2 AND external_id = ?3",
-                )?;
-                for id in progress.acknowledged_removes.iter() {
-                    remove.execute(params![connection_id, cohort_id, id])?;
-                }
-                let mut settle = tx.prepare_cached(
+                     WHERE connection_id = ?1 AND cohort_id = ?2 AND external_id IN ({})",
+                    placeholders("?", n)
+                )
+            })?;
+            let settled: Vec<&str> = progress
+                .acknowledged_adds
+                .iter()
+                .chain(progress.acknowledged_removes.iter())
+                .collect();
+            for_id_chunks(&tx, key, &settled, |n| {
+                format!(
                     "DELETE FROM braze_pending
-                     WHERE connection_id = ?1 AND cohort_id = ?2 AND external_id = ?3",
-                )?;
-                let acknowledged = progress
-                    .acknowledged_adds
-                    .iter()
-                    .chain(progress.acknowledged_removes.iter());
-                for id in acknowledged {
-                    settle.execute(params![connection_id, cohort_id, id])?;
-                }
-                let mut pend = tx.prepare_cached(
-                    "INSERT INTO braze_pending (connection_id, cohort_id, external_id)
-                     VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                )?;
-                for id in progress.pending.iter() {
-                    pend.execute(params![connection_id, cohort_id, id])?;
-                }
-            }
+                     WHERE connection_id = ?1 AND cohort_id = ?2 AND external_id IN ({})",
+                    placeholders("?", n)
+                )
+            })?;
+            for_id_chunks(&tx, key, &ids(&progress.pending), |n| {
+                format!(
+                    "INSERT INTO braze_pending (connection_id, cohort_id, external_id) VALUES {}
+                     ON CONFLICT DO NOTHING",
+                    placeholders("(?1, ?2, ?)", n)
+                )
+            })?;
             tx.commit()?;
             Ok(())
         })
@@ -2125,22 +2190,33 @@ impl Store for SqliteStore {
     ) -> StoreResult<()> {
         self.write(move |conn| {
             let tx = conn.transaction()?;
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO sync_run_operations
-                         (run_id, seq, distinct_id, external_id, operation, reason)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?;
-                for (seq, op) in (first_seq..).zip(&operations) {
-                    insert.execute(params![
-                        run_id,
+            let mut seq = first_seq;
+            for rows in operations.chunks(OPERATION_ROWS_PER_INSERT) {
+                // One statement inserts many rows, which SQLite runs faster than one
+                // statement per row.
+                let (mut cached, mut fresh);
+                let insert: &mut rusqlite::Statement<'_> =
+                    if rows.len() == OPERATION_ROWS_PER_INSERT {
+                        cached = tx.prepare_cached(&INSERT_FULL_OPERATIONS_CHUNK)?;
+                        &mut cached
+                    } else {
+                        fresh = tx.prepare(&insert_operations_sql(rows.len()))?;
+                        &mut fresh
+                    };
+                let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(rows.len() * 6);
+                let seqs: Vec<i64> = (seq..seq + rows.len() as i64).collect();
+                for (op, seq) in rows.iter().zip(&seqs) {
+                    values.extend([
+                        &run_id as &dyn rusqlite::ToSql,
                         seq,
-                        op.distinct_id,
-                        op.external_id,
-                        op.operation,
-                        op.reason
-                    ])?;
+                        &op.distinct_id,
+                        &op.external_id,
+                        &op.operation,
+                        &op.reason,
+                    ]);
                 }
+                insert.execute(values.as_slice())?;
+                seq += rows.len() as i64;
             }
             tx.commit()?;
             Ok(())

@@ -16,7 +16,7 @@ impl SyncEngine {
         counts: &mut RunCounts,
         cohort: &Cohort,
         connection: &Connection,
-        evaluated: cohorts::CohortMembers,
+        evaluated: SyncMembers,
         credentials: &Credentials,
     ) -> Result<(), RunFailure> {
         let store_failure = |e: StoreError| RunFailure::retry_later(format!("storage error: {e}"));
@@ -54,12 +54,7 @@ impl SyncEngine {
             .braze_pending(connection.id, cohort.id)
             .await
             .map_err(store_failure)?;
-        let mut plan = plan_changes(
-            &evaluated,
-            &connection.user_id_property,
-            &acknowledged,
-            &pending,
-        );
+        let mut plan = plan_changes(&evaluated, &acknowledged, &pending);
         drop(acknowledged);
         drop(pending);
         counts.members = plan.counts.members;

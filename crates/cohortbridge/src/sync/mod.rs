@@ -9,6 +9,7 @@
 //! across nodes: a run holds its connection's turn and a lease on its sync in the store.
 
 mod attributes;
+mod members;
 mod metrics;
 mod plan;
 mod removal;
@@ -22,8 +23,9 @@ use std::time::Instant;
 use chrono::{TimeZone, Utc};
 use serde_json::Value;
 
+pub use members::{braze_id_of, JsonType, Skip, SyncMembers};
 pub use metrics::SyncMetrics;
-pub use plan::{exportable_count, member_braze_id, plan_changes, plan_operations, Plan};
+pub use plan::{exportable_count, plan_changes, plan_operations, Plan};
 pub use scheduler::spawn_scheduler;
 
 use crate::braze::client::{BrazeClient, BrazeError, Credentials, MAX_IDS_PER_REQUEST};
@@ -614,33 +616,33 @@ impl SyncEngine {
             .clone()
     }
 
-    /// Evaluates a cohort for a run, keeping of each member's profile only the connection's
-    /// user-id property. A failed evaluation, or a cohort over the member limit, is an error,
-    /// so that it never looks like an empty cohort.
+    /// Evaluates a cohort for a run, keeping of each member only its canonical id and the
+    /// connection's user-id property. A failed evaluation, or a cohort over the member limit, is
+    /// an error, so that it never looks like an empty cohort.
     async fn evaluate_for_sync(
         &self,
         project_id: i64,
         cohort: &Cohort,
         connection: &Connection,
-    ) -> Result<cohorts::CohortMembers, String> {
+    ) -> Result<SyncMembers, String> {
         let definition = cohorts::parse(&cohort.definition)
             .map_err(|e| format!("cohort evaluation failed: invalid definition: {e}"))?;
-        let evaluated = cohorts::evaluate_with_properties(
+        let evaluated = SyncMembers::evaluate(
             self.store.as_ref(),
             project_id,
             &definition,
-            std::slice::from_ref(&connection.user_id_property),
+            &connection.user_id_property,
             now_ms(),
         )
         .await
         .map_err(|e| format!("cohort evaluation failed: {e}"))?;
         let limit = self.limits.max_cohort_members;
-        if evaluated.members.len() > limit {
+        if evaluated.len() > limit {
             return Err(format!(
                 "cohort {} has {} members, more than the limit of {limit} per cohort \
                  (serve flag --max-cohort-members); nothing was sent",
                 cohort.id,
-                evaluated.members.len()
+                evaluated.len()
             ));
         }
         Ok(evaluated)
@@ -668,12 +670,7 @@ impl SyncEngine {
             .braze_pending(connection.id, cohort.id)
             .await
             .map_err(storage)?;
-        let mut plan = plan_changes(
-            &evaluated,
-            &connection.user_id_property,
-            &acknowledged,
-            &pending,
-        );
+        let mut plan = plan_changes(&evaluated, &acknowledged, &pending);
         self.find_remove_holders(connection.id, cohort.id, i64::MAX, &mut plan)
             .await
             .map_err(storage)?;
@@ -783,12 +780,7 @@ impl SyncEngine {
             .braze_pending(connection.id, cohort.id)
             .await
             .map_err(store_failure)?;
-        let mut plan = plan_changes(
-            &evaluated,
-            &connection.user_id_property,
-            &acknowledged,
-            &pending,
-        );
+        let mut plan = plan_changes(&evaluated, &acknowledged, &pending);
         drop(acknowledged);
         drop(pending);
         counts.members = plan.counts.members;
@@ -898,7 +890,7 @@ impl SyncEngine {
     pub(super) async fn record_operations(
         &self,
         run_id: i64,
-        evaluated: &cohorts::CohortMembers,
+        evaluated: &SyncMembers,
         user_id_property: &str,
         plan: &Plan,
     ) -> Result<(), StoreError> {

@@ -8,10 +8,8 @@
 //! each is sent again: an add when it is desired, a remove when it is not. Both are no-ops in
 //! Braze when they repeat what it already did.
 
-use serde_json::Value;
-
+use super::members::{braze_id_of, SyncMembers};
 use crate::cohorts::CohortMembers;
-use crate::identity;
 use crate::store::{IdSet, RunCounts, RunOperation};
 
 /// Adds and removes of one run, disjoint and each in byte order. The operation of each member
@@ -25,99 +23,103 @@ pub struct Plan {
     pub remove_holders: Vec<Option<String>>,
     /// `members`, `skipped` and `unchanged` are set; the rest stay zero.
     pub counts: RunCounts,
+    /// Per member of the planned `SyncMembers`, by position, whether its Braze id is an add.
+    pub(crate) member_adds: Vec<bool>,
 }
 
-/// The Braze id of one member, or why the member cannot be sent.
-pub fn member_braze_id<'a>(
-    evaluated: &'a CohortMembers,
-    member: &str,
-    user_id_property: &str,
-) -> Result<&'a str, String> {
-    if identity::is_anonymous_device(member) {
-        return Err("anonymous device id without a merged user".into());
-    }
-    let profile = evaluated
-        .profiles
-        .get(member)
-        .ok_or_else(|| "no profile".to_owned())?;
-    match profile.get(user_id_property) {
-        None | Some(Value::Null) => Err(format!("profile has no {user_id_property} property")),
-        Some(Value::String(id)) if id.is_empty() => Err(format!("{user_id_property} is empty")),
-        Some(Value::String(id)) => Ok(id),
-        Some(other) => Err(format!(
-            "{user_id_property} is a {}, not a string",
-            json_type(other)
-        )),
-    }
-}
-
-/// Counts the members that a sync would send: those [`member_braze_id`] finds an id for.
-/// Previews count with this, so that they agree with the run.
+/// Counts the members that a sync would send: those with a Braze id. Previews count with this,
+/// so that they agree with the run.
 pub fn exportable_count(evaluated: &CohortMembers, user_id_property: &str) -> usize {
     evaluated
         .members
         .iter()
-        .filter(|member| member_braze_id(evaluated, member, user_id_property).is_ok())
+        .filter(|member| {
+            let profile = evaluated
+                .profiles
+                .get(*member)
+                .map(|properties| properties.get(user_id_property));
+            braze_id_of(member, profile).is_ok()
+        })
         .count()
 }
 
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
+/// Diffs the members' Braze ids against the ids Braze acknowledged and the pending ids. The
+/// members' ids are sorted once, and then the three sorted sequences are merged in one pass.
+pub fn plan_changes(members: &SyncMembers, acknowledged: &IdSet, pending: &IdSet) -> Plan {
+    let mut plan = Plan {
+        member_adds: vec![false; members.len()],
+        ..Plan::default()
+    };
+    plan.counts.members = members.len() as i64;
 
-/// Diffs the cohort's members against the ids Braze acknowledged and the pending ids.
-pub fn plan_changes(
-    evaluated: &CohortMembers,
-    user_id_property: &str,
-    acknowledged: &IdSet,
-    pending: &IdSet,
-) -> Plan {
-    let mut plan = Plan::default();
-    plan.counts.members = evaluated.members.len() as i64;
+    // Positions of the members with a Braze id, sorted by that id.
+    let id_of = |position: u32| {
+        members
+            .braze_id(position as usize)
+            .expect("only members with a Braze id are sorted")
+    };
+    let mut order: Vec<u32> = (0..members.len() as u32)
+        .filter(|&position| members.braze_id(position as usize).is_ok())
+        .collect();
+    plan.counts.skipped = (members.len() - order.len()) as i64;
+    order.sort_unstable_by(|&a, &b| id_of(a).cmp(id_of(b)));
 
-    let mut desired: Vec<&str> = Vec::with_capacity(evaluated.members.len());
-    for member in &evaluated.members {
-        match member_braze_id(evaluated, member, user_id_property) {
-            Ok(id) => desired.push(id),
-            Err(_) => plan.counts.skipped += 1,
+    // Braze holds, or may hold, every acknowledged id and every pending id.
+    let held = acknowledged.union(pending);
+    let mut held_ids = held.iter().peekable();
+    let mut pending_ids = pending.iter().peekable();
+    let mut desired = 0;
+    let mut start = 0;
+    while start < order.len() {
+        let id = id_of(order[start]);
+        let mut end = start + 1;
+        while end < order.len() && id_of(order[end]) == id {
+            end += 1;
         }
-    }
-    desired.sort_unstable();
-    desired.dedup();
+        desired += 1;
 
-    plan.adds = desired
-        .iter()
-        .filter(|id| !acknowledged.contains(id) || pending.contains(id))
-        .collect();
-    plan.removes = acknowledged
-        .union(pending)
-        .iter()
-        .filter(|id| desired.binary_search(id).is_err())
-        .collect();
-    plan.counts.unchanged = (desired.len() - plan.adds.len()) as i64;
+        while let Some(gone) = held_ids.next_if(|held| *held < id) {
+            push_next(&mut plan.removes, gone);
+        }
+        let is_held = held_ids.next_if_eq(&id).is_some();
+        while pending_ids.next_if(|pending| *pending < id).is_some() {}
+        let is_pending = pending_ids.next_if_eq(&id).is_some();
+        // A held id that is not pending is acknowledged; a pending id is sent again.
+        if !is_held || is_pending {
+            push_next(&mut plan.adds, id);
+            for &position in &order[start..end] {
+                plan.member_adds[position as usize] = true;
+            }
+        }
+        start = end;
+    }
+    for gone in held_ids {
+        push_next(&mut plan.removes, gone);
+    }
+    plan.counts.unchanged = (desired - plan.adds.len()) as i64;
     plan
 }
 
-/// Lists the operations of a planned run: one per member, in member order, then one per
-/// removed id.
+/// Appends `id`, which the merge in `plan_changes` yields in strictly increasing order.
+fn push_next(set: &mut IdSet, id: &str) {
+    let appended = set.push_ordered(id);
+    debug_assert!(appended, "{id:?} repeats or is out of order");
+}
+
+/// Lists the operations of a run planned from `members`: one per member, in member order, then
+/// one per removed id.
 pub fn plan_operations<'a>(
-    evaluated: &'a CohortMembers,
+    members: &'a SyncMembers,
     user_id_property: &'a str,
     plan: &'a Plan,
 ) -> impl Iterator<Item = RunOperation> + 'a {
-    let members = evaluated.members.iter().map(move |member| {
-        match member_braze_id(evaluated, member, user_id_property) {
+    let member_operations = (0..members.len()).map(move |position| {
+        let member = members.member(position);
+        match members.braze_id(position) {
             Ok(id) => RunOperation {
-                distinct_id: Some(member.clone()),
+                distinct_id: Some(member.to_owned()),
                 external_id: Some(id.to_owned()),
-                operation: if plan.adds.contains(id) {
+                operation: if plan.member_adds[position] {
                     "add"
                 } else {
                     "no-op"
@@ -125,11 +127,11 @@ pub fn plan_operations<'a>(
                 .into(),
                 reason: None,
             },
-            Err(reason) => RunOperation {
-                distinct_id: Some(member.clone()),
+            Err(skip) => RunOperation {
+                distinct_id: Some(member.to_owned()),
                 external_id: None,
                 operation: "skipped".into(),
-                reason: Some(reason),
+                reason: Some(skip.reason(user_id_property)),
             },
         }
     });
@@ -139,12 +141,12 @@ pub fn plan_operations<'a>(
         operation: "remove".into(),
         reason: None,
     });
-    members.chain(removes)
+    member_operations.chain(removes)
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
 
@@ -152,7 +154,7 @@ mod tests {
         IdSet::from_ids(ids)
     }
 
-    fn members(rows: &[(&str, Value)]) -> CohortMembers {
+    fn members(rows: &[(&str, Value)]) -> SyncMembers {
         let mut evaluated = CohortMembers::default();
         for (member, profile) in rows {
             evaluated.members.insert((*member).into());
@@ -160,19 +162,14 @@ mod tests {
                 evaluated.profiles.insert((*member).into(), map.clone());
             }
         }
-        evaluated
+        SyncMembers::from_cohort_members(&evaluated, "$braze_external_id")
     }
 
     #[test]
     fn changed_id_is_one_remove_and_one_add() {
         let evaluated = members(&[("u1", json!({"$braze_external_id": "new"}))]);
         let acknowledged = set(&["old"]);
-        let plan = plan_changes(
-            &evaluated,
-            "$braze_external_id",
-            &acknowledged,
-            &IdSet::default(),
-        );
+        let plan = plan_changes(&evaluated, &acknowledged, &IdSet::default());
         assert_eq!(plan.adds, ["new"]);
         assert_eq!(plan.removes, ["old"]);
         assert_eq!(plan.counts.unchanged, 0);
@@ -185,12 +182,7 @@ mod tests {
             ("u2", json!({"$braze_external_id": "shared"})),
         ]);
         let acknowledged = set(&["shared"]);
-        let plan = plan_changes(
-            &evaluated,
-            "$braze_external_id",
-            &acknowledged,
-            &IdSet::default(),
-        );
+        let plan = plan_changes(&evaluated, &acknowledged, &IdSet::default());
         assert!(plan.adds.is_empty());
         assert!(plan.removes.is_empty());
         assert_eq!(plan.counts.unchanged, 1);
@@ -207,12 +199,7 @@ mod tests {
             ("c", json!({"$braze_external_id": "Y"})),
         ]);
         let acknowledged = set(&["Y", "Z"]);
-        let plan = plan_changes(
-            &evaluated,
-            "$braze_external_id",
-            &acknowledged,
-            &IdSet::default(),
-        );
+        let plan = plan_changes(&evaluated, &acknowledged, &IdSet::default());
         assert_eq!(plan.adds, ["X"]);
         assert_eq!(plan.removes, ["Z"]);
         assert!(plan.removes.iter().all(|id| !plan.adds.contains(id)));
@@ -226,7 +213,7 @@ mod tests {
         ]);
         let acknowledged = set(&["kept", "in-doubt-member"]);
         let pending = set(&["in-doubt-member", "in-doubt-gone"]);
-        let plan = plan_changes(&evaluated, "$braze_external_id", &acknowledged, &pending);
+        let plan = plan_changes(&evaluated, &acknowledged, &pending);
         assert_eq!(plan.adds, ["in-doubt-member"]);
         assert_eq!(plan.removes, ["in-doubt-gone"]);
         assert_eq!(plan.counts.unchanged, 1);
@@ -242,12 +229,7 @@ mod tests {
             ("no-profile", Value::Null),
             ("ok", json!({"$braze_external_id": " Ok "})),
         ]);
-        let plan = plan_changes(
-            &evaluated,
-            "$braze_external_id",
-            &IdSet::default(),
-            &IdSet::default(),
-        );
+        let plan = plan_changes(&evaluated, &IdSet::default(), &IdSet::default());
         assert_eq!(plan.adds, [" Ok "]);
         assert_eq!(plan.counts.skipped, 5);
         let operations: Vec<_> = plan_operations(&evaluated, "$braze_external_id", &plan).collect();
@@ -269,5 +251,78 @@ mod tests {
         );
         assert_eq!(reason("no-profile"), "no profile");
         assert!(reason("$device:d").contains("anonymous"));
+    }
+
+    mod merge {
+        use std::collections::BTreeSet;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Ids from a small alphabet, so that members share ids and the sets overlap.
+        fn id() -> impl Strategy<Value = String> {
+            "[ab]{0,3}"
+        }
+
+        proptest! {
+            #[test]
+            fn plan_agrees_with_set_arithmetic(
+                rows in proptest::collection::btree_map("[a-z]{1,3}", proptest::option::of(id()), 0..12),
+                acknowledged in proptest::collection::btree_set(id(), 0..8),
+                pending in proptest::collection::btree_set(id(), 0..4),
+            ) {
+                let rows: Vec<(&str, Value)> = rows
+                    .iter()
+                    .map(|(member, id)| {
+                        let profile = match id {
+                            Some(id) => json!({ "$braze_external_id": id }),
+                            None => json!({}),
+                        };
+                        (member.as_str(), profile)
+                    })
+                    .collect();
+                let evaluated = members(&rows);
+                let plan = plan_changes(
+                    &evaluated,
+                    &IdSet::from_ids(&acknowledged),
+                    &IdSet::from_ids(&pending),
+                );
+
+                let desired: BTreeSet<String> = (0..evaluated.len())
+                    .filter_map(|i| evaluated.braze_id(i).ok().map(str::to_owned))
+                    .collect();
+                let adds: Vec<&String> = desired
+                    .iter()
+                    .filter(|id| !acknowledged.contains(*id) || pending.contains(*id))
+                    .collect();
+                let removes: Vec<&String> = acknowledged
+                    .union(&pending)
+                    .filter(|id| !desired.contains(*id))
+                    .collect();
+                prop_assert_eq!(&plan.adds, &adds[..]);
+                prop_assert_eq!(&plan.removes, &removes[..]);
+                prop_assert_eq!(plan.counts.unchanged as usize, desired.len() - adds.len());
+                prop_assert_eq!(
+                    plan.counts.skipped as usize,
+                    evaluated.len() - evaluated.exportable_count()
+                );
+                for operation in plan_operations(&evaluated, "$braze_external_id", &plan) {
+                    let is_add = operation
+                        .external_id
+                        .as_ref()
+                        .is_some_and(|id| adds.contains(&id));
+                    match operation.operation.as_str() {
+                        "add" => prop_assert!(is_add),
+                        "no-op" => prop_assert!(!is_add),
+                        "remove" => prop_assert!(operation
+                            .external_id
+                            .as_ref()
+                            .is_some_and(|id| removes.contains(&id))),
+                        _ => prop_assert!(operation.external_id.is_none()),
+                    }
+                }
+            }
+        }
     }
 }

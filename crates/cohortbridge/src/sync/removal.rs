@@ -122,7 +122,7 @@ impl SyncEngine {
         let recorded = async {
             self.find_remove_holders(connection.id, sync.cohort_id, run.id, &mut plan)
                 .await?;
-            let no_members = cohorts::CohortMembers::default();
+            let no_members = SyncMembers::default();
             self.record_operations(run.id, &no_members, &connection.user_id_property, &plan)
                 .await
         };

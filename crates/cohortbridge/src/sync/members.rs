@@ -1,0 +1,305 @@
+//! The members of one cohort evaluation as a sync uses them: each member's canonical id and its
+//! Braze id, or why it has none.
+//!
+//! A run keeps up to millions of members, so the ids of all members share one buffer per kind
+//! instead of one allocation per member, and a skip reason is a small code that becomes text
+//! only when an operation is written.
+
+use serde_json::Value;
+
+use crate::cohorts::{self, CohortMembers, EvalError};
+use crate::identity;
+use crate::store::{IdSet, Store};
+
+/// Reason a member has no Braze id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    AnonymousDevice,
+    NoProfile,
+    /// The profile lacks the user-id property, or it is `null`.
+    MissingProperty,
+    EmptyId,
+    /// The property is a JSON value of another type than string.
+    NotString(JsonType),
+}
+
+/// The JSON type of a user-id property that is neither a string nor `null`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonType {
+    Boolean,
+    Number,
+    Array,
+    Object,
+}
+
+impl JsonType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JsonType::Boolean => "boolean",
+            JsonType::Number => "number",
+            JsonType::Array => "array",
+            JsonType::Object => "object",
+        }
+    }
+}
+
+impl Skip {
+    /// Formats the reason as `syncs operations` lists it, naming the connection's user-id
+    /// property.
+    pub fn reason(self, user_id_property: &str) -> String {
+        match self {
+            Skip::AnonymousDevice => "anonymous device id without a merged user".into(),
+            Skip::NoProfile => "no profile".into(),
+            Skip::MissingProperty => format!("profile has no {user_id_property} property"),
+            Skip::EmptyId => format!("{user_id_property} is empty"),
+            Skip::NotString(json_type) => {
+                format!(
+                    "{user_id_property} is a {}, not a string",
+                    json_type.as_str()
+                )
+            }
+        }
+    }
+}
+
+/// Returns the Braze id of a member with canonical id `member`, from its profile's value of the
+/// user-id property (`None` when the member has no profile), or why it cannot be sent. Ids are
+/// taken byte-exact: no trimming, no case folding.
+pub fn braze_id_of<'v>(member: &str, profile: Option<Option<&'v Value>>) -> Result<&'v str, Skip> {
+    if identity::is_anonymous_device(member) {
+        return Err(Skip::AnonymousDevice);
+    }
+    match profile.ok_or(Skip::NoProfile)? {
+        None | Some(Value::Null) => Err(Skip::MissingProperty),
+        Some(Value::String(id)) if id.is_empty() => Err(Skip::EmptyId),
+        Some(Value::String(id)) => Ok(id),
+        Some(Value::Bool(_)) => Err(Skip::NotString(JsonType::Boolean)),
+        Some(Value::Number(_)) => Err(Skip::NotString(JsonType::Number)),
+        Some(Value::Array(_)) => Err(Skip::NotString(JsonType::Array)),
+        Some(Value::Object(_)) => Err(Skip::NotString(JsonType::Object)),
+    }
+}
+
+/// The Braze id of one member: the end offset of its bytes in `SyncMembers::braze_ids`, or
+/// why it has none. An id starts where the previous member's id ends.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Id { end: u32 },
+    Skipped { end: u32, skip: Skip },
+}
+
+impl Slot {
+    fn end(self) -> u32 {
+        match self {
+            Slot::Id { end } | Slot::Skipped { end, .. } => end,
+        }
+    }
+}
+
+/// The members of one evaluation, in byte order of canonical ids, each with its Braze id or the
+/// reason it has none.
+#[derive(Debug, Default)]
+pub struct SyncMembers {
+    members: IdSet,
+    braze_ids: String,
+    slots: Vec<Slot>,
+}
+
+impl SyncMembers {
+    /// Evaluates `definition` and keeps, of each member, its canonical id and the Braze id in
+    /// its profile's `user_id_property`.
+    pub async fn evaluate(
+        store: &dyn Store,
+        project_id: i64,
+        definition: &cohorts::Definition,
+        user_id_property: &str,
+        now_ms: i64,
+    ) -> Result<Self, EvalError> {
+        let mut builder = SyncMembersBuilder::default();
+        cohorts::evaluate_property(
+            store,
+            project_id,
+            definition,
+            user_id_property,
+            now_ms,
+            |member, profile| builder.push(member, braze_id_of(member, profile)),
+        )
+        .await?;
+        Ok(builder.finish())
+    }
+
+    /// Keeps the members of an evaluation made with [`cohorts::evaluate_with_properties`].
+    pub fn from_cohort_members(evaluated: &CohortMembers, user_id_property: &str) -> Self {
+        let mut builder = SyncMembersBuilder::default();
+        for member in &evaluated.members {
+            let profile = evaluated
+                .profiles
+                .get(member)
+                .map(|properties| properties.get(user_id_property));
+            builder.push(member, braze_id_of(member, profile));
+        }
+        builder.finish()
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Returns the canonical id of member `index`.
+    pub fn member(&self, index: usize) -> &str {
+        self.members.get(index)
+    }
+
+    /// Returns the Braze id of member `index`, or why it has none.
+    pub fn braze_id(&self, index: usize) -> Result<&str, Skip> {
+        let start = match index {
+            0 => 0,
+            _ => self.slots[index - 1].end() as usize,
+        };
+        match self.slots[index] {
+            Slot::Id { end } => Ok(&self.braze_ids[start..end as usize]),
+            Slot::Skipped { skip, .. } => Err(skip),
+        }
+    }
+
+    /// Counts the members with a Braze id: those a sync sends.
+    pub fn exportable_count(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|slot| matches!(slot, Slot::Id { .. }))
+            .count()
+    }
+}
+
+/// Builds [`SyncMembers`] from members given in byte order of canonical ids.
+#[derive(Default)]
+struct SyncMembersBuilder {
+    members: IdSet,
+    braze_ids: String,
+    slots: Vec<Slot>,
+}
+
+impl SyncMembersBuilder {
+    /// Adds the next member.
+    ///
+    /// # Panics
+    ///
+    /// When the Braze ids take more than 4 GiB in total, or a member repeats or comes out of
+    /// order (the engine yields each member once, in order).
+    fn push(&mut self, member: &str, braze_id: Result<&str, Skip>) {
+        assert!(
+            self.members.push_ordered(member),
+            "member {member:?} repeats or is out of order"
+        );
+        let slot = match braze_id {
+            Ok(id) => {
+                self.braze_ids.push_str(id);
+                Slot::Id {
+                    end: self.end_offset(),
+                }
+            }
+            Err(skip) => Slot::Skipped {
+                end: self.end_offset(),
+                skip,
+            },
+        };
+        self.slots.push(slot);
+    }
+
+    fn end_offset(&self) -> u32 {
+        u32::try_from(self.braze_ids.len()).expect("the Braze ids of a cohort are limited to 4 GiB")
+    }
+
+    fn finish(self) -> SyncMembers {
+        SyncMembers {
+            members: self.members,
+            braze_ids: self.braze_ids,
+            slots: self.slots,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn braze_id_rules() {
+        let id = json!("Ext-1 ");
+        assert_eq!(braze_id_of("u1", Some(Some(&id))), Ok("Ext-1 "));
+        assert_eq!(
+            braze_id_of("$device:d", Some(Some(&id))),
+            Err(Skip::AnonymousDevice)
+        );
+        assert_eq!(braze_id_of("u1", None), Err(Skip::NoProfile));
+        assert_eq!(braze_id_of("u1", Some(None)), Err(Skip::MissingProperty));
+        assert_eq!(
+            braze_id_of("u1", Some(Some(&Value::Null))),
+            Err(Skip::MissingProperty)
+        );
+        assert_eq!(
+            braze_id_of("u1", Some(Some(&json!("")))),
+            Err(Skip::EmptyId)
+        );
+        assert_eq!(
+            braze_id_of("u1", Some(Some(&json!(7)))),
+            Err(Skip::NotString(JsonType::Number))
+        );
+        assert_eq!(
+            braze_id_of("u1", Some(Some(&json!(["a"])))),
+            Err(Skip::NotString(JsonType::Array))
+        );
+    }
+
+    #[test]
+    fn members_keep_ids_and_skips_by_position() {
+        let mut builder = SyncMembersBuilder::default();
+        builder.push("a", Ok("X"));
+        builder.push("b", Err(Skip::EmptyId));
+        builder.push("c", Ok(""));
+        builder.push("d", Ok("Y z"));
+        let members = builder.finish();
+        assert_eq!(members.len(), 4);
+        assert_eq!(members.member(0), "a");
+        assert_eq!(members.braze_id(0), Ok("X"));
+        assert_eq!(members.member(1), "b");
+        assert_eq!(members.braze_id(1), Err(Skip::EmptyId));
+        assert_eq!(members.braze_id(2), Ok(""));
+        assert_eq!(members.member(3), "d");
+        assert_eq!(members.braze_id(3), Ok("Y z"));
+        assert_eq!(members.exportable_count(), 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of order")]
+    fn members_out_of_order_panic() {
+        let mut builder = SyncMembersBuilder::default();
+        builder.push("b", Ok("X"));
+        builder.push("a", Ok("Y"));
+    }
+
+    #[test]
+    fn from_cohort_members_matches_profiles() {
+        let mut evaluated = CohortMembers::default();
+        for member in ["a", "b", "c"] {
+            evaluated.members.insert(member.into());
+        }
+        let profile = |value: Value| value.as_object().cloned().unwrap();
+        evaluated
+            .profiles
+            .insert("a".into(), profile(json!({"$braze_external_id": "A"})));
+        evaluated
+            .profiles
+            .insert("b".into(), profile(json!({"other": "B"})));
+        let members = SyncMembers::from_cohort_members(&evaluated, "$braze_external_id");
+        assert_eq!(members.braze_id(0), Ok("A"));
+        assert_eq!(members.braze_id(1), Err(Skip::MissingProperty));
+        assert_eq!(members.braze_id(2), Err(Skip::NoProfile));
+    }
+}
