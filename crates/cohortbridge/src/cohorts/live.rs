@@ -105,6 +105,18 @@ pub struct LiveCohort {
     /// costs one extra evaluation.
     wakeups: BinaryHeap<Reverse<(i64, u32)>>,
     now_ms: i64,
+    /// Buffers that `apply_events` and `update` clear and refill, kept between calls so that
+    /// a batch does not allocate and free buffers of its own size. With glibc's allocator such
+    /// frees ran `malloc_consolidate` over its free lists, which showed in profiles of a batch.
+    scratch: Scratch,
+}
+
+/// Reused buffers of `LiveCohort`, empty between calls.
+#[derive(Default)]
+struct Scratch {
+    resolved: Vec<Resolved>,
+    touched: Vec<u32>,
+    results: Vec<bool>,
 }
 
 /// The state a live cohort stores about one distinct id.
@@ -235,6 +247,7 @@ impl LiveCohort {
                 members: BTreeSet::new(),
                 wakeups: BinaryHeap::new(),
                 now_ms: i64::MIN,
+                scratch: Scratch::default(),
             },
         }
     }
@@ -402,28 +415,29 @@ impl LiveCohort {
         // Look every distinct id up before storing any event. The lookups read a table far
         // larger than the CPU caches, so each one first prefetches the table slot of the id
         // `PREFETCH_DISTANCE` events ahead, and the reads of several lookups overlap.
-        let hashes: Vec<u64> = events
-            .iter()
-            .map(|row| self.ids.hash(&row.distinct_id))
-            .collect();
-        let mut resolved = Vec::with_capacity(events.len());
-        for (i, row) in events.iter().enumerate() {
-            if let Some(&ahead) = hashes.get(i + PREFETCH_DISTANCE) {
-                self.ids.prefetch(ahead);
+        let mut resolved = std::mem::take(&mut self.scratch.resolved);
+        resolved.clear();
+        resolved.extend(events.iter().map(|row| Resolved {
+            slot: self.slot_of(&row.event),
+            hash: self.ids.hash(&row.distinct_id),
+            number: None,
+        }));
+        for i in 0..resolved.len() {
+            if let Some(ahead) = resolved.get(i + PREFETCH_DISTANCE) {
+                self.ids.prefetch(ahead.hash);
             }
-            if let Some(&ahead) = hashes.get(i + PREFETCH_DISTANCE / 2) {
-                self.ids.prefetch_text(ahead);
+            if let Some(ahead) = resolved.get(i + PREFETCH_DISTANCE / 2) {
+                self.ids.prefetch_text(ahead.hash);
             }
-            resolved.push(Resolved {
-                slot: self.slot_of(&row.event),
-                hash: hashes[i],
-                number: self.ids.get_hashed(&row.distinct_id, hashes[i]),
-            });
+            resolved[i].number = self
+                .ids
+                .get_hashed(&events[i].distinct_id, resolved[i].hash);
         }
 
         // Store the events in arrival order, which orders events of equal time. The same
         // look-ahead prefetches the state of the ids whose events are kept.
-        let mut touched = Vec::with_capacity(events.len());
+        let mut touched = std::mem::take(&mut self.scratch.touched);
+        touched.clear();
         for (i, row) in events.iter().enumerate() {
             if let Some(ahead) = resolved.get(i + PREFETCH_DISTANCE) {
                 if let (Some(_), Some(number)) = (ahead.slot, ahead.number) {
@@ -444,6 +458,7 @@ impl LiveCohort {
             );
             touched.extend(user);
         }
+        self.scratch.resolved = resolved;
         self.update(touched, now_ms)
     }
 
@@ -505,7 +520,8 @@ impl LiveCohort {
         touched.dedup();
 
         let bounds = self.bounds();
-        let mut results = Vec::with_capacity(touched.len());
+        let mut results = std::mem::take(&mut self.scratch.results);
+        results.clear();
         for (i, &user) in touched.iter().enumerate() {
             if let Some(&ahead) = touched.get(i + PREFETCH_DISTANCE) {
                 prefetch_read(&self.states[ahead as usize]);
@@ -520,7 +536,7 @@ impl LiveCohort {
 
         // Membership changes only after every touched user evaluated without error.
         let mut changes = MembershipChanges::default();
-        for (&user, member) in touched.iter().zip(results) {
+        for (&user, &member) in touched.iter().zip(&results) {
             let was = std::mem::replace(&mut self.states[user as usize].is_member, member);
             if member && !was {
                 let id = self.ids.text(user).to_owned();
@@ -533,6 +549,10 @@ impl LiveCohort {
             }
             self.schedule(user);
         }
+        touched.clear();
+        results.clear();
+        self.scratch.touched = touched;
+        self.scratch.results = results;
         changes.added.sort();
         changes.removed.sort();
         Ok(changes)
