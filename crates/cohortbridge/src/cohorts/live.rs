@@ -23,7 +23,8 @@ use super::data::{CohortData, EventRow};
 use super::definition::{Definition, EventRule, Measure, ProfileOp};
 use super::engine::measure_of_nothing;
 use super::eval::EvalError;
-use super::rows::{row_value, Interner, PropertyNames, PropertyRow, Selection};
+use super::interner::{prefetch_read, Interner};
+use super::rows::{row_value, PropertyNames, PropertyRow, Selection};
 use super::values::{matches_filter, parse_datetime};
 use super::window::{local_day, resolve_local, Bounds, Window};
 
@@ -32,6 +33,13 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// Marks an event that keeps no property values.
 const NO_VALUES: u32 = u32::MAX;
+
+/// How many events ahead `apply_events` prefetches the memory that an event will read.
+/// Far enough for a main-memory read to complete, near enough that the lines stay cached.
+const PREFETCH_DISTANCE: usize = 16;
+
+/// Resolved windows of the event rules, by the rule's address.
+type RuleBounds = HashMap<*const EventRule, Bounds, foldhash::fast::RandomState>;
 
 /// Members added and removed by one change.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -44,6 +52,17 @@ pub struct MembershipChanges {
 struct Slot {
     name: String,
     properties: Vec<String>,
+}
+
+/// An event's slot and distinct id number, looked up before the event is stored.
+#[derive(Debug, Clone, Copy)]
+struct Resolved {
+    /// The slot of the event's name, or `None` when the definitions do not read the name.
+    slot: Option<usize>,
+    /// The hash of the distinct id, as `Interner::hash` returns it.
+    hash: u64,
+    /// The distinct id's number, or `None` when the id had none at lookup.
+    number: Option<u32>,
 }
 
 /// One kept event.
@@ -86,6 +105,18 @@ pub struct LiveCohort {
     /// costs one extra evaluation.
     wakeups: BinaryHeap<Reverse<(i64, u32)>>,
     now_ms: i64,
+    /// Buffers that `apply_events` and `update` clear and refill, kept between calls so that
+    /// a batch does not allocate and free buffers of its own size. With glibc's allocator such
+    /// frees ran `malloc_consolidate` over its free lists, which showed in profiles of a batch.
+    scratch: Scratch,
+}
+
+/// Reused buffers of `LiveCohort`, empty between calls.
+#[derive(Default)]
+struct Scratch {
+    resolved: Vec<Resolved>,
+    touched: Vec<u32>,
+    results: Vec<bool>,
 }
 
 /// The state a live cohort stores about one distinct id.
@@ -216,6 +247,7 @@ impl LiveCohort {
                 members: BTreeSet::new(),
                 wakeups: BinaryHeap::new(),
                 now_ms: i64::MIN,
+                scratch: Scratch::default(),
             },
         }
     }
@@ -227,7 +259,12 @@ impl LiveCohort {
 
     /// Returns the number of `id`, numbering it and growing the per-id columns if it is new.
     fn number(&mut self, id: &str) -> u32 {
-        let number = self.ids.intern(id);
+        self.number_hashed(id, self.ids.hash(id))
+    }
+
+    /// Works as `number` for an id whose hash is `hash`.
+    fn number_hashed(&mut self, id: &str, hash: u64) -> u32 {
+        let number = self.ids.intern_hashed(id, hash);
         if self.states.len() <= number as usize {
             self.states.push(IdState {
                 canonical: number,
@@ -292,18 +329,42 @@ impl LiveCohort {
         properties: &Map<String, Value>,
         in_order: bool,
     ) -> Option<u32> {
+        let hash = self.ids.hash(distinct_id);
+        let resolved = Resolved {
+            slot: self.slot_of(name),
+            hash,
+            number: self.ids.get_hashed(distinct_id, hash),
+        };
+        self.store_event(distinct_id, resolved, time_ms, properties, in_order)
+    }
+
+    /// Returns the slot of event name `name`, or `None` when the definitions do not read it.
+    fn slot_of(&self, name: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.name == name)
+    }
+
+    /// Stores one event whose name and distinct id `resolved` looked up, as `insert_event`
+    /// describes.
+    fn store_event(
+        &mut self,
+        distinct_id: &str,
+        resolved: Resolved,
+        time_ms: i64,
+        properties: &Map<String, Value>,
+        in_order: bool,
+    ) -> Option<u32> {
         if distinct_id.is_empty() {
             return None;
         }
-        let slot = self.slots.iter().position(|s| s.name == name);
-        if slot.is_none() {
-            if let Some(number) = self.ids.get(distinct_id) {
-                if self.has_events(number) {
-                    return None;
-                }
-            }
+        let Resolved { slot, hash, number } = resolved;
+        if slot.is_none() && number.is_some_and(|number| self.has_events(number)) {
+            return None;
         }
-        let number = self.number(distinct_id);
+        // An id first seen in this batch has no number from the lookup but may have one now.
+        let number = match number {
+            Some(number) => number,
+            None => self.number_hashed(distinct_id, hash),
+        };
         let first_event = self.mark_has_events(number);
         let user = self.states[number as usize].canonical;
         let Some(slot) = slot else {
@@ -351,17 +412,53 @@ impl LiveCohort {
         events: Vec<EventRow>,
         now_ms: i64,
     ) -> Result<MembershipChanges, EvalError> {
-        let mut touched = Vec::with_capacity(events.len());
-        for row in events {
-            let user = self.insert_event(
-                &row.event,
+        // Look every distinct id up before storing any event. The lookups read a table far
+        // larger than the CPU caches, so each one first prefetches the table slot of the id
+        // `PREFETCH_DISTANCE` events ahead, and the reads of several lookups overlap.
+        let mut resolved = std::mem::take(&mut self.scratch.resolved);
+        resolved.clear();
+        resolved.extend(events.iter().map(|row| Resolved {
+            slot: self.slot_of(&row.event),
+            hash: self.ids.hash(&row.distinct_id),
+            number: None,
+        }));
+        for i in 0..resolved.len() {
+            if let Some(ahead) = resolved.get(i + PREFETCH_DISTANCE) {
+                self.ids.prefetch(ahead.hash);
+            }
+            if let Some(ahead) = resolved.get(i + PREFETCH_DISTANCE / 2) {
+                self.ids.prefetch_text(ahead.hash);
+            }
+            resolved[i].number = self
+                .ids
+                .get_hashed(&events[i].distinct_id, resolved[i].hash);
+        }
+
+        // Store the events in arrival order, which orders events of equal time. The same
+        // look-ahead prefetches the state of the ids whose events are kept.
+        let mut touched = std::mem::take(&mut self.scratch.touched);
+        touched.clear();
+        for (i, row) in events.iter().enumerate() {
+            if let Some(ahead) = resolved.get(i + PREFETCH_DISTANCE) {
+                if let (Some(_), Some(number)) = (ahead.slot, ahead.number) {
+                    prefetch_read(&self.states[number as usize]);
+                }
+            }
+            if let Some(ahead) = resolved.get(i + PREFETCH_DISTANCE / 2) {
+                if let (Some(_), Some(number)) = (ahead.slot, ahead.number) {
+                    prefetch_read(self.states[number as usize].events.as_slice());
+                }
+            }
+            let user = self.store_event(
                 &row.distinct_id,
+                resolved[i],
                 row.time_ms,
                 &row.properties,
                 true,
             );
             touched.extend(user);
         }
+        self.scratch.resolved = resolved;
         self.update(touched, now_ms)
     }
 
@@ -423,8 +520,15 @@ impl LiveCohort {
         touched.dedup();
 
         let bounds = self.bounds();
-        let mut results = Vec::with_capacity(touched.len());
-        for &user in &touched {
+        let mut results = std::mem::take(&mut self.scratch.results);
+        results.clear();
+        for (i, &user) in touched.iter().enumerate() {
+            if let Some(&ahead) = touched.get(i + PREFETCH_DISTANCE) {
+                prefetch_read(&self.states[ahead as usize]);
+            }
+            if let Some(&ahead) = touched.get(i + PREFETCH_DISTANCE / 2) {
+                prefetch_read(self.states[ahead as usize].events.as_slice());
+            }
             let member = self.is_user(user)
                 && self.user_holds(&self.definition, user, &bounds, &mut Vec::new())?;
             results.push(member);
@@ -432,7 +536,7 @@ impl LiveCohort {
 
         // Membership changes only after every touched user evaluated without error.
         let mut changes = MembershipChanges::default();
-        for (&user, member) in touched.iter().zip(results) {
+        for (&user, &member) in touched.iter().zip(&results) {
             let was = std::mem::replace(&mut self.states[user as usize].is_member, member);
             if member && !was {
                 let id = self.ids.text(user).to_owned();
@@ -445,6 +549,10 @@ impl LiveCohort {
             }
             self.schedule(user);
         }
+        touched.clear();
+        results.clear();
+        self.scratch.touched = touched;
+        self.scratch.results = results;
         changes.added.sort();
         changes.removed.sort();
         Ok(changes)
@@ -452,8 +560,8 @@ impl LiveCohort {
 
     /// Resolves the window of every event rule as of `now_ms`, keyed by the rule's address,
     /// so that each user's evaluation reads them instead of recomputing them.
-    fn bounds(&self) -> HashMap<*const EventRule, Bounds> {
-        let mut bounds = HashMap::new();
+    fn bounds(&self) -> RuleBounds {
+        let mut bounds = RuleBounds::default();
         let mut stack: Vec<&Definition> = vec![&self.definition];
         stack.extend(self.cohorts.values());
         while let Some(definition) = stack.pop() {
@@ -510,7 +618,7 @@ impl LiveCohort {
         &self,
         definition: &Definition,
         user: u32,
-        bounds: &HashMap<*const EventRule, Bounds>,
+        bounds: &RuleBounds,
         visiting: &mut Vec<i64>,
     ) -> Result<bool, EvalError> {
         Ok(match definition {

@@ -5,6 +5,7 @@ pub mod definition;
 pub mod engine;
 pub mod eval;
 pub mod explain;
+mod interner;
 pub mod live;
 pub mod reference;
 pub mod rows;

@@ -7,12 +7,12 @@
 //! row itself.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::definition::Definition;
+use super::interner::Interner;
 
 /// The event names, event properties and profile properties that an evaluation reads.
 #[derive(Debug, Clone, Default)]
@@ -64,41 +64,6 @@ impl Selection {
         self.profile_properties
             .as_ref()
             .is_none_or(|kept| kept.contains(name))
-    }
-}
-
-/// Distinct ids numbered in order of first sight. Each id's text is stored once. The map hashes
-/// with foldhash, which is faster than the standard SipHash on short ids and, like it, takes a
-/// random seed per process, so clients cannot choose ids that collide on purpose.
-#[derive(Debug, Default)]
-pub(crate) struct Interner {
-    numbers: HashMap<Arc<str>, u32, foldhash::fast::RandomState>,
-    ids: Vec<Arc<str>>,
-}
-
-impl Interner {
-    /// Returns the number of `id`, numbering it if it is new.
-    pub(crate) fn intern(&mut self, id: &str) -> u32 {
-        if let Some(&number) = self.numbers.get(id) {
-            return number;
-        }
-        let number = u32::try_from(self.ids.len()).expect("fewer than 2^32 distinct ids");
-        let text: Arc<str> = Arc::from(id);
-        self.ids.push(text.clone());
-        self.numbers.insert(text, number);
-        number
-    }
-
-    pub(crate) fn get(&self, id: &str) -> Option<u32> {
-        self.numbers.get(id).copied()
-    }
-
-    pub(crate) fn text(&self, number: u32) -> &str {
-        &self.ids[number as usize]
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.ids.len()
     }
 }
 
