@@ -136,6 +136,12 @@ impl Interner {
         number
     }
 
+    /// Returns the number of `id`, if it has one.
+    #[cfg(test)]
+    pub(crate) fn get(&self, id: &str) -> Option<u32> {
+        self.get_hashed(id, self.hash(id))
+    }
+
     /// Returns the number of `id`, whose hash is `hash`, if it has one.
     pub(crate) fn get_hashed(&self, id: &str, hash: u64) -> Option<u32> {
         if self.slots.is_empty() {
