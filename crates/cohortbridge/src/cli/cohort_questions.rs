@@ -85,7 +85,7 @@ pub async fn preview(
     println!("not exportable: {}", reply["not_exportable"]);
     println!("sample:");
     for member in reply["sample"].as_array().into_iter().flatten() {
-        println!("  {}", super::table::printable(&text(member)));
+        println!("  {}", text(member));
     }
     Ok(())
 }

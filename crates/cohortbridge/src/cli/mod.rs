@@ -1082,9 +1082,11 @@ fn path_segment(text: &str) -> String {
     urlencode(text).replace('+', "%20")
 }
 
+/// Renders a value of a server reply for the terminal: strings as they are, with control and
+/// direction characters escaped (see [`table::printable`]), `null` as `-`, others as JSON.
 fn text(value: &Value) -> String {
     match value {
-        Value::String(s) => s.clone(),
+        Value::String(s) => table::printable(s).into_owned(),
         Value::Null => "-".into(),
         other => other.to_string(),
     }

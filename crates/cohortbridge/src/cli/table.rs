@@ -3,22 +3,33 @@
 
 use std::borrow::Cow;
 
-/// Shows control characters (a newline, a tab, an escape) as escapes such as `\n`, so that a
-/// value holding one, such as a distinct id, cannot break a line of output or move the
-/// terminal's cursor. Other characters are kept as they are.
+/// Shows control characters (a newline, a tab, an escape), Unicode line and paragraph
+/// separators and text direction controls as escapes such as `\n` and `\u{202e}`, so that a
+/// value holding one, such as a distinct id, cannot break a line of output, move the
+/// terminal's cursor or reorder what follows. Other characters are kept as they are.
 pub fn printable(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(needs_escape) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if c.is_control() {
+        if needs_escape(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
     }
     Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
 /// Formats `headers` and `rows` as left-aligned columns separated by two spaces, one line per
@@ -66,6 +77,8 @@ mod tests {
     fn control_characters_are_escaped() {
         assert_eq!(printable("plain é"), "plain é");
         assert_eq!(printable("a\nb\tc\u{1b}[2J"), "a\\nb\\tc\\u{1b}[2J");
+        assert_eq!(printable("x\u{202e}y\u{2028}z"), "x\\u{202e}y\\u{2028}z");
+        assert_eq!(printable("שלום ok"), "שלום ok");
         let table = format_table(&["id"], &[vec!["two\nlines".into()]]);
         assert_eq!(table, "id\ntwo\\nlines\n");
     }
