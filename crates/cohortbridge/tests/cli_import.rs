@@ -170,3 +170,32 @@ async fn bench_ingest_warmup_whole_bodies() {
     assert!(text.contains("events sent:             3000"), "{text}");
     assert!(text.contains("events imported:         3000"), "{text}");
 }
+
+#[tokio::test]
+async fn import_profiles_rejects_missing_properties() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("profiles.ndjson");
+    std::fs::write(
+        &path,
+        "{\"$distinct_id\":\"p1\",\"$properties\":{\"plan\":\"pro\"}}\n\
+         {\"$distinct_id\":\"p2\",\"properties\":{\"plan\":\"free\"}}\n\
+         {\"$distinct_id\":\"p3\"}\n",
+    )
+    .unwrap();
+
+    let output = run(&server, &["import", "profiles", path.to_str().unwrap()]).await;
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("3 records read, 1 imported, 2 rejected"),
+        "{stdout}"
+    );
+    let message = stderr(&output);
+    assert!(message.contains("profiles.ndjson:2"), "{message}");
+    assert!(message.contains("no $properties object"), "{message}");
+    assert!(message.contains("profiles.ndjson:3"), "{message}");
+    let profile = server.admin_get("/profiles/p1").await;
+    assert_eq!(profile["properties"]["plan"], "pro", "{profile}");
+    server.stop().await;
+}

@@ -167,6 +167,9 @@ fn records(path: &Path, bytes: &[u8]) -> anyhow::Result<Records> {
             }
             Ok(other) => format!("expected a JSON object, found {other}"),
             Err(e) if is_last && e.is_eof() => format!("the last line is truncated: {e}"),
+            Err(e) if out.is_empty() => format!(
+                "not valid JSON: {e}; the importer reads NDJSON (one JSON object per line) or a JSON array, so convert a CSV or other export first"
+            ),
             Err(e) => format!("not valid JSON: {e}"),
         };
         let stop = Stop {
@@ -194,6 +197,29 @@ fn file_terms(kind: Kind, failure: &Value) -> (String, String) {
                 _ => field.to_owned(),
             };
             (message.replace("$set", "$properties"), field)
+        }
+    }
+}
+
+/// Says what is wrong with an engage-export record whose properties could not be imported: no
+/// `$properties` object, which a record with only a `properties` key (a likely typo) or with
+/// none at all would silently turn into an empty update.
+fn profile_problem(record: &Value) -> Option<String> {
+    match record.get("$properties") {
+        Some(Value::Object(_)) => None,
+        Some(other) => Some(format!(
+            "$properties must be an object of properties, found {}",
+            crate::ingest::decode::json_type(other)
+        )),
+        None => {
+            let keys: Vec<&str> = record
+                .as_object()
+                .map(|map| map.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            Some(format!(
+                "record has no $properties object (its keys: {}); an engage export has $distinct_id and $properties",
+                if keys.is_empty() { "none".to_owned() } else { keys.join(", ") }
+            ))
         }
     }
 }
@@ -230,6 +256,23 @@ async fn import_file(
             local_time::shift_event_time(record, zone)
                 .with_context(|| format!("{}:{line}", path.display()))?;
         }
+    }
+    if kind == Kind::Profiles {
+        records.retain(|(line, record)| match profile_problem(record) {
+            None => true,
+            Some(problem) => {
+                totals.sent += 1;
+                totals.failed += 1;
+                if totals.printed < MAX_PRINTED_FAILURES {
+                    totals.printed += 1;
+                    eprintln!(
+                        "{}:{line}: rejected: {problem} ($properties)",
+                        path.display()
+                    );
+                }
+                false
+            }
+        });
     }
     let imported_before = totals.imported;
     let progress = ProgressBar::new(records.len() as u64);
@@ -381,6 +424,19 @@ mod tests {
         assert_eq!(stop, None);
         assert_eq!(records.len(), 2);
         assert_eq!(records[0], (1, json!({"a": 1})));
+    }
+
+    #[test]
+    fn profile_records_need_a_properties_object() {
+        assert_eq!(
+            profile_problem(&json!({"$distinct_id": "a", "$properties": {}})),
+            None
+        );
+        let typo = profile_problem(&json!({"$distinct_id": "a", "properties": {"x": 1}})).unwrap();
+        assert!(typo.contains("no $properties object"), "{typo}");
+        assert!(typo.contains("$distinct_id, properties"), "{typo}");
+        let string = profile_problem(&json!({"$distinct_id": "a", "$properties": "x"})).unwrap();
+        assert!(string.contains("found a string"), "{string}");
     }
 
     #[test]
