@@ -89,6 +89,17 @@ pub fn decode(
         check_size(body.len())?;
         Cow::Borrowed(body)
     };
+    // Skipped before the body's form is judged, so that a mark before JSON sent with a form
+    // content type, or before `data=`, does not hide what follows it.
+    let body: Cow<'_, [u8]> = match body {
+        Cow::Borrowed(bytes) => Cow::Borrowed(bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes)),
+        Cow::Owned(mut bytes) => {
+            if bytes.starts_with(UTF8_BOM) {
+                bytes.drain(..UTF8_BOM.len());
+            }
+            Cow::Owned(bytes)
+        }
+    };
 
     // curl and other tools label any `-d` body as a form, so a body that is JSON is JSON. A
     // scalar such as `42` is JSON too, and is rejected below as a payload with no records.
@@ -263,6 +274,17 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn byte_order_mark_before_a_form_body_is_ignored() {
+        let json = b"\xEF\xBB\xBF[{\"event\":\"e\"}]";
+        let form = Some("application/x-www-form-urlencoded");
+        let decoded = decode(None, form, None, json).unwrap();
+        assert_eq!(decoded.records, vec![json!({"event": "e"})]);
+        let field = b"\xEF\xBB\xBFdata=%5B%7B%22event%22%3A%22e%22%7D%5D";
+        let decoded = decode(None, None, None, field).unwrap();
+        assert_eq!(decoded.records, vec![json!({"event": "e"})]);
+    }
 
     #[test]
     fn byte_order_mark_before_json_is_ignored() {
