@@ -605,6 +605,17 @@ fn check_value(
             format!("operator {op_name} expects {expected}, found {value}"),
         ))
     };
+    // A number such as 1e400 parses, but no double holds it, so no comparison could use it.
+    let numbers = std::iter::once(value).chain(value.as_array().into_iter().flatten());
+    if let Some(huge) = numbers
+        .filter(|v| v.is_number())
+        .find(|v| v.as_f64().is_none())
+    {
+        return Err(error(
+            path,
+            format!("number {huge} is outside the range of a 64-bit floating point number"),
+        ));
+    }
     match op {
         ProfileOp::Set | ProfileOp::NotSet => Ok(()),
         ProfileOp::Gt | ProfileOp::Gte | ProfileOp::Lt | ProfileOp::Lte => {
@@ -806,6 +817,15 @@ mod tests {
             ),
             (
                 json!({"profile": "p", "op": "between", "value": [5, 1]}),
+                "value",
+            ),
+            (
+                serde_json::from_str(r#"{"profile": "p", "op": "between", "value": [1e400, 2]}"#)
+                    .unwrap(),
+                "value",
+            ),
+            (
+                serde_json::from_str(r#"{"profile": "p", "op": "gt", "value": -1e400}"#).unwrap(),
                 "value",
             ),
             (
