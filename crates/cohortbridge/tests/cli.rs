@@ -441,3 +441,32 @@ async fn rotated_secrets_replace_old_ones() {
     assert!(new.status().is_success(), "{}", new.status());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn secret_replies_and_pages_are_not_cached() {
+    let server = TestServer::start().await;
+    let reply = server
+        .http
+        .post(server.url("/api/v1/projects/1/api-secret"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    assert_eq!(reply.headers()["cache-control"], "no-store");
+
+    let page = server
+        .http
+        .get(server.url("/ui/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    assert_eq!(
+        page.headers()["content-security-policy"],
+        "frame-ancestors 'none'"
+    );
+    server.stop().await;
+}

@@ -154,21 +154,35 @@ pub(crate) async fn replace_secret(
 async fn replace_api_secret(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let secret = replace_secret(&state, id, ProjectSecret::ApiSecret).await?;
-    Ok(Json(json!({
+    Ok(no_store(json!({
         "api_secret": secret,
         "note": "shown only now; the previous API secret no longer works",
     })))
+}
+
+/// A JSON reply that carries a secret shown once, marked so that no cache keeps it.
+fn no_store(body: Value) -> axum::response::Response {
+    use axum::response::IntoResponse;
+
+    (
+        [(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        )],
+        Json(body),
+    )
+        .into_response()
 }
 
 /// `POST /projects/{id}/currents-token`: a new Currents token, returned only in this reply.
 async fn replace_currents_token(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let token = replace_secret(&state, id, ProjectSecret::CurrentsToken).await?;
-    Ok(Json(json!({
+    Ok(no_store(json!({
         "currents_token": token,
         "note": "shown only now; the previous Currents token no longer works",
     })))

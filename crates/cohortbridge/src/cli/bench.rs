@@ -67,8 +67,9 @@ pub struct IngestArgs {
     #[arg(long, value_enum, default_value_t = EventTimes::Spread)]
     pub times: EventTimes,
     /// Events to post before the measured run, untimed, so that the figures describe a server
-    /// that has already grown its memory and caches. They come before the measured events
-    /// (earlier in time with `--times live`) and count in no figure.
+    /// that has already grown its memory and caches. Rounded up to whole requests of `--batch`
+    /// events. They come before the measured events (earlier in time with `--times live`) and
+    /// count in no figure.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
 }

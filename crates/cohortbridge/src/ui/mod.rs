@@ -54,6 +54,23 @@ pub fn routes() -> Router<AppState> {
         .merge(syncs::routes())
         .merge(users::routes())
         .merge(reports::routes())
+        .layer(axum::middleware::map_response(protect_page))
+}
+
+/// Adds the headers every UI page carries: no other site may frame it (against clickjacking),
+/// and no page is stored in a cache, since pages may show a secret once, such as a new API key
+/// or Currents token, and a browser's back button must not show it again.
+async fn protect_page(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
 }
 
 async fn style() -> impl IntoResponse {
