@@ -162,7 +162,7 @@ async fn replace_api_secret(
     })))
 }
 
-/// A JSON reply that carries a secret shown once, marked so that no cache keeps it.
+/// Returns a JSON reply that carries a secret shown once, marked so that no cache stores it.
 fn no_store(body: Value) -> axum::response::Response {
     use axum::response::IntoResponse;
 

@@ -201,9 +201,10 @@ fn file_terms(kind: Kind, failure: &Value) -> (String, String) {
     }
 }
 
-/// Says what is wrong with an engage-export record whose properties could not be imported: no
-/// `$properties` object, which a record with only a `properties` key (a likely typo) or with
-/// none at all would silently turn into an empty update.
+/// Returns what is wrong with an engage-export record that has no `$properties` object.
+///
+/// A record with only a `properties` key (a likely typo), or with none, would otherwise become
+/// an empty update that stores nothing.
 fn profile_problem(record: &Value) -> Option<String> {
     match record.get("$properties") {
         Some(Value::Object(_)) => None,

@@ -3,10 +3,11 @@
 
 use std::borrow::Cow;
 
-/// Shows control characters (a newline, a tab, an escape), Unicode line and paragraph
-/// separators and text direction controls as escapes such as `\n` and `\u{202e}`, so that a
-/// value holding one, such as a distinct id, cannot break a line of output, move the
-/// terminal's cursor or reorder what follows. Other characters are kept as they are.
+/// Returns `text` with control characters, Unicode line and paragraph separators and text
+/// direction controls shown as escapes such as `\n` and `\u{202e}`.
+///
+/// A value that contains one, such as a distinct id, then cannot break a line of output, move
+/// the terminal's cursor or reorder what follows. Other characters are kept as they are.
 pub fn printable(text: &str) -> Cow<'_, str> {
     if !text.chars().any(needs_escape) {
         return Cow::Borrowed(text);

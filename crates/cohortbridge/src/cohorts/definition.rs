@@ -605,7 +605,8 @@ fn check_value(
             format!("operator {op_name} expects {expected}, found {value}"),
         ))
     };
-    // A number such as 1e400 parses, but no double holds it, so no comparison could use it.
+    // A number such as 1e400 parses, but is outside a double's range, so no comparison could
+    // use it.
     let numbers = std::iter::once(value).chain(value.as_array().into_iter().flatten());
     if let Some(huge) = numbers
         .filter(|v| v.is_number())

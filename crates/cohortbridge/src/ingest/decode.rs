@@ -276,7 +276,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn byte_order_mark_before_a_form_body_is_ignored() {
+    fn form_body_byte_order_mark_ignored() {
         let json = b"\xEF\xBB\xBF[{\"event\":\"e\"}]";
         let form = Some("application/x-www-form-urlencoded");
         let decoded = decode(None, form, None, json).unwrap();

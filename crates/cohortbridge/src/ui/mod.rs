@@ -57,9 +57,11 @@ pub fn routes() -> Router<AppState> {
         .layer(axum::middleware::map_response(protect_page))
 }
 
-/// Adds the headers every UI page carries: no other site may frame it (against clickjacking),
-/// and no page is stored in a cache, since pages may show a secret once, such as a new API key
-/// or Currents token, and a browser's back button must not show it again.
+/// Adds the headers that every UI page carries.
+///
+/// No other site may frame a page, against clickjacking. No page is stored in a cache: a page
+/// may show a secret once, such as a new API key or Currents token, and a browser's back
+/// button must not show it again.
 async fn protect_page(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
