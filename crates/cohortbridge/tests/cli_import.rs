@@ -131,18 +131,24 @@ async fn projects_set_identity_mode() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn bench_ingest_reports_throughput() {
-    let output = tokio::task::spawn_blocking(|| {
+/// Runs `bench ingest --start-server --clients 2` with `args` added.
+async fn bench_ingest(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
             .args(["bench", "ingest", "--start-server", "--clients", "2"])
-            .args(["--events", "3000", "--batch", "1000"])
+            .args(args)
             .env_remove("COHORTBRIDGE_ADMIN_KEY")
             .output()
             .expect("the cohortbridge binary runs")
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn bench_ingest_reports_throughput() {
+    let output = bench_ingest(&["--events", "3000", "--batch", "1000"]).await;
     assert!(output.status.success(), "{}", stderr(&output));
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("events imported:         3000"), "{text}");
@@ -152,17 +158,10 @@ async fn bench_ingest_reports_throughput() {
 
 #[tokio::test]
 async fn bench_ingest_warmup_whole_bodies() {
-    let output = tokio::task::spawn_blocking(|| {
-        Command::new(env!("CARGO_BIN_EXE_cohortbridge"))
-            .args(["bench", "ingest", "--start-server", "--clients", "2"])
-            .args(["--events", "3000", "--batch", "1000", "--warmup", "1500"])
-            .args(["--times", "live"])
-            .env_remove("COHORTBRIDGE_ADMIN_KEY")
-            .output()
-            .expect("the cohortbridge binary runs")
-    })
-    .await
-    .unwrap();
+    let output = bench_ingest(&[
+        "--events", "3000", "--batch", "1000", "--warmup", "1500", "--times", "live",
+    ])
+    .await;
     assert!(output.status.success(), "{}", stderr(&output));
     let text = String::from_utf8_lossy(&output.stdout);
     // 1500 warm-up events round up to two bodies of 1000; the measured run still has 3000.
