@@ -9,6 +9,8 @@
 //! target/release/examples/sync_bench [MEMBERS]
 //! ```
 //!
+//! With `CARGO_TARGET_DIR` set, the binary is in that folder's `release/examples`.
+//!
 //! Profiles are written straight through the `Store` trait, because loading a million through
 //! `/engage` measures ingestion, not sync. The emulator replaces Braze, a remote service,
 //! so it runs as its own process: the `braze-emulator` binary next to the example's folder, or

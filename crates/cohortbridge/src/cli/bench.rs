@@ -286,8 +286,8 @@ pub async fn run(client: &ClientArgs, command: BenchCommand) -> anyhow::Result<(
     outcome
 }
 
-/// Posts `bodies` to `/import` from `clients` concurrent clients, each taking the next body
-/// when its previous request has been answered, and returns how many events were imported.
+/// Posts `bodies` to `/import` from `clients` concurrent clients and returns how many events
+/// were imported. Each client takes the next body once its previous request has a response.
 async fn post_bodies(
     http: &reqwest::Client,
     urls: &Arc<Vec<String>>,

@@ -356,10 +356,11 @@ mod tests {
 
     use super::*;
 
-    fn builder(kept: Option<&[&str]>) -> IndexBuilder {
+    fn builder(profile_properties: Option<&[&str]>) -> IndexBuilder {
         IndexBuilder::new(Selection {
             events: BTreeMap::new(),
-            profile_properties: kept.map(|names| names.iter().map(|n| (*n).to_owned()).collect()),
+            profile_properties: profile_properties
+                .map(|names| names.iter().map(|n| (*n).to_owned()).collect()),
         })
     }
 

@@ -130,7 +130,7 @@ pub enum ProjectSecret {
 }
 
 impl ProjectSecret {
-    /// The `projects` columns holding the encrypted value and the hash.
+    /// Returns the `projects` columns that contain the encrypted value and the hash.
     fn columns(self) -> (&'static str, &'static str) {
         match self {
             ProjectSecret::ApiSecret => ("api_secret_enc", "api_secret_hash"),

@@ -140,10 +140,12 @@ impl SqliteStore {
     }
 }
 
-/// The page size of a new database file. Ingestion appends rows to the event table and to the
-/// ends of its two indexes, and 16 KiB pages split and rebalance a quarter as often as SQLite's
-/// default 4 KiB, which measured 5 to 10% less CPU time per stored event. SQLite fixes the size
-/// when the first table is created, so a file made by an earlier version keeps its own.
+/// The page size of a new database file.
+///
+/// Ingestion appends rows to the event table and to the ends of its two indexes. Pages of
+/// 16 KiB split and rebalance a quarter as often as SQLite's default 4 KiB, which measured 5 to
+/// 10% less CPU time per stored event. SQLite fixes the size when the first table is created,
+/// so a file made by an earlier version keeps its own.
 const NEW_FILE_PAGE_SIZE: i64 = 16 * 1024;
 
 /// How much of the WAL accumulates before it is checkpointed into the database file.
@@ -151,7 +153,7 @@ const WAL_CHECKPOINT_BYTES: i64 = 64 * 1024 * 1024;
 
 fn configure(conn: &SqlConnection) -> StoreResult<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    // Has no effect on a file that already holds a table, or that is already in WAL mode.
+    // Has no effect on a file that already contains a table, or that is already in WAL mode.
     conn.pragma_update(None, "page_size", NEW_FILE_PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -507,7 +509,7 @@ fn resolve(conn: &SqlConnection, project_id: i64, distinct_id: &str) -> StoreRes
 /// batch instead of a growing string per event.
 pub(super) struct PropertyTexts {
     text: String,
-    /// Where each event's text ends in `text`, in the order of the events.
+    /// The end offset of each event's text in `text`, in the order of the events.
     ends: Vec<usize>,
 }
 
@@ -527,7 +529,7 @@ impl PropertyTexts {
         Ok(Self { text, ends })
     }
 
-    /// The properties of the event at `index`.
+    /// Returns the serialised properties of the event at `index`.
     pub(super) fn get(&self, index: usize) -> &str {
         let start = index.checked_sub(1).map_or(0, |before| self.ends[before]);
         &self.text[start..self.ends[index]]

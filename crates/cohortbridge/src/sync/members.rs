@@ -2,8 +2,8 @@
 //! Braze id, or why it has none.
 //!
 //! A run keeps up to millions of members, so the ids of all members share one buffer per kind
-//! instead of one allocation per member, and a skip reason is a small code that becomes text
-//! only when an operation is written.
+//! instead of one allocation per member. A skip reason is a small code that becomes text only
+//! when an operation is written.
 
 use serde_json::Value;
 

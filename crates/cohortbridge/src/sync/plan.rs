@@ -18,7 +18,7 @@ use crate::store::{IdSet, RunCounts, RunOperation};
 pub struct Plan {
     pub adds: IdSet,
     pub removes: IdSet,
-    /// For each remove, by position, the distinct id that last held the id, when a stored run
+    /// For each remove, by position, the distinct id that last had the id, when a stored run
     /// lists it. `plan_changes` leaves it empty; the run fills it from the store.
     pub remove_holders: Vec<Option<String>>,
     /// `members`, `skipped` and `unchanged` are set; the rest stay zero.
@@ -64,9 +64,9 @@ pub fn plan_changes(members: &SyncMembers, acknowledged: &IdSet, pending: &IdSet
     plan.counts.skipped = (members.len() - order.len()) as i64;
     order.sort_unstable_by(|&a, &b| id_of(a).cmp(id_of(b)));
 
-    // Braze holds, or may hold, every acknowledged id and every pending id.
-    let held = acknowledged.union(pending);
-    let mut held_ids = held.iter().peekable();
+    // Braze has, or may have, every acknowledged id and every pending id.
+    let in_braze = acknowledged.union(pending);
+    let mut in_braze_ids = in_braze.iter().peekable();
     let mut pending_ids = pending.iter().peekable();
     let mut desired = 0;
     let mut start = 0;
@@ -78,14 +78,14 @@ pub fn plan_changes(members: &SyncMembers, acknowledged: &IdSet, pending: &IdSet
         }
         desired += 1;
 
-        while let Some(gone) = held_ids.next_if(|held| *held < id) {
-            push_next(&mut plan.removes, gone);
+        while let Some(left) = in_braze_ids.next_if(|known| *known < id) {
+            push_next(&mut plan.removes, left);
         }
-        let is_held = held_ids.next_if_eq(&id).is_some();
+        let is_in_braze = in_braze_ids.next_if_eq(&id).is_some();
         while pending_ids.next_if(|pending| *pending < id).is_some() {}
         let is_pending = pending_ids.next_if_eq(&id).is_some();
-        // A held id that is not pending is acknowledged; a pending id is sent again.
-        if !is_held || is_pending {
+        // An id in Braze that is not pending is acknowledged. A pending id is sent again.
+        if !is_in_braze || is_pending {
             push_next(&mut plan.adds, id);
             for &position in &order[start..end] {
                 plan.member_adds[position as usize] = true;
@@ -93,8 +93,8 @@ pub fn plan_changes(members: &SyncMembers, acknowledged: &IdSet, pending: &IdSet
         }
         start = end;
     }
-    for gone in held_ids {
-        push_next(&mut plan.removes, gone);
+    for left in in_braze_ids {
+        push_next(&mut plan.removes, left);
     }
     plan.counts.unchanged = (desired - plan.adds.len()) as i64;
     plan
