@@ -16,10 +16,12 @@ use serde_json::{Map, Value};
 use super::*;
 
 mod accounts;
+mod checkpoint;
 mod cohort_rows;
 mod group_commit;
 mod mtu_rollup;
 
+use checkpoint::{WalCheckpoints, Writer};
 use group_commit::{PendingWrite, WriteQueue};
 
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -81,25 +83,38 @@ const INTERRUPTED: &str = "interrupted: the server stopped during the run; the n
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: Arc<Mutex<SqlConnection>>,
+    writer: Arc<Mutex<Writer>>,
     reader: Arc<Mutex<SqlConnection>>,
     /// Event writes waiting for a group commit.
     queue: WriteQueue,
+    /// Declared after the connections, so that its thread stops after they close.
+    _checkpoints: Arc<WalCheckpoints>,
 }
 
 impl SqliteStore {
     /// Opens (or creates) the database file and applies pending migrations.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        let mut writer = SqlConnection::open(path)?;
+        Self::open_with_checkpoint(path, WAL_CHECKPOINT_BYTES)
+    }
+
+    /// Opens the database file like [`SqliteStore::open`], checkpointing the WAL once it holds
+    /// `checkpoint_bytes`.
+    fn open_with_checkpoint(path: &Path, checkpoint_bytes: i64) -> StoreResult<Self> {
+        let mut writer = Writer::new(SqlConnection::open(path)?);
         configure(&writer)?;
         configure_writer(&writer)?;
         migrate(&mut writer)?;
         let reader = SqlConnection::open(path)?;
         configure(&reader)?;
+        let checkpointer = SqlConnection::open(path)?;
+        configure(&checkpointer)?;
+        let checkpoints = WalCheckpoints::start(checkpointer)?;
+        writer.checkpoint_on(&checkpoints, checkpoint_bytes)?;
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
             queue: WriteQueue::default(),
+            _checkpoints: Arc::new(checkpoints),
         })
     }
 
@@ -148,7 +163,9 @@ impl SqliteStore {
 /// so a file made by an earlier version keeps its own.
 const NEW_FILE_PAGE_SIZE: i64 = 16 * 1024;
 
-/// How much of the WAL accumulates before it is checkpointed into the database file.
+/// How much of the WAL accumulates before it is checkpointed into the database file. More than
+/// SQLite's default of 1000 pages, so that each hot page is copied to the file less often.
+/// Durability is unchanged: `synchronous=FULL` syncs the WAL at every commit.
 const WAL_CHECKPOINT_BYTES: i64 = 64 * 1024 * 1024;
 
 fn configure(conn: &SqlConnection) -> StoreResult<()> {
@@ -163,17 +180,8 @@ fn configure(conn: &SqlConnection) -> StoreResult<()> {
 
 /// Tunes the write connection for large ingestion transactions. A 64 MiB page cache keeps the
 /// index pages of a 2000-event batch in memory instead of spilling them to the WAL mid-way.
-/// Checkpointing once 64 MiB of WAL has accumulated, instead of SQLite's default 1000 pages,
-/// copies each hot page to the database file less often. Durability is unchanged:
-/// `synchronous=FULL` still syncs the WAL at every commit.
 fn configure_writer(conn: &SqlConnection) -> StoreResult<()> {
     conn.pragma_update(None, "cache_size", -64 * 1024)?;
-    let page_size: i64 = conn.pragma_query_value(None, "page_size", |row| row.get(0))?;
-    conn.pragma_update(
-        None,
-        "wal_autocheckpoint",
-        WAL_CHECKPOINT_BYTES / page_size.max(512),
-    )?;
     Ok(())
 }
 
@@ -2372,16 +2380,67 @@ mod tests {
     }
 
     #[test]
-    fn new_file_page_size_and_checkpoint() {
+    fn new_file_page_size() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("new.db");
-        let store = SqliteStore::open(&path).unwrap();
+        let _store = SqliteStore::open(&path).unwrap();
         assert_eq!(page_size(&path), NEW_FILE_PAGE_SIZE);
-        let writer = store.writer.lock().unwrap();
-        let checkpoint: i64 = writer
+    }
+
+    fn test_project() -> NewProject {
+        NewProject {
+            name: "p".into(),
+            token: "t".into(),
+            api_secret_enc: "s".into(),
+            api_secret_hash: "sh".into(),
+            currents_token_enc: "c".into(),
+            currents_token_hash: "ch".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn wal_is_checkpointed_off_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let store = SqliteStore::open_with_checkpoint(&path, 1024 * 1024).unwrap();
+        let automatic: i64 = store
+            .writer
+            .lock()
+            .unwrap()
             .pragma_query_value(None, "wal_autocheckpoint", |row| row.get(0))
             .unwrap();
-        assert_eq!(checkpoint * NEW_FILE_PAGE_SIZE, WAL_CHECKPOINT_BYTES);
+        assert_eq!(automatic, 0, "SQLite's own checkpoint must be off");
+        let file_before = std::fs::metadata(&path).unwrap().len();
+
+        let project = store.create_project(test_project()).await.unwrap();
+        let events: Vec<NewEvent> = (0..1000)
+            .map(|i| NewEvent {
+                event: "e".into(),
+                distinct_id: format!("user-{i}"),
+                time_ms: 1_700_000_000_000 + i,
+                insert_id: format!("id-{i}"),
+                properties: serde_json::json!({"padding": "x".repeat(200)})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            })
+            .collect();
+        store
+            .write_events(project.id, events, Vec::new(), 1_700_000_000_000)
+            .await
+            .unwrap();
+
+        // The checkpoint thread copies pages into the database file, which only a checkpoint
+        // writes in WAL mode.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::metadata(&path).unwrap().len() <= file_before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint copied the WAL into the database file"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() > 256 * 1024);
     }
 
     #[test]
@@ -2395,12 +2454,7 @@ mod tests {
             conn.execute_batch("CREATE TABLE earlier (x INTEGER)")
                 .unwrap();
         }
-        let store = SqliteStore::open(&path).unwrap();
+        let _store = SqliteStore::open(&path).unwrap();
         assert_eq!(page_size(&path), 4096);
-        let writer = store.writer.lock().unwrap();
-        let checkpoint: i64 = writer
-            .pragma_query_value(None, "wal_autocheckpoint", |row| row.get(0))
-            .unwrap();
-        assert_eq!(checkpoint, WAL_CHECKPOINT_BYTES / 4096);
     }
 }
