@@ -241,3 +241,31 @@ async fn removes_name_their_member() {
     assert_eq!(rows, vec![vec!["ann", "ext-ann", "remove", ""]]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn short_every_names_the_flag() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    let cohort = pro_cohort(&server, &emulator, &[("ann", Some("ext-ann"))]).await;
+    let output = run(
+        &server,
+        &[
+            "export",
+            &cohort,
+            "--connection",
+            "emu",
+            "--dynamic",
+            "--every",
+            "0s",
+        ],
+    )
+    .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--every 0s is sent as `every_secs` 0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("shorter than the minimum"), "{stderr}");
+    server.stop().await;
+}

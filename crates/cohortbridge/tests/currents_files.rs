@@ -175,7 +175,17 @@ async fn avro_files_import_once() {
 
     // A second run skips both files.
     let output = run(&server, &args).await;
-    assert!(String::from_utf8_lossy(&output.stdout).contains("0 files imported"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("0 files imported"), "{stdout}");
+    assert!(stdout.contains("2 skipped as imported earlier"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr
+            .matches("skipped, imported by an earlier run")
+            .count(),
+        2,
+        "{stderr}"
+    );
     assert_eq!(server.event_count().await, 3);
     server.stop().await;
 }

@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
+use super::table::counted;
 use super::AdminClient;
 use crate::braze::currents_avro;
 
@@ -36,6 +37,8 @@ pub struct Options {
 #[derive(Default)]
 struct Totals {
     files: usize,
+    /// Files that the state file lists as imported by an earlier run.
+    skipped_files: usize,
     accepted: u64,
     quarantined: u64,
     failed_files: usize,
@@ -56,7 +59,14 @@ pub async fn run(client: &AdminClient, options: Options, json_output: bool) -> a
         files.sort();
         for file in files {
             let key = state_key(&file)?;
-            if imported.contains(&key) || (options.watch && !settled(&file)) {
+            if imported.contains(&key) {
+                if !options.watch {
+                    totals.skipped_files += 1;
+                    eprintln!("{}: skipped, imported by an earlier run", file.display());
+                }
+                continue;
+            }
+            if options.watch && !settled(&file) {
                 continue;
             }
             match import_file(&http, client.server(), &token, &file, &mut totals).await {
@@ -83,17 +93,25 @@ pub async fn run(client: &AdminClient, options: Options, json_output: bool) -> a
     if json_output {
         println!(
             "{}",
-            json!({"files": totals.files, "accepted": totals.accepted,
-                "quarantined": totals.quarantined, "failed_files": totals.failed_files})
+            json!({"files": totals.files, "skipped_files": totals.skipped_files,
+                "accepted": totals.accepted, "quarantined": totals.quarantined,
+                "failed_files": totals.failed_files})
         );
     } else {
         println!(
-            "{} files imported: {} events accepted, {} quarantined; {} files failed",
-            totals.files, totals.accepted, totals.quarantined, totals.failed_files
+            "{} imported: {} accepted, {} quarantined; {} skipped as imported earlier; {} failed",
+            counted(totals.files as u64, "file"),
+            counted(totals.accepted, "event"),
+            totals.quarantined,
+            totals.skipped_files,
+            totals.failed_files
         );
     }
     if totals.failed_files > 0 {
-        bail!("{} files could not be imported", totals.failed_files);
+        bail!(
+            "{} could not be imported",
+            counted(totals.failed_files as u64, "file")
+        );
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ use flate2::read::MultiGzDecoder;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
+use super::table::counted;
 use super::{AdminClient, ImportCommand};
 use crate::ingest::local_time;
 
@@ -78,12 +79,14 @@ pub async fn run(
         );
     } else {
         println!(
-            "{} records read, {} imported, {} rejected",
-            totals.sent, totals.imported, totals.failed
+            "{} read, {} imported, {} rejected",
+            counted(totals.sent as u64, "record"),
+            totals.imported,
+            totals.failed
         );
     }
     if totals.failed > 0 {
-        bail!("{} records were rejected", totals.failed);
+        bail!("{} rejected", counted(totals.failed as u64, "record"));
     }
     Ok(())
 }

@@ -676,7 +676,17 @@ pub async fn run_client(args: ClientArgs, command: Command) -> anyhow::Result<()
                 "mode": mode,
                 "every_secs": args.dynamic.then_some(args.every.as_secs()),
             });
-            let reply = client.post("/exports", &body).await?;
+            let reply = client.post("/exports", &body).await.with_context(|| {
+                if args.dynamic {
+                    format!(
+                        "could not create the sync (--every {} is sent as `every_secs` {})",
+                        humantime::format_duration(args.every),
+                        args.every.as_secs()
+                    )
+                } else {
+                    "could not create the export".to_owned()
+                }
+            })?;
             if json_output {
                 print_json(&reply);
             } else {

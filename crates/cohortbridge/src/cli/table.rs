@@ -33,6 +33,15 @@ fn needs_escape(c: char) -> bool {
         || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
+/// Formats a count with its noun, adding `s` unless the count is 1: `1 record`, `2 records`.
+pub fn counted(count: u64, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
 /// Formats `headers` and `rows` as left-aligned columns separated by two spaces, one line per
 /// row and a newline after each. The last column is not padded. Control characters in cells
 /// are shown escaped.
