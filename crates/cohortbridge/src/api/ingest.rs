@@ -28,9 +28,10 @@ use crate::identity::original::{self, IdentityMode};
 use crate::identity::FieldError;
 use crate::ingest::decode::{self, DecodeError, Decoded};
 use crate::ingest::event::{self, Endpoint, Receipt};
+use crate::ingest::import_text::{self, ImportContext};
 use crate::ingest::{engage, RecordFailure};
 use crate::secrets;
-use crate::store::{IdentityLink, NewEvent, Project, StoreError};
+use crate::store::{EncodedEventsBuilder, IdentityLink, NewEvent, Project, StoreError};
 
 /// Mixpanel's limit of records per request on all three endpoints.
 pub const MAX_RECORDS_PER_REQUEST: usize = 2000;
@@ -169,29 +170,50 @@ pub(super) fn decode_request(
     headers: &HeaderMap,
     body: &RequestBody,
 ) -> Result<Decoded, (StatusCode, String)> {
+    let payload = decode_payload_request(query, headers, body)?;
+    let records = decode::parse_records(&payload.json).map_err(rejected_payload)?;
+    check_record_count(records.len())?;
+    Ok(Decoded {
+        records,
+        params: payload.params,
+    })
+}
+
+/// Decodes a request up to the JSON text of its records, or builds the response that rejects
+/// it.
+fn decode_payload_request<'a>(
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: &'a RequestBody,
+) -> Result<decode::Payload<'a>, (StatusCode, String)> {
     let body = body.as_ref().map_err(unreadable_body)?;
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    let decoded = decode::decode(
+    decode::decode_payload(
         query.as_deref(),
         header(header::CONTENT_TYPE),
         header(header::CONTENT_ENCODING),
         body,
     )
-    .map_err(|e| {
-        let status = match e {
-            DecodeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            DecodeError::UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        (status, e.to_string())
-    })?;
-    if decoded.records.len() > MAX_RECORDS_PER_REQUEST {
+    .map_err(rejected_payload)
+}
+
+fn rejected_payload(error: DecodeError) -> (StatusCode, String) {
+    let status = match error {
+        DecodeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        DecodeError::UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    (status, error.to_string())
+}
+
+fn check_record_count(count: usize) -> Result<(), (StatusCode, String)> {
+    if count > MAX_RECORDS_PER_REQUEST {
         return Err((
             StatusCode::BAD_REQUEST,
-            format!("request has {} records; at most {MAX_RECORDS_PER_REQUEST} are accepted per request", decoded.records.len()),
+            format!("request has {count} records; at most {MAX_RECORDS_PER_REQUEST} are accepted per request"),
         ));
     }
-    Ok(decoded)
+    Ok(())
 }
 
 /// Builds a `/track`-style reply: `1`/`0`, or JSON with `verbose=1`.
@@ -522,6 +544,54 @@ fn asks_terse_reply(query: Option<&str>, body: &[u8]) -> bool {
         .any(|pair| pair == "verbose=0")
 }
 
+/// Validates one `/import` record on the general path and adds the server's properties.
+fn validate_import_record(
+    record: Value,
+    index: usize,
+    context: &ImportContext<'_>,
+) -> Result<(NewEvent, Option<IdentityLink>), RecordFailure> {
+    let insert_id = record
+        .pointer("/properties/$insert_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    match event::validate_owned(record, Endpoint::Import, context.now_ms) {
+        Ok(mut valid) => {
+            event::add_server_properties(
+                &mut valid.event,
+                Endpoint::Import,
+                context.receipt,
+                context.now_ms,
+            );
+            if let Some(partner) = context.partner_id {
+                valid
+                    .event
+                    .properties
+                    .insert("$partner_id".into(), Value::from(partner));
+            }
+            Ok((valid.event, valid.link))
+        }
+        Err(error) => Err(RecordFailure {
+            index,
+            insert_id,
+            field: error.field,
+            message: error.message,
+        }),
+    }
+}
+
+/// Builds the 503 reply of an `/import` whose records could not be stored, and logs why.
+fn import_unavailable(project_id: i64, error: &StoreError) -> Response {
+    tracing::error!(project_id, error = %error, "import failed to store records; the client should retry");
+    let mut response = import_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage is unavailable; retry later",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    response
+}
+
 async fn import_json(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -548,62 +618,114 @@ async fn import_json(
             return response;
         }
     };
-    let decoded = match decode_request(query, &headers, &body) {
-        Ok(decoded) => decoded,
+    let payload = match decode_payload_request(query, &headers, &body) {
+        Ok(payload) => payload,
         Err((status, message)) => return import_error(status, message),
     };
-    let strict = decoded.flag("strict");
+    let strict = decode::flag(&payload.params, "strict");
     let now = chrono::Utc::now().timestamp_millis();
+    let mode = match identity_mode(&state, project.id).await {
+        Ok(mode) => mode,
+        Err(e) => return import_unavailable(project.id, &e),
+    };
+    let context = ImportContext {
+        receipt: &receipt,
+        now_ms: now,
+        partner_id: partner_id.as_deref(),
+    };
 
-    let mut events = Vec::with_capacity(decoded.records.len());
+    // Under Simplified ID Merge a JSON array or object is validated from its text; NDJSON,
+    // Original ID Merge and anything unusual take the general path.
+    let texts = (mode == IdentityMode::Simplified)
+        .then(|| decode::record_texts(&payload.json))
+        .flatten();
     let mut links = Vec::new();
     let mut failures = Vec::new();
-    for (index, record) in decoded.records.into_iter().enumerate() {
-        let insert_id = record
-            .pointer("/properties/$insert_id")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        match event::validate_owned(record, Endpoint::Import, now) {
-            Ok(mut valid) => {
-                event::add_server_properties(&mut valid.event, Endpoint::Import, &receipt, now);
-                if let Some(partner) = &partner_id {
-                    valid
-                        .event
-                        .properties
-                        .insert("$partner_id".into(), Value::from(partner.as_str()));
-                }
-                events.push(valid.event);
-                links.extend(valid.link);
+    let stored = if let Some(texts) = texts {
+        if let Err((status, message)) = check_record_count(texts.len()) {
+            return import_error(status, message);
+        }
+        let mut events = EncodedEventsBuilder::with_capacity(
+            texts.len(),
+            payload.json.len() + texts.len() * 160,
+        );
+        for (index, text) in texts.iter().enumerate() {
+            let fast = events.push_with(|buffer| {
+                let (event, link) =
+                    import_text::encode_import_record(text.get(), &context, buffer)?;
+                links.extend(link);
+                Ok::<_, import_text::Fallback>(event)
+            });
+            if fast.is_ok() {
+                continue;
             }
-            Err(error) => failures.push(RecordFailure {
-                index,
-                insert_id,
-                field: error.field,
-                message: error.message,
-            }),
+            let record = match serde_json::from_str::<Value>(text.get()) {
+                Ok(record) => record,
+                Err(e) => return import_error(StatusCode::BAD_REQUEST, e.to_string()),
+            };
+            match validate_import_record(record, index, &context) {
+                Ok((event, link)) => {
+                    if let Err(e) = events.push_event(&event) {
+                        return import_unavailable(project.id, &e);
+                    }
+                    links.extend(link);
+                }
+                Err(failure) => failures.push(failure),
+            }
         }
-    }
-    let imported = events.len();
-    if !events.is_empty() {
-        // `$merge` needs a secret: with only the public token, merges are judged as on `/track`,
-        // where they are recorded as failures.
-        let merge_endpoint = if by_secret {
-            Endpoint::Import
-        } else {
-            Endpoint::Track
+        match events.finish() {
+            Ok(events) if events.is_empty() => Ok(0),
+            Ok(events) => {
+                let count = events.len();
+                state
+                    .store
+                    .write_encoded_events(project.id, events, links, now)
+                    .await
+                    .map(|_| count)
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        let records = match decode::parse_records(&payload.json) {
+            Ok(records) => records,
+            Err(e) => {
+                let (status, message) = rejected_payload(e);
+                return import_error(status, message);
+            }
         };
-        if let Err(e) = store_events(&state, project.id, merge_endpoint, events, links, now).await {
-            tracing::error!(project_id = project.id, error = %e, "import failed to store records; the client should retry");
-            let mut response = import_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage is unavailable; retry later",
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-            return response;
+        if let Err((status, message)) = check_record_count(records.len()) {
+            return import_error(status, message);
         }
-    }
+        let mut events = Vec::with_capacity(records.len());
+        for (index, record) in records.into_iter().enumerate() {
+            match validate_import_record(record, index, &context) {
+                Ok((event, link)) => {
+                    events.push(event);
+                    links.extend(link);
+                }
+                Err(failure) => failures.push(failure),
+            }
+        }
+        let count = events.len();
+        if events.is_empty() {
+            Ok(0)
+        } else {
+            // `$merge` needs a secret: with only the public token, merges are judged as on
+            // `/track`, where they are recorded as failures.
+            let merge_endpoint = if by_secret {
+                Endpoint::Import
+            } else {
+                Endpoint::Track
+            };
+            store_events(&state, project.id, merge_endpoint, events, links, now)
+                .await
+                .map(|()| count)
+        }
+    };
+    let imported = match stored {
+        Ok(imported) => imported,
+        Err(e) => return import_unavailable(project.id, &e),
+    };
     if !failures.is_empty() {
         tracing::debug!(
             project_id = project.id,

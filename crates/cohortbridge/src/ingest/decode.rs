@@ -10,6 +10,7 @@ use std::io::Read;
 
 use base64::Engine;
 use flate2::read::GzDecoder;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// The largest uncompressed payload accepted, as Mixpanel's `/import` documents (10 MB).
@@ -53,11 +54,13 @@ pub struct Decoded {
 impl Decoded {
     /// Whether a flag parameter such as `verbose` or `strict` is set to `1` or `true`.
     pub fn flag(&self, name: &str) -> bool {
-        matches!(
-            self.params.get(name).map(String::as_str),
-            Some("1" | "true")
-        )
+        flag(&self.params, name)
     }
+}
+
+/// Checks whether the flag parameter `name`, such as `verbose` or `strict`, is `1` or `true`.
+pub fn flag(params: &HashMap<String, String>, name: &str) -> bool {
+    matches!(params.get(name).map(String::as_str), Some("1" | "true"))
 }
 
 /// Decodes a request. `query` is the raw query string; `content_type` and `content_encoding`
@@ -68,6 +71,26 @@ pub fn decode(
     content_encoding: Option<&str>,
     body: &[u8],
 ) -> Result<Decoded, DecodeError> {
+    let Payload { json, params } = decode_payload(query, content_type, content_encoding, body)?;
+    let records = parse_records(&json)?;
+    Ok(Decoded { records, params })
+}
+
+/// A request's records as JSON text, not yet parsed, and its other parameters.
+#[derive(Debug)]
+pub struct Payload<'a> {
+    /// A JSON object, a JSON array of objects, or NDJSON, as [`parse_records`] reads it.
+    pub json: Cow<'a, [u8]>,
+    pub params: HashMap<String, String>,
+}
+
+/// Decodes a request like [`decode`] up to the JSON text of its records.
+pub fn decode_payload<'a>(
+    query: Option<&str>,
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    body: &'a [u8],
+) -> Result<Payload<'a>, DecodeError> {
     let mut params: HashMap<String, String> = query
         .map(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).unwrap_or_default())
         .unwrap_or_default()
@@ -128,9 +151,10 @@ pub fn decode(
     } else {
         body
     };
-
-    let records = parse_records(&payload)?;
-    Ok(Decoded { records, params })
+    Ok(Payload {
+        json: payload,
+        params,
+    })
 }
 
 fn check_size(len: usize) -> Result<(), DecodeError> {
@@ -219,6 +243,23 @@ pub fn parse_records(payload: &[u8]) -> Result<Vec<Value>, DecodeError> {
             parse_ndjson(trimmed)
         }
     }
+}
+
+/// Splits a JSON array of objects, or a single JSON object, into the text of each record
+/// without parsing the records. Returns `None` for every other payload, NDJSON and invalid
+/// JSON included, which [`parse_records`] then reads or rejects with its own error.
+pub fn record_texts(payload: &[u8]) -> Option<Vec<&RawValue>> {
+    let payload = payload.strip_prefix(UTF8_BOM).unwrap_or(payload);
+    let trimmed = payload.trim_ascii();
+    let records: Vec<&RawValue> = match trimmed.first()? {
+        b'[' => serde_json::from_slice(trimmed).ok()?,
+        b'{' => vec![serde_json::from_slice(trimmed).ok()?],
+        _ => return None,
+    };
+    records
+        .iter()
+        .all(|record| record.get().starts_with('{'))
+        .then_some(records)
 }
 
 fn parse_ndjson(payload: &[u8]) -> Result<Vec<Value>, DecodeError> {

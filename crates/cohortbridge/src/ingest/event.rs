@@ -123,8 +123,9 @@ fn validate_inner(
         None | Some(Value::Null) => None,
         Some(value) => Some(validate_insert_id(value)?),
     };
+    // `shift_remove` keeps the other properties in the order they were sent.
     for key in COLUMN_PROPERTIES {
-        properties.remove(*key);
+        properties.shift_remove(*key);
     }
     if properties.len() > MAX_PROPERTIES {
         return Err(FieldError::new(
@@ -261,7 +262,7 @@ pub fn event_time_ms(
     Ok(time_ms)
 }
 
-fn validate_insert_id(value: &Value) -> Result<String, FieldError> {
+pub(crate) fn validate_insert_id(value: &Value) -> Result<String, FieldError> {
     const FIELD: &str = "properties.$insert_id";
     let Value::String(id) = value else {
         return Err(FieldError::new(

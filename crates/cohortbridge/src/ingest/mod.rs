@@ -5,6 +5,7 @@ pub mod decode;
 pub mod engage;
 pub mod event;
 pub mod groups;
+pub mod import_text;
 pub mod local_time;
 pub mod ndjson;
 

@@ -8,6 +8,7 @@
 //! which several server processes can share. [`open`] picks one from the configuration.
 
 mod database;
+mod encoded;
 mod id_set;
 mod postgres;
 mod sqlite;
@@ -20,6 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::cohorts::rows::IndexBuilder;
 pub use database::{open, redact_url, Database, DatabaseUrlError};
+pub use encoded::{EncodedEvent, EncodedEvents, EncodedEventsBuilder};
 pub use id_set::{IdSet, IdSetBuilder};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -534,6 +536,19 @@ pub trait Store: Send + std::marker::Sync + 'static {
         &self,
         project_id: i64,
         events: Vec<NewEvent>,
+        links: Vec<IdentityLink>,
+        now_ms: i64,
+    ) -> StoreResult<WriteSummary> {
+        let encoded = EncodedEvents::encode(&events)?;
+        drop(events);
+        self.write_encoded_events(project_id, encoded, links, now_ms)
+            .await
+    }
+    /// Stores events already encoded, like [`Store::write_events`].
+    async fn write_encoded_events(
+        &self,
+        project_id: i64,
+        events: EncodedEvents,
         links: Vec<IdentityLink>,
         now_ms: i64,
     ) -> StoreResult<WriteSummary>;

@@ -522,14 +522,14 @@ impl Store for PostgresStore {
             .transpose()
     }
 
-    async fn write_events(
+    async fn write_encoded_events(
         &self,
         project_id: i64,
-        events: Vec<NewEvent>,
+        events: EncodedEvents,
         links: Vec<IdentityLink>,
         now_ms: i64,
     ) -> StoreResult<WriteSummary> {
-        let rows = ingest::EventRows::new(&events)?;
+        let rows = ingest::EventRows::new(&events);
         let mut client = self.client().await?;
         // Two nodes that store overlapping duplicates at once can deadlock on the unique key;
         // PostgreSQL aborts one transaction, which is then retried.
@@ -558,7 +558,7 @@ impl Store for PostgresStore {
         failures: Vec<IdentityFailure>,
         now_ms: i64,
     ) -> StoreResult<Vec<IdentityFailure>> {
-        let rows = ingest::EventRows::new(&events)?;
+        let rows = ingest::EventRows::new(&EncodedEvents::encode(&events)?);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // Merges read clusters before they change them, so one project merges on one node at

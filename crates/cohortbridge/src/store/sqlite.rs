@@ -513,46 +513,10 @@ fn resolve(conn: &SqlConnection, project_id: i64, distinct_id: &str) -> StoreRes
     Ok(canonical.unwrap_or_else(|| distinct_id.to_owned()))
 }
 
-/// The serialised properties of a batch of events, kept in one buffer: one allocation per
-/// batch instead of a growing string per event.
-pub(super) struct PropertyTexts {
-    text: String,
-    /// The end offset of each event's text in `text`, in the order of the events.
-    ends: Vec<usize>,
-}
-
-impl PropertyTexts {
-    /// Serialises each event's properties, before the writer's lock is taken, so that
-    /// concurrent requests do this work in parallel.
-    pub(super) fn of(events: &[NewEvent]) -> StoreResult<Self> {
-        // Most events of the SDKs serialise to a few hundred bytes.
-        let mut buffer = Vec::with_capacity(events.len() * 512);
-        let mut ends = Vec::with_capacity(events.len());
-        for event in events {
-            serde_json::to_writer(&mut buffer, &event.properties)?;
-            ends.push(buffer.len());
-        }
-        let text = String::from_utf8(buffer)
-            .map_err(|e| StoreError::Task(format!("serialised properties are not UTF-8: {e}")))?;
-        Ok(Self { text, ends })
-    }
-
-    /// Returns the serialised properties of the event at `index`.
-    pub(super) fn get(&self, index: usize) -> &str {
-        let start = index.checked_sub(1).map_or(0, |before| self.ends[before]);
-        &self.text[start..self.ends[index]]
-    }
-}
-
-/// Inserts events with their serialised properties. A duplicate on Mixpanel's key (name,
-/// distinct id, time, `$insert_id`) replaces the earlier row. The MTU rollup changes in the same
-/// transaction: a new event adds one to its cell, and a duplicate that changes the key (its
-/// `$partner_id` or ingestion path) moves one.
 fn insert_events(
     conn: &SqlConnection,
     project_id: i64,
-    events: &[NewEvent],
-    properties: &PropertyTexts,
+    events: &EncodedEvents,
     now_ms: i64,
 ) -> StoreResult<()> {
     // The lookup goes through the index on (project, time, insert id), where live events are
@@ -584,10 +548,9 @@ fn insert_events(
     // Per stored event: its index, its own rollup key (partner id and `/import` flag, each read
     // from its properties once), and the key of the row it replaced if that key differs.
     let mut changes: Vec<(usize, &str, bool, Option<usize>)> = Vec::with_capacity(events.len());
-    for (index, event) in events.iter().enumerate() {
-        let properties = properties.get(index);
-        let partner = event.partner_id();
-        let imported_now = is_imported(event);
+    for (index, (event, properties)) in events.iter().enumerate() {
+        let partner = event.partner_id.as_deref();
+        let imported_now = event.imported;
         let earlier: Option<(i64, String, i64)> = if event.time_ms > newest {
             newest = event.time_ms;
             None
@@ -633,7 +596,7 @@ fn insert_events(
     }
     let mut rollup = Vec::with_capacity(changes.len());
     for (index, partner_id, imported, earlier) in changes {
-        let event = &events[index];
+        let (event, _) = events.get(index);
         let month = mtu_rollup::month_of(zone, event.time_ms);
         rollup.push(mtu_rollup::Change {
             month,
@@ -656,15 +619,6 @@ fn insert_events(
         }
     }
     mtu_rollup::apply(conn, project_id, &rollup)
-}
-
-/// Whether an event came through `/import`, which marks it with `$import: true`.
-fn is_imported(event: &NewEvent) -> bool {
-    event
-        .properties
-        .get("$import")
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
 }
 
 /// Number of distinct ids in the cluster whose canonical id is `canonical_id`.
@@ -899,19 +853,17 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn write_events(
+    async fn write_encoded_events(
         &self,
         project_id: i64,
-        events: Vec<NewEvent>,
+        events: EncodedEvents,
         links: Vec<IdentityLink>,
         now_ms: i64,
     ) -> StoreResult<WriteSummary> {
-        let properties = PropertyTexts::of(&events)?;
         let (done, mut result) = tokio::sync::oneshot::channel();
         self.queue.push(PendingWrite {
             project_id,
             events,
-            properties,
             links,
             now_ms,
             done,
@@ -946,7 +898,7 @@ impl Store for SqliteStore {
         failures: Vec<IdentityFailure>,
         now_ms: i64,
     ) -> StoreResult<Vec<IdentityFailure>> {
-        let properties = PropertyTexts::of(&events)?;
+        let events = EncodedEvents::encode(&events)?;
         self.write(move |conn| {
             let tx = conn.transaction()?;
             let mut recorded = failures;
@@ -977,7 +929,7 @@ impl Store for SqliteStore {
                     ])?;
                 }
             }
-            insert_events(&tx, project_id, &events, &properties, now_ms)?;
+            insert_events(&tx, project_id, &events, now_ms)?;
             tx.commit()?;
             Ok(recorded)
         })
@@ -2357,26 +2309,6 @@ mod tests {
         let conn = SqlConnection::open(path).unwrap();
         conn.pragma_query_value(None, "page_size", |row| row.get(0))
             .unwrap()
-    }
-
-    #[test]
-    fn property_texts_hold_each_event_apart() {
-        let event = |properties: Value| NewEvent {
-            event: "e".into(),
-            distinct_id: "u".into(),
-            time_ms: 0,
-            insert_id: "i".into(),
-            properties: properties.as_object().unwrap().clone(),
-        };
-        let events = [
-            event(serde_json::json!({"a": 1, "text": "é"})),
-            event(serde_json::json!({})),
-            event(serde_json::json!({"b": [true, null]})),
-        ];
-        let texts = PropertyTexts::of(&events).unwrap();
-        assert_eq!(texts.get(0), r#"{"a":1,"text":"é"}"#);
-        assert_eq!(texts.get(1), "{}");
-        assert_eq!(texts.get(2), r#"{"b":[true,null]}"#);
     }
 
     #[test]

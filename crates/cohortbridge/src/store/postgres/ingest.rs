@@ -8,7 +8,9 @@ use deadpool_postgres::GenericClient;
 use serde_json::{Map, Value};
 
 use crate::ingest::engage::{self, Outcome};
-use crate::store::{IdentityLink, MergeKind, MergeRequest, NewEvent, ProfileUpdate, StoreResult};
+use crate::store::{
+    EncodedEvents, IdentityLink, MergeKind, MergeRequest, ProfileUpdate, StoreResult,
+};
 
 /// Events as column arrays, with duplicates on Mixpanel's key reduced to the last one, because
 /// one `INSERT ... ON CONFLICT DO UPDATE` may not touch a row twice.
@@ -22,9 +24,9 @@ pub(super) struct EventRows {
 }
 
 impl EventRows {
-    pub(super) fn new(events: &[NewEvent]) -> StoreResult<Self> {
+    pub(super) fn new(events: &EncodedEvents) -> Self {
         let mut last_of_key: HashMap<(&str, &str, i64, &str), usize> = HashMap::new();
-        for (index, event) in events.iter().enumerate() {
+        for (index, (event, _)) in events.iter().enumerate() {
             let key = (
                 event.event.as_str(),
                 event.distinct_id.as_str(),
@@ -41,7 +43,7 @@ impl EventRows {
             partner_ids: Vec::with_capacity(last_of_key.len()),
             properties: Vec::with_capacity(last_of_key.len()),
         };
-        for (index, event) in events.iter().enumerate() {
+        for (index, (event, properties)) in events.iter().enumerate() {
             let key = (
                 event.event.as_str(),
                 event.distinct_id.as_str(),
@@ -55,11 +57,10 @@ impl EventRows {
             rows.distinct_ids.push(event.distinct_id.clone());
             rows.times_ms.push(event.time_ms);
             rows.insert_ids.push(event.insert_id.clone());
-            rows.partner_ids.push(event.partner_id().map(str::to_owned));
-            rows.properties
-                .push(serde_json::to_string(&event.properties)?);
+            rows.partner_ids.push(event.partner_id.clone());
+            rows.properties.push(properties.to_owned());
         }
-        Ok(rows)
+        rows
     }
 }
 

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
 
-use super::{insert_events, PropertyTexts};
-use crate::store::{IdentityLink, NewEvent, StoreResult, WriteSummary};
+use super::insert_events;
+use crate::store::{EncodedEvents, IdentityLink, StoreResult, WriteSummary};
 
 /// The maximum number of writes committed in one transaction, which bounds its size.
 const MAX_GROUP: usize = 32;
@@ -22,9 +22,7 @@ const MAX_GROUP: usize = 32;
 /// One caller's rows, waiting for a commit.
 pub(super) struct PendingWrite {
     pub project_id: i64,
-    pub events: Vec<NewEvent>,
-    /// The serialised properties of `events`, in the same order.
-    pub properties: PropertyTexts,
+    pub events: EncodedEvents,
     pub links: Vec<IdentityLink>,
     pub now_ms: i64,
     pub done: oneshot::Sender<StoreResult<WriteSummary>>,
@@ -49,13 +47,7 @@ fn write_one(conn: &Connection, write: &PendingWrite) -> StoreResult<WriteSummar
             write.now_ms
         ])?;
     }
-    insert_events(
-        conn,
-        write.project_id,
-        &write.events,
-        &write.properties,
-        write.now_ms,
-    )?;
+    insert_events(conn, write.project_id, &write.events, write.now_ms)?;
     Ok(WriteSummary {
         written: write.events.len(),
     })
@@ -128,7 +120,7 @@ mod tests {
     use serde_json::Map;
 
     use super::*;
-    use crate::store::{NewProject, SqliteStore, Store};
+    use crate::store::{NewEvent, NewProject, SqliteStore, Store};
 
     fn write(
         project_id: i64,
@@ -142,11 +134,9 @@ mod tests {
             insert_id: insert_id.into(),
             properties: Map::new(),
         }];
-        let properties = PropertyTexts::of(&events).unwrap();
         let pending = PendingWrite {
             project_id,
-            events,
-            properties,
+            events: EncodedEvents::encode(&events).unwrap(),
             links: Vec::new(),
             now_ms: 1_700_000_000_000,
             done,
