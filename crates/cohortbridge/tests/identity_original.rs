@@ -102,6 +102,12 @@ async fn original_api_fixture() {
     assert_eq!(by_insert_id[1].0, "id-o-03");
     assert!(by_insert_id[1].1.contains("UUID v4"), "{by_insert_id:?}");
 
+    // Importing the same file again stores no copy of its events or of its failures.
+    let (status, body) = server.import_records(&lines).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.event_count().await, 8);
+    assert_eq!(failures(&server).await, recorded);
+
     // u-bob's failed $identify merged nothing: u-bob is still on his own.
     let identifiers = server
         .create_cohort("identified", json!({"event": "$identify"}))

@@ -38,6 +38,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_accounts",
         include_str!("migrations/postgres/0004_accounts.sql"),
     ),
+    (
+        "0005_identity_failure_lookup",
+        include_str!("migrations/postgres/0005_identity_failure_lookup.sql"),
+    ),
 ];
 
 /// Advisory lock key that serialises migrations and the first project across nodes.
@@ -579,7 +583,11 @@ impl Store for PostgresStore {
             .prepare_cached(
                 "INSERT INTO identity_failures
                      (project_id, event, insert_id, distinct_id, reason, failed_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                 SELECT $1, $2, $3, $4, $5, $6
+                 WHERE NOT EXISTS (
+                     SELECT 1 FROM identity_failures
+                     WHERE project_id = $1 AND insert_id = $3 AND event = $2
+                       AND distinct_id = $4 AND reason = $5)",
             )
             .await?;
         for failure in &recorded {

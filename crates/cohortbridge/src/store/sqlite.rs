@@ -70,6 +70,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         MTU_PACKED_MIGRATION,
         include_str!("migrations/sqlite/0012_mtu_deltas_packed.sql"),
     ),
+    (
+        "0013_identity_failure_lookup",
+        include_str!("migrations/sqlite/0013_identity_failure_lookup.sql"),
+    ),
 ];
 
 /// The migration that creates the MTU rollup, which is then filled from the stored events.
@@ -913,10 +917,15 @@ impl Store for SqliteStore {
                 }
             }
             {
+                // A failure recorded before, when the same event was imported, is not copied.
                 let mut failure_stmt = tx.prepare_cached(
                     "INSERT INTO identity_failures
                          (project_id, event, insert_id, distinct_id, reason, failed_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6
+                     WHERE NOT EXISTS (
+                         SELECT 1 FROM identity_failures
+                         WHERE project_id = ?1 AND insert_id = ?3 AND event = ?2
+                           AND distinct_id = ?4 AND reason = ?5)",
                 )?;
                 for failure in &recorded {
                     failure_stmt.execute(params![
