@@ -551,3 +551,69 @@ async fn oversized_plain_body_replies_in_json() {
     assert_eq!(server.event_count().await, 0);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn json_array_import_mixes_text_and_general_paths() {
+    let server = TestServer::start().await;
+    let t = now_secs();
+    let token = &server.token;
+    // Record 0 takes the text path; 1 (no `$insert_id`), 3 (a repeated key) and 4 (a server
+    // property) take the general path; 2 is invalid.
+    let body = format!(
+        r#"[
+        {{"event":"Typical","properties":{{"time":{t},"distinct_id":"u1","$insert_id":"mix-0",
+          "b":2,"token":"{token}","a":"x","n":1e3,"s":"\u00e9"}}}},
+        {{"event":"No insert id","properties":{{"time":{t},"distinct_id":"u2","k":1}}}},
+        {{"event":"Bad time","properties":{{"time":"yesterday","distinct_id":"u3","$insert_id":"mix-2"}}}},
+        {{"event":"Repeated","properties":{{"time":{t},"distinct_id":"u4","$insert_id":"mix-3","k":1,"k":2}}}},
+        {{"event":"Server set","properties":{{"time":{t},"distinct_id":"u5","$insert_id":"mix-4","$import":false}}}}
+    ]"#
+    );
+    let (status, reply) = server.import_raw("?strict=1", body).await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["num_records_imported"], 4, "{reply}");
+    let failed = reply["failed_records"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{reply}");
+    assert_eq!(failed[0]["index"], 2);
+    assert_eq!(failed[0]["$insert_id"], "mix-2");
+    assert_eq!(failed[0]["field"], "properties.time");
+
+    let stored = |id: &'static str| {
+        let server = &server;
+        async move {
+            let events = server.admin_get(&format!("/events?distinct_id={id}")).await;
+            assert_eq!(events.as_array().unwrap().len(), 1, "{id}: {events}");
+            events[0].clone()
+        }
+    };
+    let typical = stored("u1").await;
+    assert_eq!(typical["insert_id"], "mix-0");
+    let properties = typical["properties"].as_object().unwrap();
+    let keys: Vec<&str> = properties.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "b",
+            "a",
+            "n",
+            "s",
+            "$mp_api_endpoint",
+            "$mp_api_timestamp_ms",
+            "mp_processing_time_ms",
+            "$import"
+        ]
+    );
+    assert_eq!(properties["n"].as_f64(), Some(1000.0));
+    assert_eq!(properties["s"], "é");
+    assert_eq!(properties["$import"], true);
+
+    let derived = stored("u2").await;
+    assert_eq!(derived["insert_id"].as_str().unwrap().len(), 32);
+    assert_eq!(stored("u4").await["properties"]["k"], 2);
+    assert_eq!(
+        stored("u5").await["properties"]["$import"],
+        true,
+        "the server's value replaces the client's"
+    );
+    server.stop().await;
+}

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::{groups, AppState};
@@ -31,7 +32,9 @@ use crate::ingest::event::{self, Endpoint, Receipt};
 use crate::ingest::import_text::{self, ImportContext};
 use crate::ingest::{engage, RecordFailure};
 use crate::secrets;
-use crate::store::{EncodedEventsBuilder, IdentityLink, NewEvent, Project, StoreError};
+use crate::store::{
+    EncodedEvents, EncodedEventsBuilder, IdentityLink, NewEvent, Project, StoreError,
+};
 
 /// Mixpanel's limit of records per request on all three endpoints.
 pub const MAX_RECORDS_PER_REQUEST: usize = 2000;
@@ -579,6 +582,39 @@ fn validate_import_record(
     }
 }
 
+/// Validates and encodes `/import` records from their JSON texts: each on the text path when it
+/// can, else on the general path. Returns the events, their identity links and the records
+/// rejected.
+fn encode_record_texts(
+    texts: &[&RawValue],
+    context: &ImportContext<'_>,
+) -> Result<(EncodedEvents, Vec<IdentityLink>, Vec<RecordFailure>), StoreError> {
+    // The stored text is about the record's text plus the server's properties.
+    let text_bytes = texts.iter().map(|text| text.get().len() + 128).sum();
+    let mut events = EncodedEventsBuilder::with_capacity(texts.len(), text_bytes);
+    let mut links = Vec::new();
+    let mut failures = Vec::new();
+    for (index, text) in texts.iter().enumerate() {
+        let encoded = events.push_with(|buffer| {
+            let (event, link) = import_text::encode_import_record(text.get(), context, buffer)?;
+            links.extend(link);
+            Ok::<_, import_text::Fallback>(event)
+        });
+        if encoded.is_ok() {
+            continue;
+        }
+        let record: Value = serde_json::from_str(text.get())?;
+        match validate_import_record(record, index, context) {
+            Ok((event, link)) => {
+                events.push_event(&event)?;
+                links.extend(link);
+            }
+            Err(failure) => failures.push(failure),
+        }
+    }
+    Ok((events.finish()?, links, failures))
+}
+
 /// Builds the 503 reply of an `/import` whose records could not be stored, and logs why.
 fn import_unavailable(project_id: i64, error: &StoreError) -> Response {
     tracing::error!(project_id, error = %error, "import failed to store records; the client should retry");
@@ -639,52 +675,25 @@ async fn import_json(
     let texts = (mode == IdentityMode::Simplified)
         .then(|| decode::record_texts(&payload.json))
         .flatten();
-    let mut links = Vec::new();
-    let mut failures = Vec::new();
-    let stored = if let Some(texts) = texts {
+    let (stored, failures) = if let Some(texts) = texts {
         if let Err((status, message)) = check_record_count(texts.len()) {
             return import_error(status, message);
         }
-        let mut events = EncodedEventsBuilder::with_capacity(
-            texts.len(),
-            payload.json.len() + texts.len() * 160,
-        );
-        for (index, text) in texts.iter().enumerate() {
-            let fast = events.push_with(|buffer| {
-                let (event, link) =
-                    import_text::encode_import_record(text.get(), &context, buffer)?;
-                links.extend(link);
-                Ok::<_, import_text::Fallback>(event)
-            });
-            if fast.is_ok() {
-                continue;
-            }
-            let record = match serde_json::from_str::<Value>(text.get()) {
-                Ok(record) => record,
-                Err(e) => return import_error(StatusCode::BAD_REQUEST, e.to_string()),
-            };
-            match validate_import_record(record, index, &context) {
-                Ok((event, link)) => {
-                    if let Err(e) = events.push_event(&event) {
-                        return import_unavailable(project.id, &e);
-                    }
-                    links.extend(link);
-                }
-                Err(failure) => failures.push(failure),
-            }
-        }
-        match events.finish() {
-            Ok(events) if events.is_empty() => Ok(0),
-            Ok(events) => {
-                let count = events.len();
-                state
-                    .store
-                    .write_encoded_events(project.id, events, links, now)
-                    .await
-                    .map(|_| count)
-            }
-            Err(e) => Err(e),
-        }
+        let (events, links, failures) = match encode_record_texts(&texts, &context) {
+            Ok(encoded) => encoded,
+            Err(e) => return import_unavailable(project.id, &e),
+        };
+        let count = events.len();
+        let stored = if events.is_empty() {
+            Ok(0)
+        } else {
+            state
+                .store
+                .write_encoded_events(project.id, events, links, now)
+                .await
+                .map(|_| count)
+        };
+        (stored, failures)
     } else {
         let records = match decode::parse_records(&payload.json) {
             Ok(records) => records,
@@ -697,6 +706,8 @@ async fn import_json(
             return import_error(status, message);
         }
         let mut events = Vec::with_capacity(records.len());
+        let mut links = Vec::new();
+        let mut failures = Vec::new();
         for (index, record) in records.into_iter().enumerate() {
             match validate_import_record(record, index, &context) {
                 Ok((event, link)) => {
@@ -707,7 +718,7 @@ async fn import_json(
             }
         }
         let count = events.len();
-        if events.is_empty() {
+        let stored = if events.is_empty() {
             Ok(0)
         } else {
             // `$merge` needs a secret: with only the public token, merges are judged as on
@@ -720,7 +731,8 @@ async fn import_json(
             store_events(&state, project.id, merge_endpoint, events, links, now)
                 .await
                 .map(|()| count)
-        }
+        };
+        (stored, failures)
     };
     let imported = match stored {
         Ok(imported) => imported,
