@@ -547,41 +547,6 @@ fn asks_terse_reply(query: Option<&str>, body: &[u8]) -> bool {
         .any(|pair| pair == "verbose=0")
 }
 
-/// Validates one `/import` record on the general path and adds the server's properties.
-fn validate_import_record(
-    record: Value,
-    index: usize,
-    context: &ImportContext<'_>,
-) -> Result<(NewEvent, Option<IdentityLink>), RecordFailure> {
-    let insert_id = record
-        .pointer("/properties/$insert_id")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    match event::validate_owned(record, Endpoint::Import, context.now_ms) {
-        Ok(mut valid) => {
-            event::add_server_properties(
-                &mut valid.event,
-                Endpoint::Import,
-                context.receipt,
-                context.now_ms,
-            );
-            if let Some(partner) = context.partner_id {
-                valid
-                    .event
-                    .properties
-                    .insert("$partner_id".into(), Value::from(partner));
-            }
-            Ok((valid.event, valid.link))
-        }
-        Err(error) => Err(RecordFailure {
-            index,
-            insert_id,
-            field: error.field,
-            message: error.message,
-        }),
-    }
-}
-
 /// Validates and encodes `/import` records from their JSON texts: each on the text path when it
 /// can, else on the general path. Returns the events, their identity links and the records
 /// rejected.
@@ -604,7 +569,7 @@ fn encode_record_texts(
             continue;
         }
         let record: Value = serde_json::from_str(text.get())?;
-        match validate_import_record(record, index, context) {
+        match import_text::validate_import_record(record, index, context) {
             Ok((event, link)) => {
                 events.push_event(&event)?;
                 links.extend(link);
@@ -709,7 +674,7 @@ async fn import_json(
         let mut links = Vec::new();
         let mut failures = Vec::new();
         for (index, record) in records.into_iter().enumerate() {
-            match validate_import_record(record, index, &context) {
+            match import_text::validate_import_record(record, index, &context) {
                 Ok((event, link)) => {
                     events.push(event);
                     links.extend(link);

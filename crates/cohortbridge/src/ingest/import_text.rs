@@ -18,8 +18,9 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::event::{self, Endpoint, Receipt, MAX_EVENT_NAME_LEN, MAX_PROPERTIES, MAX_STRING_CHARS};
+use super::RecordFailure;
 use crate::identity;
-use crate::store::{EncodedEvent, IdentityLink};
+use crate::store::{EncodedEvent, IdentityLink, NewEvent};
 
 /// The record must be validated on the general path instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +128,42 @@ pub fn encode_import_record(
         imported: true,
     };
     Ok((event, identity.link))
+}
+
+/// Validates one `/import` record on the general path, from its parsed value, and adds the
+/// server's properties. A rejected record is reported at `index`.
+pub fn validate_import_record(
+    record: Value,
+    index: usize,
+    context: &ImportContext<'_>,
+) -> Result<(NewEvent, Option<IdentityLink>), RecordFailure> {
+    let insert_id = record
+        .pointer("/properties/$insert_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    match event::validate_owned(record, Endpoint::Import, context.now_ms) {
+        Ok(mut valid) => {
+            event::add_server_properties(
+                &mut valid.event,
+                Endpoint::Import,
+                context.receipt,
+                context.now_ms,
+            );
+            if let Some(partner) = context.partner_id {
+                valid
+                    .event
+                    .properties
+                    .insert("$partner_id".into(), Value::from(partner));
+            }
+            Ok((valid.event, valid.link))
+        }
+        Err(error) => Err(RecordFailure {
+            index,
+            insert_id,
+            field: error.field,
+            message: error.message,
+        }),
+    }
 }
 
 fn write_entry(buffer: &mut Vec<u8>, key: &str, value: &Value) {
@@ -378,22 +415,10 @@ mod tests {
     /// Runs the general path on `text`: what it stores, or `None` when it rejects the record.
     fn general(text: &str, context: &ImportContext<'_>) -> Option<Encoded> {
         let record: Value = serde_json::from_str(text).ok()?;
-        let mut valid = event::validate_owned(record, Endpoint::Import, context.now_ms).ok()?;
-        event::add_server_properties(
-            &mut valid.event,
-            Endpoint::Import,
-            context.receipt,
-            context.now_ms,
-        );
-        if let Some(partner) = context.partner_id {
-            valid
-                .event
-                .properties
-                .insert("$partner_id".into(), Value::from(partner));
-        }
-        let encoded = EncodedEvents::encode(std::slice::from_ref(&valid.event)).unwrap();
+        let (event, link) = validate_import_record(record, 0, context).ok()?;
+        let encoded = EncodedEvents::encode(std::slice::from_ref(&event)).unwrap();
         let (columns, properties) = encoded.get(0);
-        Some((columns.clone(), properties.to_owned(), valid.link))
+        Some((columns.clone(), properties.to_owned(), link))
     }
 
     fn context(receipt: &Receipt) -> ImportContext<'_> {

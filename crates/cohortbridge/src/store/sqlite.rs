@@ -2311,7 +2311,7 @@ impl Store for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn page_size(path: &Path) -> i64 {
@@ -2328,7 +2328,8 @@ mod tests {
         assert_eq!(page_size(&path), NEW_FILE_PAGE_SIZE);
     }
 
-    fn test_project() -> NewProject {
+    /// A project with placeholder credentials, for tests that only need one to exist.
+    pub(in crate::store) fn test_project() -> NewProject {
         NewProject {
             name: "p".into(),
             token: "t".into(),

@@ -120,7 +120,7 @@ mod tests {
     use serde_json::Map;
 
     use super::*;
-    use crate::store::{NewEvent, NewProject, SqliteStore, Store};
+    use crate::store::{NewEvent, SqliteStore, Store};
 
     fn write(
         project_id: i64,
@@ -149,14 +149,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
         let project = store
-            .create_project(NewProject {
-                name: "p".into(),
-                token: "t".into(),
-                api_secret_enc: "s".into(),
-                api_secret_hash: "sh".into(),
-                currents_token_enc: "c".into(),
-                currents_token_hash: "ch".into(),
-            })
+            .create_project(crate::store::sqlite::tests::test_project())
             .await
             .unwrap();
 

@@ -483,7 +483,7 @@ mod tests {
     use serde_json::{json, Map, Value};
 
     use super::*;
-    use crate::store::{IdentityLink, MtuEventGroup, NewEvent, NewProject, SqliteStore, Store};
+    use crate::store::{IdentityLink, MtuEventGroup, NewEvent, SqliteStore, Store};
 
     /// A cell with its key spelled out and its user labelled: (event, partner, imported, user,
     /// events).
@@ -496,14 +496,7 @@ mod tests {
 
     async fn project(store: &SqliteStore) -> i64 {
         store
-            .create_project(NewProject {
-                name: "p".into(),
-                token: "t".into(),
-                api_secret_enc: "s".into(),
-                api_secret_hash: "sh".into(),
-                currents_token_enc: "c".into(),
-                currents_token_hash: "ch".into(),
-            })
+            .create_project(crate::store::sqlite::tests::test_project())
             .await
             .unwrap()
             .id
