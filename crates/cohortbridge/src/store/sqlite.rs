@@ -104,13 +104,13 @@ impl SqliteStore {
     /// Opens the database file like [`SqliteStore::open`], checkpointing the WAL once it holds
     /// `checkpoint_bytes`.
     fn open_with_checkpoint(path: &Path, checkpoint_bytes: i64) -> StoreResult<Self> {
-        let mut writer = Writer::new(SqlConnection::open(path)?);
+        let mut writer = Writer::new(open_connection(path)?);
         configure(&writer)?;
         configure_writer(&writer)?;
         migrate(&mut writer)?;
-        let reader = SqlConnection::open(path)?;
+        let reader = open_connection(path)?;
         configure(&reader)?;
-        let checkpointer = SqlConnection::open(path)?;
+        let checkpointer = open_connection(path)?;
         configure(&checkpointer)?;
         let checkpoints = WalCheckpoints::start(checkpointer)?;
         writer.checkpoint_on(&checkpoints, checkpoint_bytes)?;
@@ -125,7 +125,7 @@ impl SqliteStore {
     /// Opens (or creates) the database file, applies pending migrations and returns the names
     /// of those applied now.
     pub fn migrate_file(path: &Path) -> StoreResult<Vec<String>> {
-        let mut conn = SqlConnection::open(path)?;
+        let mut conn = open_connection(path)?;
         configure(&conn)?;
         migrate(&mut conn)
     }
@@ -157,6 +157,30 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
     }
+}
+
+/// Opens a connection to the database file at `path`.
+///
+/// Before the first one, SQLite's memory statistics are turned off: with them on, every
+/// allocation and free inside SQLite takes a global mutex, which profiles of ingestion put at
+/// a few percent of the writer's time. Nothing here reads those statistics.
+fn open_connection(path: &Path) -> StoreResult<SqlConnection> {
+    static MEMORY_STATISTICS_OFF: std::sync::Once = std::sync::Once::new();
+    MEMORY_STATISTICS_OFF.call_once(|| {
+        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int. SQLite accepts configuration only
+        // before it initialises; if a connection was opened earlier in this process, it
+        // returns SQLITE_MISUSE and changes nothing, which is harmless.
+        let code = unsafe {
+            rusqlite::ffi::sqlite3_config(
+                rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS,
+                0 as std::ffi::c_int,
+            )
+        };
+        if code != rusqlite::ffi::SQLITE_OK {
+            tracing::debug!(code, "SQLite memory statistics stay on");
+        }
+    });
+    Ok(SqlConnection::open(path)?)
 }
 
 /// The page size of a new database file.
