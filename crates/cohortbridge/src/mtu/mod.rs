@@ -75,9 +75,11 @@ impl ExemptionRules {
 /// Compares a rule with an event name without regard to case; `prefix*` matches a prefix.
 fn name_matches(rule: &str, event: &str) -> bool {
     match rule.strip_suffix('*') {
-        Some(prefix) => {
-            event.len() >= prefix.len() && event[..prefix.len()].eq_ignore_ascii_case(prefix)
-        }
+        // Compared as bytes, because the prefix's length may end inside a character of the name.
+        Some(prefix) => event
+            .as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes())),
         None => rule.eq_ignore_ascii_case(event),
     }
 }
@@ -405,6 +407,18 @@ mod tests {
             .exemption("$identify", None)
             .unwrap()
             .contains("never counts"));
+    }
+
+    #[test]
+    fn prefix_rules_accept_multibyte_names() {
+        let rules = ExemptionRules::default();
+        // `$message_` is 9 bytes and `$campaign_` 10; these names have a character that
+        // spans those offsets.
+        for name in ["購入完了", "Ouvrir réglé", "$messagé", "é"] {
+            assert!(rules.exemption(name, None).is_none(), "{name}");
+            assert!(rules.exemption(name, Some("braze")).is_none(), "{name}");
+        }
+        assert!(rules.exemption("$message_送信", None).is_some());
     }
 
     #[test]
