@@ -617,3 +617,68 @@ async fn json_array_import_mixes_text_and_general_paths() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn unstorable_records_fail_alone() {
+    let server = TestServer::start().await;
+    let t = now_secs();
+    let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+    let record = |id: &str, distinct_id: &str, extra: &str| {
+        format!(
+            r#"{{"event":"e","properties":{{"time":{t},"distinct_id":"{distinct_id}","$insert_id":"{id}"{extra}}}}}"#
+        )
+    };
+    let body = format!(
+        "[{},{},{},{},{},{}]",
+        record("ok-0", "u-ok", ""),
+        record("deep-1", "u-deep", &format!(r#","d":{}"#, nested(101))),
+        record("deep-2", "u-deeper", &format!(r#","d":{}"#, nested(127))),
+        record("nul-3", "bad\\u0000id", ""),
+        r#"{"event":"bad\u0000name","properties":{"time":1,"distinct_id":"u","$insert_id":"nul-4"}}"#
+            .replace("\"time\":1", &format!("\"time\":{t}")),
+        record("ok-5", "u-ok", &format!(r#","d":{}"#, nested(100))),
+    );
+    let (status, reply) = server.import_raw("?strict=1", body).await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["num_records_imported"], 2, "{reply}");
+    let failed: Vec<(u64, String)> = reply["failed_records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["index"].as_u64().unwrap(),
+                f["field"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            (1, "properties.d".to_owned()),
+            (2, String::new()),
+            (3, "properties.distinct_id".to_owned()),
+            (4, "event".to_owned()),
+        ],
+        "{reply}"
+    );
+    assert!(
+        reply["failed_records"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("101 levels deep; at most 100"),
+        "{reply}"
+    );
+    assert!(
+        reply["failed_records"][2]["message"]
+            .as_str()
+            .unwrap()
+            .contains("NUL"),
+        "{reply}"
+    );
+
+    // What was stored can be read back.
+    let stored = server.admin_get("/events?distinct_id=u-ok").await;
+    assert_eq!(stored.as_array().unwrap().len(), 2, "{stored}");
+    server.stop().await;
+}

@@ -70,6 +70,11 @@ fn check_mapped(
              The time is expected in seconds since the Unix epoch, not in milliseconds"
         ));
     }
+    if let Err(error) = identity::reject_nul(&mapped.name, "event name")
+        .and_then(|()| identity::reject_nul(&mapped.distinct_id, "user.external_user_id"))
+    {
+        return Err(error.message);
+    }
     // The empty id marks an unattributed event; a blank or placeholder id is a bad one.
     let blank = !mapped.distinct_id.is_empty() && mapped.distinct_id.trim().is_empty();
     if blank || identity::is_placeholder(&mapped.distinct_id) {

@@ -568,7 +568,20 @@ fn encode_record_texts(
         if encoded.is_ok() {
             continue;
         }
-        let record: Value = serde_json::from_str(text.get())?;
+        // Splitting the body checks nesting more loosely than parsing a record, so a record
+        // nested more than serde_json's 128 levels can still fail here.
+        let record: Value = match serde_json::from_str(text.get()) {
+            Ok(record) => record,
+            Err(e) => {
+                failures.push(RecordFailure {
+                    index,
+                    insert_id: None,
+                    field: String::new(),
+                    message: format!("record cannot be read: {e}"),
+                });
+                continue;
+            }
+        };
         match import_text::validate_import_record(record, index, context) {
             Ok((event, link)) => {
                 events.push_event(&event)?;

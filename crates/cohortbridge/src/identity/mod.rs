@@ -57,6 +57,18 @@ pub fn is_placeholder(id: &str) -> bool {
     PLACEHOLDER_IDS.iter().any(|p| p.eq_ignore_ascii_case(id))
 }
 
+/// Rejects an id or name that contains U+0000. PostgreSQL cannot store that character in a text
+/// column, so both stores refuse it up front, record by record, instead of failing a whole batch.
+pub fn reject_nul(text: &str, field: &str) -> Result<(), FieldError> {
+    if text.contains('\0') {
+        return Err(FieldError::new(
+            field,
+            format!("{field} {text:?} contains the NUL character U+0000, which cannot be stored"),
+        ));
+    }
+    Ok(())
+}
+
 /// Turns a JSON number sent as an id into its decimal string. Whole numbers are accepted in any
 /// notation (`1000`, `1e3`, `1000.0`). A fraction, or a whole number too large for a double to
 /// hold exactly, is rejected with a message that names what to send instead.
@@ -106,6 +118,7 @@ pub fn read_id(value: Option<&Value>, field: &str) -> Result<Option<String>, Fie
             format!("{field} {id:?} is a placeholder value that Mixpanel rejects as an id"),
         ));
     }
+    reject_nul(&id, field)?;
     Ok(Some(id))
 }
 

@@ -147,6 +147,14 @@ pub fn merge_request(
         }
         _ => return None,
     };
+    let result = result.and_then(|merge| {
+        if merge.from.contains('\0') || merge.into.contains('\0') {
+            return Err(fail(
+                "the ids to merge contain the NUL character U+0000, which cannot be stored".into(),
+            ));
+        }
+        Ok(merge)
+    });
     Some(result)
 }
 

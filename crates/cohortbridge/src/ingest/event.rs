@@ -20,6 +20,10 @@ pub const MAX_EVENT_NAME_LEN: usize = 255;
 /// Mixpanel's limit on the length of a string property value, in characters. Longer strings,
 /// at any depth inside lists and objects, are cut to this length.
 pub const MAX_STRING_CHARS: usize = 255;
+/// The maximum nesting of lists and objects in one property value. serde_json reads at most 128
+/// levels, and a stored event adds its own, so a deeper value could be stored but not read
+/// back. Mixpanel documents no such limit; its reports read nested objects a few levels deep.
+pub const MAX_PROPERTY_DEPTH: usize = 100;
 /// Mixpanel's limit on the number of properties of one event. A record with more is rejected,
 /// counted after the column properties (`time`, `distinct_id`, `$insert_id`, `token`) leave.
 pub const MAX_PROPERTIES: usize = 255;
@@ -88,6 +92,7 @@ fn validate_inner(
             format!("event name is longer than {MAX_EVENT_NAME_LEN} characters"),
         ));
     }
+    identity::reject_nul(&name, "event")?;
     let mut properties: Map<String, Value> = match (taken, object.get("properties")) {
         (Some(map), _) => map,
         (None, Some(Value::Object(map))) => map.clone(),
@@ -136,7 +141,8 @@ fn validate_inner(
             ),
         ));
     }
-    for value in properties.values_mut() {
+    for (key, value) in properties.iter_mut() {
+        check_depth(key, value)?;
         truncate_strings(value);
     }
     let insert_id = insert_id
@@ -152,6 +158,31 @@ fn validate_inner(
         },
         link: identity.link,
     })
+}
+
+/// Rejects a property value with lists and objects nested more than [`MAX_PROPERTY_DEPTH`]
+/// levels deep.
+pub fn check_depth(key: &str, value: &Value) -> Result<(), FieldError> {
+    let depth = nesting_depth(value);
+    if depth > MAX_PROPERTY_DEPTH {
+        return Err(FieldError::new(
+            format!("properties.{key}"),
+            format!(
+                "properties.{key} nests lists and objects {depth} levels deep; at most {MAX_PROPERTY_DEPTH} are accepted"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Counts the levels of lists and objects in `value`: 0 for a scalar, 1 for `[1]`.
+fn nesting_depth(value: &Value) -> usize {
+    let deepest = |values: &mut dyn Iterator<Item = &Value>| values.map(nesting_depth).max();
+    match value {
+        Value::Array(items) => 1 + deepest(&mut items.iter()).unwrap_or(0),
+        Value::Object(map) => 1 + deepest(&mut map.values()).unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// Cuts every string inside `value` to [`MAX_STRING_CHARS`] characters.

@@ -38,6 +38,7 @@ fn read_group_field(object: &Map<String, Value>, field: &str) -> Result<String, 
     if text.is_empty() {
         return Err(FieldError::new(field, format!("{field} is empty")));
     }
+    crate::identity::reject_nul(&text, field)?;
     Ok(text)
 }
 

@@ -73,7 +73,11 @@ pub fn encode_import_record(
     else {
         return Err(Fallback);
     };
-    if name.is_empty() || name == "$merge" || name.chars().count() > MAX_EVENT_NAME_LEN {
+    if name.is_empty()
+        || name == "$merge"
+        || name.contains('\0')
+        || name.chars().count() > MAX_EVENT_NAME_LEN
+    {
         return Err(Fallback);
     }
     // The checks run in the general path's order, so a record that fails any of them fails
@@ -335,9 +339,13 @@ fn write_raw(buffer: &mut Vec<u8>, raw: &str) -> serde_json::Result<()> {
     };
     if copied {
         buffer.extend_from_slice(bytes);
-    } else {
-        write_truncated(buffer, serde_json::from_str(raw)?);
+        return Ok(());
     }
+    let value: Value = serde_json::from_str(raw)?;
+    if event::check_depth("", &value).is_err() {
+        return Err(serde::de::Error::custom("nested too deep"));
+    }
+    write_truncated(buffer, value);
     Ok(())
 }
 
