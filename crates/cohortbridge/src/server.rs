@@ -185,6 +185,12 @@ async fn admin_key(
 ) -> anyhow::Result<(String, Option<String>)> {
     if let Some(key) = configured {
         let hash = secrets::hash(key);
+        let previous = store.get_setting(ADMIN_KEY_HASH_SETTING).await?;
+        if previous.as_deref().is_some_and(|previous| previous != hash) {
+            tracing::warn!(
+                "the admin key given to serve replaces the stored one; the earlier key no longer works"
+            );
+        }
         store.put_setting(ADMIN_KEY_HASH_SETTING, &hash).await?;
         return Ok((hash, None));
     }
@@ -355,4 +361,31 @@ async fn ensure_default_project(store: &dyn Store, secret_box: &SecretBox) -> an
         tracing::info!(project_id = project.id, "created the default project");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    #[tokio::test]
+    async fn given_admin_key_replaces_the_stored_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+        let (generated_hash, generated) = admin_key(&store, None).await.unwrap();
+        let generated = generated.expect("a first start generates a key");
+        assert_eq!(generated_hash, secrets::hash(&generated));
+
+        let (given_hash, printed) = admin_key(&store, Some("remembered-key-0123456789"))
+            .await
+            .unwrap();
+        assert_eq!(printed, None);
+        assert_eq!(given_hash, secrets::hash("remembered-key-0123456789"));
+
+        // A later start without the flag accepts the given key, not the generated one.
+        let (later_hash, printed) = admin_key(&store, None).await.unwrap();
+        assert_eq!(printed, None);
+        assert_eq!(later_hash, given_hash);
+        assert_ne!(later_hash, secrets::hash(&generated));
+    }
 }

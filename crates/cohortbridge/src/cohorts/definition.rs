@@ -261,7 +261,7 @@ fn parse_at(value: &Value, path: &str, depth: usize) -> Result<Definition, Defin
     }
     if let Some(id) = object.get("in_cohort") {
         expect_only(object, &["in_cohort"], path)?;
-        let id = id.as_i64().filter(|id| *id > 0).ok_or_else(|| {
+        let id = whole_number(id).filter(|id| *id > 0).ok_or_else(|| {
             error(
                 &join(path, "in_cohort"),
                 format!("expected a cohort id (a whole number of at least 1), found {id}"),
@@ -453,6 +453,16 @@ fn parse_event(object: &Map<String, Value>, path: &str) -> Result<EventRule, Def
     })
 }
 
+/// Reads a whole number written in any JSON notation: `1000`, `1e3` and `1000.0` are all 1000.
+/// A fraction, or a number beyond 2^53 that a double cannot hold exactly, is `None`.
+pub(super) fn whole_number(value: &Value) -> Option<i64> {
+    if let Some(n) = value.as_i64() {
+        return Some(n);
+    }
+    let f = value.as_f64()?;
+    (f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0).then_some(f as i64)
+}
+
 /// Parses `{"gte": 2}`; `whole` requires a whole number of at least 0 (counts and days).
 fn parse_comparison(
     map: &Map<String, Value>,
@@ -477,7 +487,7 @@ fn parse_comparison(
             )
         })?;
     let value = if whole {
-        number.as_i64().filter(|n| *n >= 0).map(|n| n as f64)
+        whole_number(number).filter(|n| *n >= 0).map(|n| n as f64)
     } else {
         number.as_f64().filter(|n| n.is_finite())
     };
@@ -726,6 +736,28 @@ mod tests {
                 Window::AllTime
             ))))
         );
+    }
+
+    #[test]
+    fn whole_numbers_in_any_notation() {
+        let text =
+            r#"{"event": "Purchase", "count": {"gte": 1e3}, "within": {"last_days": 3.0E1}}"#;
+        let definition = parse(&serde_json::from_str(text).unwrap()).unwrap();
+        assert_eq!(
+            definition,
+            Definition::Event(count_rule(
+                "Purchase",
+                CountOp::Gte,
+                1000.0,
+                Window::LastDays(30)
+            ))
+        );
+        let cohort: Value = serde_json::from_str(r#"{"in_cohort": 4.0}"#).unwrap();
+        assert_eq!(parse(&cohort).unwrap(), Definition::InCohort(4));
+        let fraction: Value =
+            serde_json::from_str(r#"{"event": "e", "count": {"gte": 1.5}}"#).unwrap();
+        let error = parse(&fraction).unwrap_err().to_string();
+        assert!(error.contains("whole number"), "{error}");
     }
 
     #[test]

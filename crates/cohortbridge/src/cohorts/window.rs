@@ -127,8 +127,8 @@ fn parse_date(value: &Value, path: &str) -> Result<NaiveDate, DefinitionError> {
 }
 
 fn parse_whole(value: &Value, path: &str, unit: &str, max: u64) -> Result<u32, DefinitionError> {
-    value
-        .as_u64()
+    super::definition::whole_number(value)
+        .and_then(|n| u64::try_from(n).ok())
         .filter(|n| (1..=max).contains(n))
         .map(|n| n as u32)
         .ok_or_else(|| {
