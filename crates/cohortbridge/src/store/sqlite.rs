@@ -71,8 +71,8 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("migrations/sqlite/0012_mtu_deltas_packed.sql"),
     ),
     (
-        "0013_identity_failure_lookup",
-        include_str!("migrations/sqlite/0013_identity_failure_lookup.sql"),
+        "0014_identity_failure_lookup",
+        include_str!("migrations/sqlite/0014_identity_failure_lookup.sql"),
     ),
 ];
 
