@@ -495,6 +495,12 @@ mod tests {
         for text in [
             format!(r#"{{"event":"$merge","properties":{{{base}}}}}"#),
             format!(r#"{{"event":"","properties":{{{base}}}}}"#),
+            format!(r#"{{"event":"a\u0000b","properties":{{{base}}}}}"#),
+            format!(
+                r#"{{"event":"e","properties":{{{base},"d":{}1{}}}}}"#,
+                "[".repeat(101),
+                "]".repeat(101)
+            ),
             format!(r#"{{"event":5,"properties":{{{base}}}}}"#),
             format!(r#"{{"properties":{{{base}}}}}"#),
             format!(r#"{{"event":"e","properties":{{{base},"k":1,"k":2}}}}"#),
