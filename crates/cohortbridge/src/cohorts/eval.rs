@@ -15,6 +15,7 @@ use super::data::{CohortData, EventRow};
 use super::definition::{parse, Definition};
 use super::engine::Engine;
 use super::rows::{IndexBuilder, Selection};
+use super::values::ValueRef;
 use super::window::parse_timezone;
 use crate::store::{Store, StoreError};
 
@@ -81,7 +82,7 @@ pub async fn evaluate_property(
     definition: &Definition,
     property: &str,
     now_ms: i64,
-    each: impl FnMut(&str, Option<Option<&Value>>),
+    each: impl FnMut(&str, Option<Option<ValueRef<'_>>>),
 ) -> Result<(), EvalError> {
     let tz_name = store.project_timezone(project_id).await?;
     let tz = parse_timezone(&tz_name).map_err(EvalError::TimeZone)?;

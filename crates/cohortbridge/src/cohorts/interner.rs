@@ -7,12 +7,15 @@
 //! lookup of a short id then reads one slot and nothing else. Callers with many ids at hand
 //! hash them first and call `prefetch` a few ids ahead, so that the reads of several lookups
 //! overlap instead of following one another.
+//!
+//! The texts of all ids are appended to one buffer, [`IdTexts`], instead of one allocation per
+//! id, and outlive the table: an evaluation drops the table once every row is read and keeps
+//! only the texts.
 
 use std::hash::BuildHasher;
-use std::sync::Arc;
 
 /// The maximum length in bytes of an id stored inside its slot. Longer ids are compared
-/// through a shared pointer.
+/// with their text in `IdTexts`, whose offset the slot stores.
 const INLINE_LEN: usize = 22;
 /// The `number` of an empty slot.
 const EMPTY: u32 = u32::MAX;
@@ -22,12 +25,20 @@ const MIN_SLOTS: usize = 16;
 /// An id as a slot stores it.
 #[derive(Debug, Clone)]
 enum Key {
-    Inline { len: u8, bytes: [u8; INLINE_LEN] },
-    Shared(Arc<str>),
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_LEN],
+    },
+    /// An id longer than `INLINE_LEN`: `IdTexts::bytes[start..start + len]`.
+    Long {
+        len: u32,
+        start: u64,
+    },
 }
 
 impl Key {
-    fn new(id: &str, text: &Arc<str>) -> Self {
+    /// Builds the key of `id`, whose text starts at byte `start` of `IdTexts::bytes`.
+    fn new(id: &str, start: u64) -> Self {
         if id.len() <= INLINE_LEN {
             let mut bytes = [0; INLINE_LEN];
             bytes[..id.len()].copy_from_slice(id.as_bytes());
@@ -36,15 +47,53 @@ impl Key {
                 bytes,
             }
         } else {
-            Key::Shared(text.clone())
+            Key::Long {
+                len: u32::try_from(id.len()).expect("a distinct id is shorter than 4 GiB"),
+                start,
+            }
         }
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    fn as_bytes<'a>(&'a self, texts: &'a IdTexts) -> &'a [u8] {
         match self {
             Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Key::Shared(text) => text.as_bytes(),
+            Key::Long { len, start } => {
+                let start = *start as usize;
+                &texts.bytes.as_bytes()[start..start + *len as usize]
+            }
         }
+    }
+}
+
+/// The texts of numbered ids, one after the other in one buffer.
+#[derive(Debug, Default)]
+pub(crate) struct IdTexts {
+    bytes: String,
+    /// Where each id's text ends in `bytes`; id `n` starts where id `n - 1` ends.
+    ends: Vec<u64>,
+}
+
+impl IdTexts {
+    /// Returns the text of id `number`.
+    pub(crate) fn get(&self, number: u32) -> &str {
+        let number = number as usize;
+        let start = match number {
+            0 => 0,
+            _ => self.ends[number - 1] as usize,
+        };
+        &self.bytes[start..self.ends[number] as usize]
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Appends `id` and returns where its text starts.
+    fn push(&mut self, id: &str) -> u64 {
+        let start = self.bytes.len() as u64;
+        self.bytes.push_str(id);
+        self.ends.push(self.bytes.len() as u64);
+        start
     }
 }
 
@@ -74,11 +123,32 @@ const EMPTY_SLOT: Slot = Slot {
 pub(crate) struct Interner {
     /// A power of two long, or empty, and at most three quarters full.
     slots: Vec<Slot>,
-    ids: Vec<Arc<str>>,
+    ids: IdTexts,
     hasher: foldhash::fast::RandomState,
 }
 
 impl Interner {
+    /// Reserves room for `additional` more ids, growing the table now instead of doubling it
+    /// step by step as they arrive.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        let required = self.ids.len().saturating_add(additional);
+        self.ids.ends.reserve(additional);
+        if required.saturating_mul(4) > self.slots.len().saturating_mul(3) {
+            let size = required
+                .saturating_mul(4)
+                .div_ceil(3)
+                .checked_next_power_of_two()
+                .expect("a table of fewer than 2^63 slots")
+                .max(MIN_SLOTS);
+            self.resize(size);
+        }
+    }
+
+    /// Drops the table and returns the texts of the ids, by number.
+    pub(crate) fn into_texts(self) -> IdTexts {
+        self.ids
+    }
+
     /// Returns the hash that `get_hashed`, `intern_hashed` and `prefetch` take.
     pub(crate) fn hash(&self, id: &str) -> u64 {
         self.hasher.hash_one(id)
@@ -100,9 +170,9 @@ impl Interner {
             return;
         }
         let slot = &self.slots[self.home(hash)];
-        if let Key::Shared(text) = &slot.key {
+        if let Key::Long { start, .. } = slot.key {
             if slot.tag == tag(hash) {
-                prefetch_read(text.as_bytes());
+                prefetch_read(&self.ids.bytes.as_bytes()[start as usize]);
             }
         }
     }
@@ -124,9 +194,7 @@ impl Interner {
             .ok()
             .filter(|&n| n != EMPTY)
             .expect("fewer than 2^32 - 1 distinct ids");
-        let text: Arc<str> = Arc::from(id);
-        let key = Key::new(id, &text);
-        self.ids.push(text);
+        let key = Key::new(id, self.ids.push(id));
         let position = self.free_position(hash);
         self.slots[position] = Slot {
             number,
@@ -155,7 +223,7 @@ impl Interner {
             if slot.number == EMPTY {
                 return None;
             }
-            if slot.tag == tag && slot.key.as_bytes() == id.as_bytes() {
+            if slot.tag == tag && slot.key.as_bytes(&self.ids) == id.as_bytes() {
                 return Some(slot.number);
             }
             position = (position + 1) & mask;
@@ -163,9 +231,10 @@ impl Interner {
     }
 
     pub(crate) fn text(&self, number: u32) -> &str {
-        &self.ids[number as usize]
+        self.ids.get(number)
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.ids.len()
     }
@@ -186,7 +255,11 @@ impl Interner {
 
     /// Doubles the table and places every id again.
     fn grow(&mut self) {
-        let size = (self.slots.len() * 2).max(MIN_SLOTS);
+        self.resize((self.slots.len() * 2).max(MIN_SLOTS));
+    }
+
+    /// Replaces the table with one of `size` slots, a power of two, and places every id again.
+    fn resize(&mut self, size: usize) {
         let old = std::mem::replace(&mut self.slots, vec![EMPTY_SLOT; size]);
         for slot in old {
             if slot.number == EMPTY {
@@ -280,6 +353,38 @@ mod tests {
         }
         assert_eq!(lookup(&ids, "u10000"), None);
         assert!(ids.slots.len() * 3 >= ids.len() * 4);
+    }
+
+    #[test]
+    fn interner_reserve_and_texts_keep_numbers() {
+        let ids_of = |n: u32| match n % 4 {
+            0 => format!("u{n}"),
+            1 => format!("$device:{n:040}"),
+            2 => format!("ü-é-{n}-ñ-Ω-長いユーザー"),
+            _ => String::new() + &"x".repeat(n as usize % 30),
+        };
+        let mut ids = Interner::default();
+        ids.reserve(1000);
+        let slots = ids.slots.len();
+        assert!(slots * 3 >= 1000 * 4);
+        let mut numbers = Vec::new();
+        for n in 0..1000u32 {
+            numbers.push(ids.intern(&ids_of(n)));
+        }
+        assert_eq!(ids.slots.len(), slots, "reserved table grew");
+        for n in 0..1000u32 {
+            assert_eq!(lookup(&ids, &ids_of(n)), Some(numbers[n as usize]));
+        }
+        ids.reserve(10);
+        for n in 0..1000u32 {
+            assert_eq!(ids.text(numbers[n as usize]), ids_of(n));
+        }
+        let count = ids.len();
+        let texts = ids.into_texts();
+        assert_eq!(texts.len(), count);
+        for n in 0..1000u32 {
+            assert_eq!(texts.get(numbers[n as usize]), ids_of(n));
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod explain;
 mod interner;
 pub mod live;
+mod profiles;
 pub mod reference;
 pub mod rows;
 pub mod values;

@@ -5,8 +5,7 @@
 //! instead of one allocation per member. A skip reason is a small code that becomes text only
 //! when an operation is written.
 
-use serde_json::Value;
-
+use crate::cohorts::values::ValueRef;
 use crate::cohorts::{self, CohortMembers, EvalError};
 use crate::identity;
 use crate::store::{IdSet, Store};
@@ -65,18 +64,30 @@ impl Skip {
 /// Returns the Braze id of a member with canonical id `member`, from its profile's value of the
 /// user-id property (`None` when the member has no profile), or why it cannot be sent. Ids are
 /// taken byte-exact: no trimming, no case folding.
-pub fn braze_id_of<'v>(member: &str, profile: Option<Option<&'v Value>>) -> Result<&'v str, Skip> {
+pub fn braze_id_of<'v>(
+    member: &str,
+    profile: Option<Option<ValueRef<'v>>>,
+) -> Result<&'v str, Skip> {
     if identity::is_anonymous_device(member) {
         return Err(Skip::AnonymousDevice);
     }
-    match profile.ok_or(Skip::NoProfile)? {
-        None | Some(Value::Null) => Err(Skip::MissingProperty),
-        Some(Value::String(id)) if id.is_empty() => Err(Skip::EmptyId),
-        Some(Value::String(id)) => Ok(id),
-        Some(Value::Bool(_)) => Err(Skip::NotString(JsonType::Boolean)),
-        Some(Value::Number(_)) => Err(Skip::NotString(JsonType::Number)),
-        Some(Value::Array(_)) => Err(Skip::NotString(JsonType::Array)),
-        Some(Value::Object(_)) => Err(Skip::NotString(JsonType::Object)),
+    let value = profile.ok_or(Skip::NoProfile)?;
+    // A value kept as a `Value` (an array, an object, or text that did not fit the shared
+    // buffer) is looked at through its own variant.
+    let value = match value {
+        Some(ValueRef::Composite(inner)) => Some(ValueRef::from(inner)),
+        other => other,
+    };
+    match value {
+        None | Some(ValueRef::Null) => Err(Skip::MissingProperty),
+        Some(ValueRef::String("")) => Err(Skip::EmptyId),
+        Some(ValueRef::String(id)) => Ok(id),
+        Some(ValueRef::Bool(_)) => Err(Skip::NotString(JsonType::Boolean)),
+        Some(ValueRef::Number(_)) => Err(Skip::NotString(JsonType::Number)),
+        Some(ValueRef::Composite(serde_json::Value::Array(_))) => {
+            Err(Skip::NotString(JsonType::Array))
+        }
+        Some(ValueRef::Composite(_)) => Err(Skip::NotString(JsonType::Object)),
     }
 }
 
@@ -135,7 +146,7 @@ impl SyncMembers {
             let profile = evaluated
                 .profiles
                 .get(member)
-                .map(|properties| properties.get(user_id_property));
+                .map(|properties| properties.get(user_id_property).map(ValueRef::from));
             builder.push(member, braze_id_of(member, profile));
         }
         builder.finish()
@@ -225,36 +236,47 @@ impl SyncMembersBuilder {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
+
+    /// Returns the Braze id rule's result for a member `u1` whose profile holds `value`.
+    fn id_of(value: &Value) -> Result<&str, Skip> {
+        braze_id_of("u1", Some(Some(ValueRef::from(value))))
+    }
 
     #[test]
     fn braze_id_rules() {
         let id = json!("Ext-1 ");
-        assert_eq!(braze_id_of("u1", Some(Some(&id))), Ok("Ext-1 "));
+        assert_eq!(id_of(&id), Ok("Ext-1 "));
         assert_eq!(
-            braze_id_of("$device:d", Some(Some(&id))),
+            braze_id_of("$device:d", Some(Some(ValueRef::from(&id)))),
             Err(Skip::AnonymousDevice)
         );
         assert_eq!(braze_id_of("u1", None), Err(Skip::NoProfile));
         assert_eq!(braze_id_of("u1", Some(None)), Err(Skip::MissingProperty));
+        assert_eq!(id_of(&Value::Null), Err(Skip::MissingProperty));
+        assert_eq!(id_of(&json!("")), Err(Skip::EmptyId));
+        assert_eq!(id_of(&json!(7)), Err(Skip::NotString(JsonType::Number)));
+        assert_eq!(id_of(&json!(true)), Err(Skip::NotString(JsonType::Boolean)));
+        assert_eq!(id_of(&json!(["a"])), Err(Skip::NotString(JsonType::Array)));
         assert_eq!(
-            braze_id_of("u1", Some(Some(&Value::Null))),
-            Err(Skip::MissingProperty)
+            id_of(&json!({"a": 1})),
+            Err(Skip::NotString(JsonType::Object))
         );
-        assert_eq!(
-            braze_id_of("u1", Some(Some(&json!("")))),
-            Err(Skip::EmptyId)
-        );
-        assert_eq!(
-            braze_id_of("u1", Some(Some(&json!(7)))),
-            Err(Skip::NotString(JsonType::Number))
-        );
-        assert_eq!(
-            braze_id_of("u1", Some(Some(&json!(["a"])))),
-            Err(Skip::NotString(JsonType::Array))
-        );
+    }
+
+    #[test]
+    fn braze_id_of_composite_scalars() {
+        // Strings and numbers that did not fit the shared text buffer are kept as `Value`s.
+        let text = json!("Ext-2");
+        let number = json!(3);
+        let empty = json!("");
+        let composite = |value| braze_id_of("u1", Some(Some(ValueRef::Composite(value))));
+        assert_eq!(composite(&text), Ok("Ext-2"));
+        assert_eq!(composite(&number), Err(Skip::NotString(JsonType::Number)));
+        assert_eq!(composite(&empty), Err(Skip::EmptyId));
+        assert_eq!(composite(&Value::Null), Err(Skip::MissingProperty));
     }
 
     #[test]
