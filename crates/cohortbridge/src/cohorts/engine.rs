@@ -45,6 +45,18 @@ impl NameIndex {
     }
 }
 
+/// Receives the members of an evaluation from [`Engine::for_each_member_value`].
+pub trait MemberSink {
+    /// Receives, before the first member, the number of members and the total length in bytes
+    /// of their canonical ids, so that buffers can be sized once.
+    fn reserve(&mut self, members: usize, id_bytes: usize);
+
+    /// Receives the next member, in byte order of canonical ids, with its profile's value of
+    /// the property: `None` when the member has no profile, `Some(None)` when the profile
+    /// lacks the property.
+    fn push(&mut self, member: &str, profile: Option<Option<ValueRef<'_>>>);
+}
+
 /// An index over the rows of one evaluation, built once and evaluated against many
 /// definitions. It owns only the distinct ids, their kept profile properties and the kept
 /// columns of the selected events.
@@ -223,9 +235,8 @@ impl Engine {
         self.ids.get(self.users[user as usize])
     }
 
-    /// Evaluates `definition` like `evaluate` and passes each member to `each`, in byte order of
-    /// canonical ids, with its profile's value of `property`: `None` when the member has no
-    /// profile, `Some(None)` when the profile lacks the property. Nothing is copied per member.
+    /// Evaluates `definition` like `evaluate` and passes each member to `sink`, in byte order
+    /// of canonical ids, with its profile's value of `property`. Nothing is copied per member.
     pub fn for_each_member_value(
         &self,
         definition: &Definition,
@@ -233,15 +244,17 @@ impl Engine {
         tz: Tz,
         now_ms: i64,
         property: &str,
-        mut each: impl FnMut(&str, Option<Option<ValueRef<'_>>>),
+        sink: &mut impl MemberSink,
     ) -> Result<(), EvalError> {
         let set = self.member_set(definition, cohorts, tz, now_ms)?;
+        let id_bytes = set.iter().map(|user| self.user_id(user).len()).sum();
+        sink.reserve(set.len() as usize, id_bytes);
         let number = self.property_names.get(property);
         for user in &set {
             let row = self.profiles[user as usize];
             let profile = (!row.is_none())
                 .then(|| number.and_then(|number| self.profile_values.get(row, number)));
-            each(self.user_id(user), profile);
+            sink.push(self.user_id(user), profile);
         }
         Ok(())
     }
@@ -281,8 +294,16 @@ impl Engine {
 }
 
 /// Sorts distinct id numbers in byte order of their texts. The first eight bytes of each text
-/// are compared as one integer, so only ids sharing them compare their texts.
+/// are compared as one integer, so only ids sharing them compare their texts. Numbers already
+/// in order, as when a store reads profiles in order of their distinct ids, are left as they
+/// are without the sort's extra buffer.
 fn sort_by_text(numbers: &mut [u32], ids: &IdTexts) {
+    if numbers
+        .windows(2)
+        .all(|pair| ids.get(pair[0]) <= ids.get(pair[1]))
+    {
+        return;
+    }
     let prefix = |number: u32| {
         let text = ids.get(number).as_bytes();
         let mut bytes = [0u8; 8];

@@ -1,5 +1,6 @@
 //! Behavioural cohorts: the definition language and its evaluation as of a given instant.
 
+mod compact_interner;
 pub mod data;
 pub mod definition;
 pub mod engine;

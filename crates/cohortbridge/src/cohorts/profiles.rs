@@ -67,6 +67,11 @@ pub(crate) struct ProfileValues {
 }
 
 impl ProfileValues {
+    /// Reserves room for `additional` more property values.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.entries.reserve(additional);
+    }
+
     /// Returns the value of property `name` in `row`, or `None` when the row lacks it or is
     /// `ProfileRow::NONE`.
     pub(crate) fn get(&self, row: ProfileRow, name: u32) -> Option<ValueRef<'_>> {

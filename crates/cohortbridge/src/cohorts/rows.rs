@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Map, Value};
 
+use super::compact_interner::CompactInterner;
 use super::definition::Definition;
-use super::interner::Interner;
 use super::profiles::{ProfileRow, ProfileValues};
 
 /// The event names, event properties and profile properties that an evaluation reads.
@@ -120,7 +120,7 @@ pub(crate) struct NameRows {
 #[derive(Debug)]
 pub struct IndexBuilder {
     pub(crate) selection: Selection,
-    pub(crate) ids: Interner,
+    pub(crate) ids: CompactInterner,
     /// Linked `$device:` id number to the number of the `$user_id` it was merged into.
     pub(crate) links: HashMap<u32, u32>,
     /// Per distinct id number, whether the id has at least one event of any name.
@@ -148,7 +148,7 @@ impl IndexBuilder {
             .collect();
         Self {
             selection,
-            ids: Interner::default(),
+            ids: CompactInterner::default(),
             links: HashMap::new(),
             has_events: Vec::new(),
             property_names: PropertyNames::default(),
@@ -172,11 +172,16 @@ impl IndexBuilder {
     }
 
     /// Reserves room for `additional` more distinct ids, such as a store's count of profiles,
-    /// so that the id table is allocated once instead of doubling as ids arrive.
+    /// so that the id table is allocated once instead of doubling as ids arrive. When only some
+    /// profile properties are kept, it also reserves one value of each per id.
     pub fn reserve_ids(&mut self, additional: usize) {
         self.ids.reserve(additional);
         self.has_events.reserve(additional);
         self.profiles.reserve(additional);
+        if let Some(kept) = &self.selection.profile_properties {
+            self.profile_values
+                .reserve(additional.saturating_mul(kept.len()));
+        }
     }
 
     fn number(&mut self, id: &str) -> u32 {

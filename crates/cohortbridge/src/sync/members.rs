@@ -5,6 +5,7 @@
 //! instead of one allocation per member. A skip reason is a small code that becomes text only
 //! when an operation is written.
 
+use crate::cohorts::engine::MemberSink;
 use crate::cohorts::values::ValueRef;
 use crate::cohorts::{self, CohortMembers, EvalError};
 use crate::identity;
@@ -133,7 +134,7 @@ impl SyncMembers {
             definition,
             user_id_property,
             now_ms,
-            |member, profile| builder.push(member, braze_id_of(member, profile)),
+            &mut builder,
         )
         .await?;
         Ok(builder.finish())
@@ -192,6 +193,20 @@ struct SyncMembersBuilder {
     members: IdSet,
     braze_ids: String,
     slots: Vec<Slot>,
+}
+
+impl MemberSink for SyncMembersBuilder {
+    /// Reserves room for the members. A Braze id is often about as long as its member's
+    /// canonical id, so the Braze id buffer gets as much room as the canonical ids.
+    fn reserve(&mut self, members: usize, id_bytes: usize) {
+        self.members.reserve(members, id_bytes);
+        self.braze_ids.reserve(id_bytes);
+        self.slots.reserve(members);
+    }
+
+    fn push(&mut self, member: &str, profile: Option<Option<ValueRef<'_>>>) {
+        self.push(member, braze_id_of(member, profile));
+    }
 }
 
 impl SyncMembersBuilder {
