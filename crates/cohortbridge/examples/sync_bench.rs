@@ -17,9 +17,9 @@
 //! the one `BRAZE_EMULATOR_BIN` names. Peak memory is Linux's VmHWM of each process, reset
 //! through `/proc/PID/clear_refs` before each run, so each figure covers one run. The benchmark
 //! uses mimalloc, the allocator of the `cohortbridge` binary. mimalloc returns freed memory to
-//! the system only after a delay (1 s by default), so before each reset the benchmark asks it to
-//! return what the previous step freed; otherwise a run's figure would include memory that the
-//! dry run before it had already freed.
+//! the system only after a delay (1 s by default). Before each reset the benchmark calls
+//! `mi_collect` to return what the previous step freed, because otherwise a run's figure would
+//! include memory that the dry run before it had already freed.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -337,7 +337,7 @@ fn reset_peak_memory(emulator: &EmulatorProcess) {
 }
 
 /// Resets the peak resident set size of process `pid` (`self` for this one). For this process
-/// it first returns the memory mimalloc holds freed. Linux only; no effect elsewhere.
+/// it first returns the freed memory that mimalloc keeps. Linux only; no effect elsewhere.
 fn reset_peak_memory_of(pid: &str) {
     if pid == "self" {
         // SAFETY: `mi_collect` only releases free memory of mimalloc, this process's global

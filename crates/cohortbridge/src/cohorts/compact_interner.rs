@@ -9,12 +9,55 @@
 
 use std::hash::BuildHasher;
 
-use super::interner::{IdTexts, EMPTY, MIN_SLOTS};
+use super::interner::{EMPTY, MIN_SLOTS};
 
 /// The maximum length in bytes of an id stored inside its slot.
 const INLINE_LEN: usize = 8;
 /// The `len` of a slot whose id is at least this long; its length is read from `IdTexts`.
 const LONG_LEN: u16 = u16::MAX;
+
+/// The texts of numbered ids, one after the other in one buffer.
+#[derive(Debug, Default)]
+pub(crate) struct IdTexts {
+    bytes: String,
+    /// End offset of each id's text in `bytes`. Id `n` starts at the end of id `n - 1`.
+    ends: Vec<u64>,
+}
+
+impl IdTexts {
+    /// Returns the text of id `number`.
+    pub(crate) fn get(&self, number: u32) -> &str {
+        let number = number as usize;
+        let start = match number {
+            0 => 0,
+            _ => self.ends[number - 1] as usize,
+        };
+        &self.bytes[start..self.ends[number] as usize]
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Returns `len` bytes of text from byte `start` on.
+    pub(crate) fn bytes(&self, start: u64, len: usize) -> &[u8] {
+        let start = start as usize;
+        &self.bytes.as_bytes()[start..start + len]
+    }
+
+    /// Reserves room for `additional` more ids.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.ends.reserve(additional);
+    }
+
+    /// Appends `id` and returns where its text starts.
+    pub(crate) fn push(&mut self, id: &str) -> u64 {
+        let start = self.bytes.len() as u64;
+        self.bytes.push_str(id);
+        self.ends.push(self.bytes.len() as u64);
+        start
+    }
+}
 
 /// One table entry.
 #[derive(Debug, Clone, Copy)]

@@ -14,10 +14,10 @@ use chrono_tz::Tz;
 use roaring::RoaringBitmap;
 use serde_json::Value;
 
+use super::compact_interner::IdTexts;
 use super::data::CohortData;
 use super::definition::{Definition, EventRule, Measure, PropertyFilter, MAX_DEPTH};
 use super::eval::{CohortMembers, EvalError};
-use super::interner::IdTexts;
 use super::profiles::{ProfileRow, ProfileValues};
 use super::rows::{IndexBuilder, PropertyNames, Selection};
 use super::values::{matches_filter, matches_filter_ref, ValueRef};

@@ -7,14 +7,12 @@
 //! lookup of a short id then reads one slot and nothing else. Callers with many ids at hand
 //! hash them first and call `prefetch` a few ids ahead, so that the reads of several lookups
 //! overlap instead of following one another.
-//!
-//! The texts of all ids are appended to one buffer, [`IdTexts`], instead of one allocation per
-//! id. `CompactInterner`, which reads an evaluation's rows, shares that buffer type.
 
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 /// The maximum length in bytes of an id stored inside its slot. Longer ids are compared
-/// with their text in `IdTexts`, whose offset the slot stores.
+/// through a shared pointer.
 const INLINE_LEN: usize = 22;
 /// The `number` of an empty slot.
 pub(crate) const EMPTY: u32 = u32::MAX;
@@ -24,20 +22,12 @@ pub(crate) const MIN_SLOTS: usize = 16;
 /// An id as a slot stores it.
 #[derive(Debug, Clone)]
 enum Key {
-    Inline {
-        len: u8,
-        bytes: [u8; INLINE_LEN],
-    },
-    /// An id longer than `INLINE_LEN`: `IdTexts::bytes[start..start + len]`.
-    Long {
-        len: u32,
-        start: u64,
-    },
+    Inline { len: u8, bytes: [u8; INLINE_LEN] },
+    Shared(Arc<str>),
 }
 
 impl Key {
-    /// Builds the key of `id`, whose text starts at byte `start` of `IdTexts::bytes`.
-    fn new(id: &str, start: u64) -> Self {
+    fn new(id: &str, text: &Arc<str>) -> Self {
         if id.len() <= INLINE_LEN {
             let mut bytes = [0; INLINE_LEN];
             bytes[..id.len()].copy_from_slice(id.as_bytes());
@@ -46,61 +36,15 @@ impl Key {
                 bytes,
             }
         } else {
-            Key::Long {
-                len: u32::try_from(id.len()).expect("a distinct id is shorter than 4 GiB"),
-                start,
-            }
+            Key::Shared(text.clone())
         }
     }
 
-    fn as_bytes<'a>(&'a self, texts: &'a IdTexts) -> &'a [u8] {
+    fn as_bytes(&self) -> &[u8] {
         match self {
             Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Key::Long { len, start } => texts.bytes(*start, *len as usize),
+            Key::Shared(text) => text.as_bytes(),
         }
-    }
-}
-
-/// The texts of numbered ids, one after the other in one buffer.
-#[derive(Debug, Default)]
-pub(crate) struct IdTexts {
-    bytes: String,
-    /// Where each id's text ends in `bytes`; id `n` starts where id `n - 1` ends.
-    ends: Vec<u64>,
-}
-
-impl IdTexts {
-    /// Returns the text of id `number`.
-    pub(crate) fn get(&self, number: u32) -> &str {
-        let number = number as usize;
-        let start = match number {
-            0 => 0,
-            _ => self.ends[number - 1] as usize,
-        };
-        &self.bytes[start..self.ends[number] as usize]
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    /// Returns `len` bytes of text from byte `start` on.
-    pub(crate) fn bytes(&self, start: u64, len: usize) -> &[u8] {
-        let start = start as usize;
-        &self.bytes.as_bytes()[start..start + len]
-    }
-
-    /// Reserves room for `additional` more ids.
-    pub(crate) fn reserve(&mut self, additional: usize) {
-        self.ends.reserve(additional);
-    }
-
-    /// Appends `id` and returns where its text starts.
-    pub(crate) fn push(&mut self, id: &str) -> u64 {
-        let start = self.bytes.len() as u64;
-        self.bytes.push_str(id);
-        self.ends.push(self.bytes.len() as u64);
-        start
     }
 }
 
@@ -130,7 +74,7 @@ const EMPTY_SLOT: Slot = Slot {
 pub(crate) struct Interner {
     /// A power of two long, or empty, and at most three quarters full.
     slots: Vec<Slot>,
-    ids: IdTexts,
+    ids: Vec<Arc<str>>,
     hasher: foldhash::fast::RandomState,
 }
 
@@ -156,9 +100,9 @@ impl Interner {
             return;
         }
         let slot = &self.slots[self.home(hash)];
-        if let Key::Long { start, .. } = slot.key {
+        if let Key::Shared(text) = &slot.key {
             if slot.tag == tag(hash) {
-                prefetch_read(&self.ids.bytes.as_bytes()[start as usize]);
+                prefetch_read(text.as_bytes());
             }
         }
     }
@@ -181,7 +125,9 @@ impl Interner {
             .ok()
             .filter(|&n| n != EMPTY)
             .expect("fewer than 2^32 - 1 distinct ids");
-        let key = Key::new(id, self.ids.push(id));
+        let text: Arc<str> = Arc::from(id);
+        let key = Key::new(id, &text);
+        self.ids.push(text);
         let position = self.free_position(hash);
         self.slots[position] = Slot {
             number,
@@ -204,7 +150,7 @@ impl Interner {
             if slot.number == EMPTY {
                 return None;
             }
-            if slot.tag == tag && slot.key.as_bytes(&self.ids) == id.as_bytes() {
+            if slot.tag == tag && slot.key.as_bytes() == id.as_bytes() {
                 return Some(slot.number);
             }
             position = (position + 1) & mask;
@@ -212,7 +158,7 @@ impl Interner {
     }
 
     pub(crate) fn text(&self, number: u32) -> &str {
-        self.ids.get(number)
+        &self.ids[number as usize]
     }
 
     #[cfg(test)]

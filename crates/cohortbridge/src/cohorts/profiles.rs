@@ -229,8 +229,8 @@ impl ProfileValues {
         Some((start, len))
     }
 
-    /// Values of any kind land here when the shared buffer is full, so a `Composite` may hold
-    /// a string or a number; `view` returns it as such through `ValueRef::from`.
+    /// Stores `value` as a `Value`. Strings and numbers also land here when the shared buffer
+    /// is full, so a `Composite` may contain one of them.
     fn push_composite(&mut self, value: Value) -> Stored {
         let index = u32::try_from(self.composites.len())
             .expect("fewer than 2^32 profile property values per evaluation");
@@ -342,7 +342,7 @@ impl<'de> Visitor<'de> for StoredValue<'_> {
     }
 
     /// Receives objects, and with `arbitrary_precision` also numbers, which serde_json passes
-    /// as a map with one private key; `Value`'s own visitor tells them apart.
+    /// as a map with one private key. `Value`'s own visitor distinguishes the two.
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Stored, A::Error> {
         let value = Value::deserialize(MapAccessDeserializer::new(map))?;
         Ok(self.values.store(value))

@@ -2432,6 +2432,7 @@ mod tests {
             )
             .unwrap();
         }
+
         let store = SqliteStore::open(&path).unwrap();
         let conn = store.writer.lock().unwrap();
         for table in ["sync_run_operations", "braze_members", "braze_pending"] {
@@ -2444,6 +2445,7 @@ mod tests {
                 .unwrap();
             assert!(sql.ends_with("WITHOUT ROWID"), "{table}: {sql}");
         }
+
         let operations: Vec<OperationRow> = conn
             .prepare("SELECT * FROM sync_run_operations ORDER BY run_id, seq")
             .unwrap()
@@ -2481,6 +2483,7 @@ mod tests {
                 ),
             ]
         );
+
         let members: Vec<String> = conn
             .prepare("SELECT external_id FROM braze_members WHERE connection_id = 1 AND cohort_id = 2 ORDER BY external_id")
             .unwrap()
@@ -2495,6 +2498,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(pending, "c");
+
         let duplicate = conn.execute("INSERT INTO braze_members VALUES (1, 2, 'b')", []);
         assert!(
             duplicate.is_err(),

@@ -74,7 +74,7 @@ pub fn braze_id_of<'v>(
     }
     let value = profile.ok_or(Skip::NoProfile)?;
     // A value kept as a `Value` (an array, an object, or text that did not fit the shared
-    // buffer) is looked at through its own variant.
+    // buffer) is matched by the variant of what it contains.
     let value = match value {
         Some(ValueRef::Composite(inner)) => Some(ValueRef::from(inner)),
         other => other,
@@ -255,7 +255,7 @@ mod tests {
 
     use super::*;
 
-    /// Returns the Braze id rule's result for a member `u1` whose profile holds `value`.
+    /// Returns the Braze id of a member `u1` whose user-id property is `value`.
     fn id_of(value: &Value) -> Result<&str, Skip> {
         braze_id_of("u1", Some(Some(ValueRef::from(value))))
     }

@@ -32,7 +32,7 @@ pub(super) fn read_cohort_rows(
     let tx = conn.unchecked_transaction()?;
 
     // Every profile and every link names a distinct id, so their count sizes the builder's id
-    // table once. Counting reads only the primary-key indexes.
+    // table once.
     let counted: i64 = tx.query_row(
         "SELECT (SELECT count(*) FROM profiles WHERE project_id = ?1)
               + (SELECT count(*) FROM identity_links WHERE project_id = ?1)",
