@@ -313,6 +313,107 @@ mod tests {
         assert_eq!(members.exportable_count(), 3);
     }
 
+    /// Generates distinct ids: short, exactly 8 or 9 bytes, longer than 22 bytes, non-ASCII,
+    /// or anonymous devices.
+    fn distinct_id() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            "u[0-9]{1,6}",
+            "[a-c]{8}",
+            "[a-c]{9}",
+            "user-[a-zé]{20,30}",
+            "ユーザー[0-9]{1,3}",
+            "\\$device:[0-9a-f]{4,40}",
+        ]
+    }
+
+    /// Generates values of the user-id property, or `None` to leave it out.
+    fn user_id_value() -> impl proptest::strategy::Strategy<Value = Option<Value>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(None),
+            Just(Some(Value::Null)),
+            Just(Some(json!(""))),
+            "[a-zü-]{1,40}".prop_map(|s| Some(json!(s))),
+            any::<i32>().prop_map(|n| Some(json!(n))),
+            any::<bool>().prop_map(|b| Some(json!(b))),
+            Just(Some(json!(["a"]))),
+            Just(Some(json!({"id": "a"}))),
+        ]
+    }
+
+    /// Collects what the engine passes to a `MemberSink` through `SyncMembersBuilder`.
+    fn sync_members_of(
+        profiles: &std::collections::BTreeMap<String, (bool, Option<Value>)>,
+        links: &std::collections::BTreeMap<String, String>,
+    ) -> SyncMembers {
+        use crate::cohorts::engine::Engine;
+        use crate::cohorts::rows::{IndexBuilder, Selection};
+
+        let definition =
+            crate::cohorts::parse(&json!({"profile": "plan", "op": "eq", "value": "pro"})).unwrap();
+        let output = ["$braze_external_id".to_owned()];
+        let selection = Selection::for_definitions([&definition], Some(&output));
+        let mut builder = IndexBuilder::new(selection);
+        builder.reserve_ids(profiles.len() / 2);
+        for (device, user) in links {
+            builder.add_link(device, user);
+        }
+        for (id, (pro, braze_id)) in profiles {
+            let mut properties = serde_json::Map::new();
+            properties.insert("other".into(), json!([1, {"x": "y"}]));
+            properties.insert("plan".into(), json!(if *pro { "pro" } else { "free" }));
+            if let Some(value) = braze_id {
+                properties.insert("$braze_external_id".into(), value.clone());
+            }
+            let text = serde_json::to_string(&properties).unwrap();
+            builder.add_profile_json(id, &text).unwrap();
+        }
+        let mut members = SyncMembersBuilder::default();
+        Engine::from_rows(builder)
+            .for_each_member_value(
+                &definition,
+                &std::collections::HashMap::new(),
+                chrono_tz::Tz::UTC,
+                0,
+                "$braze_external_id",
+                &mut members,
+            )
+            .unwrap();
+        members.finish()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn evaluated_members_match_profiles(
+            profiles in proptest::collection::btree_map(
+                distinct_id(),
+                (proptest::prelude::any::<bool>(), user_id_value()),
+                0..40,
+            ),
+            links in proptest::collection::btree_map(
+                "\\$device:[0-9a-f]{4,40}",
+                distinct_id(),
+                0..6,
+            ),
+        ) {
+            let members = sync_members_of(&profiles, &links);
+            // A member is a profile that is not under a linked device (such a profile is an
+            // orphan) and whose plan is "pro". Members come out in byte order of their ids.
+            let expected: Vec<(&String, &Option<Value>)> = profiles
+                .iter()
+                .filter(|(id, (pro, _))| *pro && !links.contains_key(*id))
+                .map(|(id, (_, braze_id))| (id, braze_id))
+                .collect();
+            proptest::prop_assert_eq!(members.len(), expected.len());
+            for (index, (id, braze_id)) in expected.into_iter().enumerate() {
+                proptest::prop_assert_eq!(members.member(index), id.as_str());
+                let value = braze_id.as_ref().map(ValueRef::from);
+                proptest::prop_assert_eq!(members.braze_id(index), braze_id_of(id, Some(value)));
+            }
+        }
+    }
+
     #[test]
     #[should_panic(expected = "out of order")]
     fn members_out_of_order_panic() {
