@@ -47,7 +47,8 @@ enum Stored {
         start: u32,
         len: u32,
     },
-    /// An array or an object: the index of its `Value` in `ProfileValues::composites`.
+    /// An array or an object, or a string or number that did not fit the shared buffer: the
+    /// index of its `Value` in `ProfileValues::composites`.
     Composite(u32),
 }
 
@@ -168,7 +169,8 @@ impl ProfileValues {
             Stored::Bool(b) => ValueRef::Bool(b),
             Stored::Number { start, len } => ValueRef::Number(self.slice(start, len)),
             Stored::String { start, len } => ValueRef::String(self.slice(start, len)),
-            Stored::Composite(index) => ValueRef::Composite(&self.composites[index as usize]),
+            // `ValueRef::from` views a string or a number kept here as what it is.
+            Stored::Composite(index) => ValueRef::from(&self.composites[index as usize]),
         }
     }
 
@@ -431,6 +433,20 @@ mod tests {
         assert!(matches!(
             values.get(row, number("a")),
             Some(ValueRef::Composite(Value::Array(_)))
+        ));
+    }
+
+    #[test]
+    fn values_kept_as_json_view_as_scalars() {
+        let mut values = ProfileValues::default();
+        let text = values.push_composite(json!("ext-1"));
+        let number = values.push_composite(json!(2.5));
+        let list = values.push_composite(json!(["a"]));
+        assert!(matches!(values.view(text), ValueRef::String("ext-1")));
+        assert!(matches!(values.view(number), ValueRef::Number("2.5")));
+        assert!(matches!(
+            values.view(list),
+            ValueRef::Composite(Value::Array(_))
         ));
     }
 

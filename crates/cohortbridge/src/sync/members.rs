@@ -72,14 +72,7 @@ pub fn braze_id_of<'v>(
     if identity::is_anonymous_device(member) {
         return Err(Skip::AnonymousDevice);
     }
-    let value = profile.ok_or(Skip::NoProfile)?;
-    // A value kept as a `Value` (an array, an object, or text that did not fit the shared
-    // buffer) is matched by the variant of what it contains.
-    let value = match value {
-        Some(ValueRef::Composite(inner)) => Some(ValueRef::from(inner)),
-        other => other,
-    };
-    match value {
+    match profile.ok_or(Skip::NoProfile)? {
         None | Some(ValueRef::Null) => Err(Skip::MissingProperty),
         Some(ValueRef::String("")) => Err(Skip::EmptyId),
         Some(ValueRef::String(id)) => Ok(id),
@@ -279,19 +272,6 @@ mod tests {
             id_of(&json!({"a": 1})),
             Err(Skip::NotString(JsonType::Object))
         );
-    }
-
-    #[test]
-    fn braze_id_of_composite_scalars() {
-        // Strings and numbers that did not fit the shared text buffer are kept as `Value`s.
-        let text = json!("Ext-2");
-        let number = json!(3);
-        let empty = json!("");
-        let composite = |value| braze_id_of("u1", Some(Some(ValueRef::Composite(value))));
-        assert_eq!(composite(&text), Ok("Ext-2"));
-        assert_eq!(composite(&number), Err(Skip::NotString(JsonType::Number)));
-        assert_eq!(composite(&empty), Err(Skip::EmptyId));
-        assert_eq!(composite(&Value::Null), Err(Skip::MissingProperty));
     }
 
     #[test]
