@@ -16,7 +16,10 @@
 //! so it runs as its own process: the `braze-emulator` binary next to the example's folder, or
 //! the one `BRAZE_EMULATOR_BIN` names. Peak memory is Linux's VmHWM of each process, reset
 //! through `/proc/PID/clear_refs` before each run, so each figure covers one run. The benchmark
-//! uses mimalloc, the allocator of the `cohortbridge` binary.
+//! uses mimalloc, the allocator of the `cohortbridge` binary. mimalloc returns freed memory to
+//! the system only after a delay (1 s by default). Before each reset the benchmark calls
+//! `mi_collect` to return what the previous step freed, because otherwise a run's figure would
+//! include memory that the dry run before it had already freed.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -34,6 +37,12 @@ use serde_json::{json, Map, Value};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+extern "C" {
+    /// mimalloc's `mi_collect` (linked in through the `mimalloc` crate): with `force`, returns
+    /// the memory freed so far to the system now instead of after mimalloc's purge delay.
+    fn mi_collect(force: bool);
+}
 
 const PARTNER_KEY: &str = "bench-partner-key";
 const DATA_IMPORT_KEY: &str = "bench-data-import-key";
@@ -276,6 +285,7 @@ async fn measure_preview(
         .await?
         .ok_or_else(|| anyhow::anyhow!("connection {connection_id} not found"))?;
     reset_peak_memory_of("self");
+    let start_mb = resident_memory_mb("self");
     let started = Instant::now();
     let plan = engine
         .preview(project_id, &cohort, &connection)
@@ -283,7 +293,7 @@ async fn measure_preview(
         .map_err(|e| anyhow::anyhow!(e))?
         .plan;
     println!(
-        "  dry run (evaluate, read acknowledged ids, diff): {:.2} s, {} to add, {} to remove, peak RSS {} MB",
+        "  dry run (evaluate, read acknowledged ids, diff): {:.2} s, {} to add, {} to remove, peak RSS {} MB (RSS at start: {start_mb} MB)",
         started.elapsed().as_secs_f64(),
         plan.adds.len(),
         plan.removes.len(),
@@ -299,13 +309,14 @@ async fn measure_run(
     label: &str,
     emulator: &EmulatorProcess,
 ) -> anyhow::Result<cohortbridge::store::RunCounts> {
+    let start_mb = resident_memory_mb("self");
     let started = Instant::now();
     let run = engine.run(sync_id).await?;
     let wall = started.elapsed();
     anyhow::ensure!(run.status == "succeeded", "{label} failed: {:?}", run.error);
     let sent = run.counts.added + run.counts.removed;
     println!(
-        "{label}: {} members, {} added, {} removed, {} requests, wall {:.2} s, {:.0} ids/s sent, {:.0} members/s evaluated and diffed, peak RSS {} MB (emulator process: {} MB)",
+        "{label}: {} members, {} added, {} removed, {} requests, wall {:.2} s, {:.0} ids/s sent, {:.0} members/s evaluated and diffed, peak RSS {} MB (RSS at start: {start_mb} MB; emulator process: {} MB)",
         run.counts.members,
         run.counts.added,
         run.counts.removed,
@@ -325,18 +336,33 @@ fn reset_peak_memory(emulator: &EmulatorProcess) {
     reset_peak_memory_of(&emulator.child.id().to_string());
 }
 
-/// Resets the peak resident set size of process `pid` (`self` for this one). Linux only; no
-/// effect elsewhere.
+/// Resets the peak resident set size of process `pid` (`self` for this one). For this process
+/// it first returns the freed memory that mimalloc keeps. Linux only; no effect elsewhere.
 fn reset_peak_memory_of(pid: &str) {
+    if pid == "self" {
+        // SAFETY: `mi_collect` only releases free memory of mimalloc, this process's global
+        // allocator, and may be called from any thread at any time.
+        unsafe { mi_collect(true) };
+    }
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
 
 /// Peak resident set size of process `pid` in MB since the last reset (Linux's VmHWM), or
 /// `unknown`.
 fn peak_memory_mb(pid: &str) -> String {
+    status_mb(pid, "VmHWM:")
+}
+
+/// Resident set size of process `pid` in MB now (Linux's VmRSS), or `unknown`.
+fn resident_memory_mb(pid: &str) -> String {
+    status_mb(pid, "VmRSS:")
+}
+
+/// Reads the `field` line of `/proc/PID/status`, given in kB, as MB.
+fn status_mb(pid: &str, field: &str) -> String {
     let read = || -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
         let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kb / 1024)
     };

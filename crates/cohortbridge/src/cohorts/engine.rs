@@ -14,11 +14,13 @@ use chrono_tz::Tz;
 use roaring::RoaringBitmap;
 use serde_json::Value;
 
+use super::compact_interner::IdTexts;
 use super::data::CohortData;
 use super::definition::{Definition, EventRule, Measure, PropertyFilter, MAX_DEPTH};
 use super::eval::{CohortMembers, EvalError};
-use super::rows::{row_value, IndexBuilder, PropertyNames, PropertyRow, Selection};
-use super::values::matches_filter;
+use super::profiles::{ProfileRow, ProfileValues};
+use super::rows::{IndexBuilder, PropertyNames, Selection};
+use super::values::{matches_filter, matches_filter_ref, ValueRef};
 use super::window::{local_day, Bounds};
 
 /// The events of one name, grouped by user and sorted by time within each user, stored as
@@ -43,15 +45,31 @@ impl NameIndex {
     }
 }
 
+/// Receives the members of an evaluation from [`Engine::for_each_member_value`].
+pub trait MemberSink {
+    /// Receives, before the first member, the number of members and the total length in bytes
+    /// of their canonical ids, so that buffers can be sized once.
+    fn reserve(&mut self, members: usize, id_bytes: usize);
+
+    /// Receives the next member, in byte order of canonical ids, with its profile's value of
+    /// the property: `None` when the member has no profile, `Some(None)` when the profile
+    /// lacks the property.
+    fn push(&mut self, member: &str, profile: Option<Option<ValueRef<'_>>>);
+}
+
 /// An index over the rows of one evaluation, built once and evaluated against many
-/// definitions. It owns only the users' canonical ids, their kept profile properties and the
-/// kept columns of the selected events.
+/// definitions. It owns only the distinct ids, their kept profile properties and the kept
+/// columns of the selected events.
 pub struct Engine {
-    /// Canonical ids, sorted. A user's number is its position.
-    users: Vec<Box<str>>,
+    /// The texts of the distinct ids read, by distinct id number.
+    ids: IdTexts,
+    /// The distinct id number of each user's canonical id, in byte order of the canonical
+    /// ids. A user's number is its position.
+    users: Vec<u32>,
     property_names: PropertyNames,
-    /// Kept profile properties by user number, for users with a profile.
-    profiles: Vec<Option<PropertyRow>>,
+    profile_values: ProfileValues,
+    /// Kept profile properties by user number, `ProfileRow::NONE` for users without one.
+    profiles: Vec<ProfileRow>,
     by_name: HashMap<String, NameIndex>,
     everyone: RoaringBitmap,
 }
@@ -98,10 +116,13 @@ impl Engine {
             links,
             has_events,
             property_names,
-            mut profiles,
+            profile_values,
+            profiles,
             names,
             ..
         } = builder;
+        // Only the texts are read from here on; the table goes before anything else is built.
+        let ids = ids.into_texts();
         let canonical = |id: u32| links.get(&id).copied().unwrap_or(id);
 
         // The users: canonical ids of ids with events, and ids with a profile that are not
@@ -112,33 +133,32 @@ impl Engine {
                 is_user[canonical(id as u32) as usize] = true;
             }
         }
-        for id in profiles.keys() {
-            if !links.contains_key(id) {
-                is_user[*id as usize] = true;
+        drop(has_events);
+        for (id, row) in profiles.iter().enumerate() {
+            if !row.is_none() && !links.contains_key(&(id as u32)) {
+                is_user[id] = true;
             }
         }
-        let mut order: Vec<u32> = (0..ids.len() as u32)
+        let mut users: Vec<u32> = (0..ids.len() as u32)
             .filter(|id| is_user[*id as usize])
             .collect();
         drop(is_user);
-        order.sort_unstable_by(|a, b| ids.text(*a).cmp(ids.text(*b)));
+        sort_by_text(&mut users, &ids);
         let mut user_of_id = vec![u32::MAX; ids.len()];
-        for (user, id) in order.iter().enumerate() {
+        for (user, id) in users.iter().enumerate() {
             user_of_id[*id as usize] = user as u32;
         }
-        let users: Vec<Box<str>> = order.iter().map(|id| Box::from(ids.text(*id))).collect();
-        let user_profiles = order
+        let user_profiles = users
             .iter()
             .map(|id| {
                 if links.contains_key(id) {
-                    None
+                    ProfileRow::NONE
                 } else {
-                    profiles.remove(id)
+                    profiles[*id as usize]
                 }
             })
             .collect();
         drop(profiles);
-        drop(order);
 
         let mut by_name = HashMap::new();
         for (name, rows) in names {
@@ -161,8 +181,10 @@ impl Engine {
 
         let everyone = (0..users.len() as u32).collect();
         Self {
+            ids,
             users,
             property_names,
+            profile_values,
             profiles: user_profiles,
             by_name,
             everyone,
@@ -205,12 +227,16 @@ impl Engine {
         now_ms: i64,
     ) -> Result<Vec<&str>, EvalError> {
         let set = self.member_set(definition, cohorts, tz, now_ms)?;
-        Ok(set.iter().map(|user| &*self.users[user as usize]).collect())
+        Ok(set.iter().map(|user| self.user_id(user)).collect())
     }
 
-    /// Evaluates `definition` like `evaluate` and passes each member to `each`, in byte order of
-    /// canonical ids, with its profile's value of `property`: `None` when the member has no
-    /// profile, `Some(None)` when the profile lacks the property. Nothing is copied per member.
+    /// Returns the canonical id of user `user`.
+    fn user_id(&self, user: u32) -> &str {
+        self.ids.get(self.users[user as usize])
+    }
+
+    /// Evaluates `definition` like `evaluate` and passes each member to `sink`, in byte order
+    /// of canonical ids, with its profile's value of `property`. Nothing is copied per member.
     pub fn for_each_member_value(
         &self,
         definition: &Definition,
@@ -218,15 +244,17 @@ impl Engine {
         tz: Tz,
         now_ms: i64,
         property: &str,
-        mut each: impl FnMut(&str, Option<Option<&Value>>),
+        sink: &mut impl MemberSink,
     ) -> Result<(), EvalError> {
         let set = self.member_set(definition, cohorts, tz, now_ms)?;
+        let id_bytes = set.iter().map(|user| self.user_id(user).len()).sum();
+        sink.reserve(set.len() as usize, id_bytes);
         let number = self.property_names.get(property);
         for user in &set {
-            let profile = self.profiles[user as usize]
-                .as_deref()
-                .map(|row| number.and_then(|number| row_value(row, number)));
-            each(&self.users[user as usize], profile);
+            let row = self.profiles[user as usize];
+            let profile = (!row.is_none())
+                .then(|| number.and_then(|number| self.profile_values.get(row, number)));
+            sink.push(self.user_id(user), profile);
         }
         Ok(())
     }
@@ -251,13 +279,42 @@ impl Engine {
         let mut members = BTreeSet::new();
         let mut profiles = HashMap::new();
         for user in set {
-            let id = self.users[user as usize].to_string();
-            if let Some(row) = &self.profiles[user as usize] {
-                profiles.insert(id.clone(), self.property_names.to_map(row, output));
+            let id = self.user_id(user).to_owned();
+            let row = self.profiles[user as usize];
+            if !row.is_none() {
+                let properties = self
+                    .profile_values
+                    .to_map(row, &self.property_names, output);
+                profiles.insert(id.clone(), properties);
             }
             members.insert(id);
         }
         CohortMembers { members, profiles }
+    }
+}
+
+/// Sorts distinct id numbers in byte order of their texts. The first eight bytes of each text
+/// are compared as one integer, so only ids sharing them compare their texts. Numbers already
+/// in order, as when a store reads profiles in order of their distinct ids, are left as they
+/// are without the sort's extra buffer.
+fn sort_by_text(numbers: &mut [u32], ids: &IdTexts) {
+    if numbers
+        .windows(2)
+        .all(|pair| ids.get(pair[0]) <= ids.get(pair[1]))
+    {
+        return;
+    }
+    let prefix = |number: u32| {
+        let text = ids.get(number).as_bytes();
+        let mut bytes = [0u8; 8];
+        let len = text.len().min(8);
+        bytes[..len].copy_from_slice(&text[..len]);
+        u64::from_be_bytes(bytes)
+    };
+    let mut keyed: Vec<(u64, u32)> = numbers.iter().map(|&n| (prefix(n), n)).collect();
+    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| ids.get(a.1).cmp(ids.get(b.1))));
+    for (slot, (_, number)) in numbers.iter_mut().zip(keyed) {
+        *slot = number;
     }
 }
 
@@ -376,12 +433,10 @@ impl Context<'_> {
     fn profile_set(&self, filter: &PropertyFilter) -> RoaringBitmap {
         let mut result = RoaringBitmap::new();
         let number = self.engine.property_names.get(&filter.property);
-        for (user, profile) in self.engine.profiles.iter().enumerate() {
-            let actual = profile
-                .as_deref()
-                .zip(number)
-                .and_then(|(row, number)| row_value(row, number));
-            if matches_filter(actual, filter, self.now_ms) {
+        let values = &self.engine.profile_values;
+        for (user, row) in self.engine.profiles.iter().enumerate() {
+            let actual = number.and_then(|number| values.get(*row, number));
+            if matches_filter_ref(actual, filter, self.now_ms) {
                 result.insert(user as u32);
             }
         }

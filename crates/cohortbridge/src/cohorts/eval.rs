@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::data::{CohortData, EventRow};
 use super::definition::{parse, Definition};
-use super::engine::Engine;
+use super::engine::{Engine, MemberSink};
 use super::rows::{IndexBuilder, Selection};
 use super::window::parse_timezone;
 use crate::store::{Store, StoreError};
@@ -72,7 +72,7 @@ pub async fn evaluate_with_properties(
     evaluate_members(store, project_id, definition, Some(properties), now_ms).await
 }
 
-/// Evaluates like [`evaluate`] and passes each member to `each`, in byte order of canonical
+/// Evaluates like [`evaluate`] and passes each member to `sink`, in byte order of canonical
 /// ids, with its profile's value of `property` (`None` when the member has no profile). Of the
 /// profiles, only `property` and the properties `definition` filters on are kept in memory.
 pub async fn evaluate_property(
@@ -81,7 +81,7 @@ pub async fn evaluate_property(
     definition: &Definition,
     property: &str,
     now_ms: i64,
-    each: impl FnMut(&str, Option<Option<&Value>>),
+    sink: &mut (impl MemberSink + Send),
 ) -> Result<(), EvalError> {
     let tz_name = store.project_timezone(project_id).await?;
     let tz = parse_timezone(&tz_name).map_err(EvalError::TimeZone)?;
@@ -95,7 +95,7 @@ pub async fn evaluate_property(
         .read_cohort_rows(project_id, IndexBuilder::new(selection), now_ms)
         .await?;
     Engine::from_rows(builder)
-        .for_each_member_value(definition, &cohorts, tz, now_ms, property, each)
+        .for_each_member_value(definition, &cohorts, tz, now_ms, property, sink)
 }
 
 /// Streams the rows `definition` reads from the store into the engine's index and evaluates

@@ -15,9 +15,9 @@ use std::sync::Arc;
 /// through a shared pointer.
 const INLINE_LEN: usize = 22;
 /// The `number` of an empty slot.
-const EMPTY: u32 = u32::MAX;
+pub(crate) const EMPTY: u32 = u32::MAX;
 /// The smallest table allocated.
-const MIN_SLOTS: usize = 16;
+pub(crate) const MIN_SLOTS: usize = 16;
 
 /// An id as a slot stores it.
 #[derive(Debug, Clone)]
@@ -108,6 +108,7 @@ impl Interner {
     }
 
     /// Returns the number of `id`, numbering it if it is new.
+    #[cfg(test)]
     pub(crate) fn intern(&mut self, id: &str) -> u32 {
         self.intern_hashed(id, self.hash(id))
     }
@@ -136,12 +137,6 @@ impl Interner {
         number
     }
 
-    /// Returns the number of `id`, if it has one.
-    #[cfg(test)]
-    pub(crate) fn get(&self, id: &str) -> Option<u32> {
-        self.get_hashed(id, self.hash(id))
-    }
-
     /// Returns the number of `id`, whose hash is `hash`, if it has one.
     pub(crate) fn get_hashed(&self, id: &str, hash: u64) -> Option<u32> {
         if self.slots.is_empty() {
@@ -166,6 +161,7 @@ impl Interner {
         &self.ids[number as usize]
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.ids.len()
     }
@@ -280,6 +276,24 @@ mod tests {
         }
         assert_eq!(lookup(&ids, "u10000"), None);
         assert!(ids.slots.len() * 3 >= ids.len() * 4);
+    }
+
+    #[test]
+    fn interner_keeps_long_and_non_ascii_ids() {
+        let id_of = |n: u32| match n % 3 {
+            0 => format!("u{n}"),
+            1 => format!("$device:{n:040}"),
+            _ => format!("ü-é-{n}-ñ-Ω-長いユーザー"),
+        };
+        let mut ids = Interner::default();
+        for n in 0..1000u32 {
+            assert_eq!(ids.intern(&id_of(n)), n);
+        }
+        for n in 0..1000u32 {
+            assert_eq!(lookup(&ids, &id_of(n)), Some(n));
+            assert_eq!(ids.text(n), id_of(n));
+        }
+        assert_eq!(lookup(&ids, "ü-é-2-ñ-Ω-長いユーザ"), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Behavioural cohorts: the definition language and its evaluation as of a given instant.
 
+mod compact_interner;
 pub mod data;
 pub mod definition;
 pub mod engine;
@@ -7,6 +8,7 @@ pub mod eval;
 pub mod explain;
 mod interner;
 pub mod live;
+mod profiles;
 pub mod reference;
 pub mod rows;
 pub mod values;

@@ -8,11 +8,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
+use super::compact_interner::CompactInterner;
 use super::definition::Definition;
-use super::interner::Interner;
+use super::profiles::{ProfileRow, ProfileValues};
 
 /// The event names, event properties and profile properties that an evaluation reads.
 #[derive(Debug, Clone, Default)]
@@ -60,14 +60,15 @@ impl Selection {
         }
     }
 
-    fn keeps_profile_property(&self, name: &str) -> bool {
+    pub(crate) fn keeps_profile_property(&self, name: &str) -> bool {
         self.profile_properties
             .as_ref()
             .is_none_or(|kept| kept.contains(name))
     }
 }
 
-/// Property values of one profile, each under the number of its name in a `PropertyNames`.
+/// Property values of one profile, each under the number of its name in a `PropertyNames`, as
+/// a live cohort keeps them.
 pub(crate) type PropertyRow = Box<[(u32, Value)]>;
 
 /// Profile property names numbered in order of first sight.
@@ -95,22 +96,6 @@ impl PropertyNames {
     pub(crate) fn name(&self, number: u32) -> &str {
         &self.names[number as usize]
     }
-
-    /// Converts a row back into a JSON object, keeping only the `output` names when given.
-    pub(crate) fn to_map(
-        &self,
-        row: &[(u32, Value)],
-        output: Option<&[String]>,
-    ) -> Map<String, Value> {
-        let mut map = Map::with_capacity(row.len());
-        for (number, value) in row {
-            let name = self.name(*number);
-            if output.is_none_or(|names| names.iter().any(|n| n == name)) {
-                map.insert(name.to_owned(), value.clone());
-            }
-        }
-        map
-    }
 }
 
 /// Returns the value of property `number` in `row`, if set.
@@ -135,14 +120,15 @@ pub(crate) struct NameRows {
 #[derive(Debug)]
 pub struct IndexBuilder {
     pub(crate) selection: Selection,
-    pub(crate) ids: Interner,
+    pub(crate) ids: CompactInterner,
     /// Linked `$device:` id number to the number of the `$user_id` it was merged into.
     pub(crate) links: HashMap<u32, u32>,
     /// Per distinct id number, whether the id has at least one event of any name.
     pub(crate) has_events: Vec<bool>,
     pub(crate) property_names: PropertyNames,
-    /// Profiles by the number of the distinct id they are stored under.
-    pub(crate) profiles: HashMap<u32, PropertyRow>,
+    pub(crate) profile_values: ProfileValues,
+    /// Per distinct id number, the profile stored under the id, or `ProfileRow::NONE`.
+    pub(crate) profiles: Vec<ProfileRow>,
     pub(crate) names: HashMap<String, NameRows>,
 }
 
@@ -162,11 +148,12 @@ impl IndexBuilder {
             .collect();
         Self {
             selection,
-            ids: Interner::default(),
+            ids: CompactInterner::default(),
             links: HashMap::new(),
             has_events: Vec::new(),
             property_names: PropertyNames::default(),
-            profiles: HashMap::new(),
+            profile_values: ProfileValues::default(),
+            profiles: Vec::new(),
             names,
         }
     }
@@ -184,10 +171,24 @@ impl IndexBuilder {
             .is_some_and(|kept| !kept.is_empty())
     }
 
+    /// Reserves room for `additional` more distinct ids, such as a store's count of profiles,
+    /// so that the id table is allocated once instead of doubling as ids arrive. When only some
+    /// profile properties are kept, it also reserves one value of each per id.
+    pub fn reserve_ids(&mut self, additional: usize) {
+        self.ids.reserve(additional);
+        self.has_events.reserve(additional);
+        self.profiles.reserve(additional);
+        if let Some(kept) = &self.selection.profile_properties {
+            self.profile_values
+                .reserve(additional.saturating_mul(kept.len()));
+        }
+    }
+
     fn number(&mut self, id: &str) -> u32 {
         let number = self.ids.intern(id);
         if self.has_events.len() <= number as usize {
             self.has_events.resize(number as usize + 1, false);
+            self.profiles.resize(number as usize + 1, ProfileRow::NONE);
         }
         number
     }
@@ -211,30 +212,21 @@ impl IndexBuilder {
     /// Adds the profile stored under `distinct_id`, keeping only the selected properties.
     pub fn add_profile(&mut self, distinct_id: &str, properties: Map<String, Value>) {
         let number = self.number(distinct_id);
-        let mut row = Vec::new();
-        for (name, value) in properties {
-            if self.selection.keeps_profile_property(&name) {
-                row.push((self.property_names.intern(&name), value));
-            }
-        }
-        self.profiles.insert(number, row.into_boxed_slice());
+        let row =
+            self.profile_values
+                .push_map(properties, &self.selection, &mut self.property_names);
+        self.profiles[number as usize] = row;
     }
 
     /// Adds a profile from its stored JSON text. Only the selected properties are parsed into
     /// values; the others are skipped without building a map. A repeated key keeps its last
     /// value, as `serde_json::Map` does.
     pub fn add_profile_json(&mut self, distinct_id: &str, text: &str) -> serde_json::Result<()> {
-        let mut row = Vec::new();
-        let mut deserializer = serde_json::Deserializer::from_str(text);
-        SelectedProperties {
-            selection: &self.selection,
-            names: &mut self.property_names,
-            row: &mut row,
-        }
-        .deserialize(&mut deserializer)?;
-        deserializer.end()?;
+        let row = self
+            .profile_values
+            .push_json(text, &self.selection, &mut self.property_names)?;
         let number = self.number(distinct_id);
-        self.profiles.insert(number, row.into_boxed_slice());
+        self.profiles[number as usize] = row;
         Ok(())
     }
 
@@ -279,77 +271,6 @@ impl IndexBuilder {
     }
 }
 
-/// Parses a profile's JSON object into a `PropertyRow`, keeping only the properties that a
-/// `Selection` keeps.
-struct SelectedProperties<'a> {
-    selection: &'a Selection,
-    names: &'a mut PropertyNames,
-    row: &'a mut Vec<(u32, Value)>,
-}
-
-impl<'de> DeserializeSeed<'de> for SelectedProperties<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for SelectedProperties<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON object of profile properties")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(PropertyName(name)) = map.next_key()? {
-            if !self.selection.keeps_profile_property(&name) {
-                map.next_value::<IgnoredAny>()?;
-                continue;
-            }
-            let number = self.names.intern(&name);
-            let value: Value = map.next_value()?;
-            match self.row.iter_mut().find(|(n, _)| *n == number) {
-                Some(entry) => entry.1 = value,
-                None => self.row.push((number, value)),
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A property name, borrowed from the JSON text unless it contains escapes.
-struct PropertyName<'de>(std::borrow::Cow<'de, str>);
-
-impl<'de> serde::Deserialize<'de> for PropertyName<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct NameVisitor;
-
-        impl<'de> Visitor<'de> for NameVisitor {
-            type Value = PropertyName<'de>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a property name")
-            }
-
-            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Self::Value, E> {
-                Ok(PropertyName(std::borrow::Cow::Borrowed(name)))
-            }
-
-            fn visit_str<E>(self, name: &str) -> Result<Self::Value, E> {
-                Ok(PropertyName(std::borrow::Cow::Owned(name.to_owned())))
-            }
-
-            fn visit_string<E>(self, name: String) -> Result<Self::Value, E> {
-                Ok(PropertyName(std::borrow::Cow::Owned(name)))
-            }
-        }
-
-        deserializer.deserialize_str(NameVisitor)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -367,9 +288,11 @@ mod tests {
     /// Returns the stored row of `distinct_id` as a JSON object.
     fn profile(builder: &IndexBuilder, distinct_id: &str) -> Map<String, Value> {
         let number = builder.ids.get(distinct_id).expect("interned");
-        builder
-            .property_names
-            .to_map(&builder.profiles[&number], None)
+        builder.profile_values.to_map(
+            builder.profiles[number as usize],
+            &builder.property_names,
+            None,
+        )
     }
 
     #[test]

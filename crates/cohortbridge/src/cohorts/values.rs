@@ -24,12 +24,89 @@ pub fn parse_datetime(text: &str) -> Option<i64> {
         .map(|naive| DateTime::<Utc>::from_naive_utc_and_offset(naive, Utc).timestamp_millis())
 }
 
+/// A borrowed property value: a view of a `serde_json::Value` or of a value that the cohort
+/// engine stores without one. Scalars are held by value or as borrowed text, so a store of
+/// millions of profiles needs no `Value` per property.
+#[derive(Debug, Clone, Copy)]
+pub enum ValueRef<'a> {
+    Null,
+    Bool(bool),
+    /// A number as its JSON text, as `serde_json::Number::as_str` returns it.
+    Number(&'a str),
+    String(&'a str),
+    /// An array or an object.
+    Composite(&'a Value),
+}
+
+impl<'a> From<&'a Value> for ValueRef<'a> {
+    fn from(value: &'a Value) -> Self {
+        match value {
+            Value::Null => ValueRef::Null,
+            Value::Bool(b) => ValueRef::Bool(*b),
+            Value::Number(n) => ValueRef::Number(n.as_str()),
+            Value::String(s) => ValueRef::String(s),
+            Value::Array(_) | Value::Object(_) => ValueRef::Composite(value),
+        }
+    }
+}
+
+impl<'a> ValueRef<'a> {
+    /// Converts the view into an owned `Value`.
+    pub fn to_value(self) -> Value {
+        match self {
+            ValueRef::Null => Value::Null,
+            ValueRef::Bool(b) => Value::Bool(b),
+            ValueRef::Number(text) => Value::Number(
+                text.parse()
+                    .expect("a stored number is the text of a parsed JSON number"),
+            ),
+            ValueRef::String(s) => Value::String(s.to_owned()),
+            ValueRef::Composite(value) => value.clone(),
+        }
+    }
+
+    fn is_null(self) -> bool {
+        matches!(self, ValueRef::Null)
+    }
+
+    /// Returns the number as `f64`, or `None` for other values and for numbers outside the
+    /// finite range of `f64`, as `serde_json::Number::as_f64` does.
+    fn as_f64(self) -> Option<f64> {
+        match self {
+            ValueRef::Number(text) => number_as_f64(text),
+            _ => None,
+        }
+    }
+
+    fn as_array(self) -> Option<&'a [Value]> {
+        match self {
+            ValueRef::Composite(Value::Array(items)) => Some(items),
+            _ => None,
+        }
+    }
+}
+
+/// Parses a JSON number's text as `serde_json::Number::as_f64` does with the
+/// `arbitrary_precision` feature: `None` unless the value is finite.
+fn number_as_f64(text: &str) -> Option<f64> {
+    text.parse::<f64>().ok().filter(|n| n.is_finite())
+}
+
 /// Checks whether a property's value (`None` when unset) satisfies `filter`, as of `now_ms`
 /// (used only by `within_last`).
 pub fn matches_filter(actual: Option<&Value>, filter: &PropertyFilter, now_ms: i64) -> bool {
+    matches_filter_ref(actual.map(ValueRef::from), filter, now_ms)
+}
+
+/// Checks like [`matches_filter`], on a borrowed view of the value.
+pub fn matches_filter_ref(
+    actual: Option<ValueRef<'_>>,
+    filter: &PropertyFilter,
+    now_ms: i64,
+) -> bool {
     let actual = actual.filter(|v| !v.is_null());
     if let (Some(value), Some(value_type)) = (actual, filter.value_type) {
-        if !has_type(value, value_type) {
+        if !has_type_ref(value, value_type) {
             return false;
         }
     }
@@ -40,19 +117,22 @@ pub fn matches_filter(actual: Option<&Value>, filter: &PropertyFilter, now_ms: i
 /// Checks whether a property's value (`None` when unset) satisfies `op expected`, for a filter
 /// without a declared type.
 pub fn matches(actual: Option<&Value>, op: ProfileOp, expected: Option<&Value>) -> bool {
-    matches_op(actual.filter(|v| !v.is_null()), op, expected, false, 0)
+    let actual = actual.map(ValueRef::from).filter(|v| !v.is_null());
+    matches_op(actual, op, expected, false, 0)
 }
 
 fn matches_op(
-    actual: Option<&Value>,
+    actual: Option<ValueRef<'_>>,
     op: ProfileOp,
     expected: Option<&Value>,
     datetime: bool,
     now_ms: i64,
 ) -> bool {
-    let equal = |a: &Value, e: &Value| {
+    let equal = |a: ValueRef<'_>, e: &Value| {
         if datetime {
-            instant(a).zip(instant(e)).is_some_and(|(a, e)| a == e)
+            instant(a)
+                .zip(instant(ValueRef::from(e)))
+                .is_some_and(|(a, e)| a == e)
         } else {
             equal(a, e)
         }
@@ -66,7 +146,7 @@ fn matches_op(
         ProfileOp::NotContains => !actual.zip(expected).is_some_and(|(a, e)| contains(a, e)),
         ProfileOp::Includes => actual.zip(expected).is_some_and(|(a, e)| {
             a.as_array()
-                .is_some_and(|items| items.iter().any(|i| equal(i, e)))
+                .is_some_and(|items| items.iter().any(|i| equal(ValueRef::from(i), e)))
         }),
         ProfileOp::In => actual.zip(expected).is_some_and(|(a, e)| {
             e.as_array()
@@ -80,7 +160,10 @@ fn matches_op(
                 && compare(a, high).is_some_and(|o| o.is_le())
         }),
         ProfileOp::Before | ProfileOp::After => {
-            let Some((a, e)) = actual.and_then(instant).zip(expected.and_then(instant)) else {
+            let Some((a, e)) = actual
+                .and_then(instant)
+                .zip(expected.map(ValueRef::from).and_then(instant))
+            else {
                 return false;
             };
             if op == ProfileOp::Before {
@@ -115,40 +198,57 @@ fn matches_op(
 
 /// Whether a value has the declared type; a datetime is a string that parses as one.
 pub fn has_type(value: &Value, value_type: ValueType) -> bool {
+    has_type_ref(ValueRef::from(value), value_type)
+}
+
+fn has_type_ref(value: ValueRef<'_>, value_type: ValueType) -> bool {
     match value_type {
-        ValueType::String => value.is_string(),
-        ValueType::Number => value.is_number(),
-        ValueType::Boolean => value.is_boolean(),
+        ValueType::String => matches!(value, ValueRef::String(_)),
+        ValueType::Number => matches!(value, ValueRef::Number(_)),
+        ValueType::Boolean => matches!(value, ValueRef::Bool(_)),
         ValueType::Datetime => instant(value).is_some(),
-        ValueType::List => value.is_array(),
+        ValueType::List => value.as_array().is_some(),
     }
 }
 
 /// A datetime string as epoch milliseconds.
-fn instant(value: &Value) -> Option<i64> {
-    value.as_str().and_then(parse_datetime)
-}
-
-fn equal(actual: &Value, expected: &Value) -> bool {
-    match (actual, expected) {
-        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
-        _ => actual == expected,
+fn instant(value: ValueRef<'_>) -> Option<i64> {
+    match value {
+        ValueRef::String(text) => parse_datetime(text),
+        _ => None,
     }
 }
 
-fn contains(actual: &Value, expected: &Value) -> bool {
+/// Compares like `Value`'s equality, except that numbers are equal when their `f64` values
+/// are, so `2.0` equals `2`. Inside arrays and objects, numbers compare as `Value` does.
+fn equal(actual: ValueRef<'_>, expected: &Value) -> bool {
     match (actual, expected) {
-        (Value::String(a), Value::String(e)) => a.contains(e.as_str()),
-        (Value::Array(items), _) => items.iter().any(|item| equal(item, expected)),
+        (ValueRef::Number(_), Value::Number(b)) => actual.as_f64() == b.as_f64(),
+        (ValueRef::Null, Value::Null) => true,
+        (ValueRef::Bool(a), Value::Bool(b)) => a == *b,
+        (ValueRef::String(a), Value::String(b)) => a == b,
+        (ValueRef::Composite(a), _) => a == expected,
+        _ => false,
+    }
+}
+
+fn contains(actual: ValueRef<'_>, expected: &Value) -> bool {
+    match (actual, expected) {
+        (ValueRef::String(a), Value::String(e)) => a.contains(e.as_str()),
+        (ValueRef::Composite(Value::Array(items)), _) => items
+            .iter()
+            .any(|item| equal(ValueRef::from(item), expected)),
         _ => false,
     }
 }
 
 /// Orders two values as numbers or as datetimes; any other pairing has no order.
-fn compare(actual: &Value, expected: &Value) -> Option<std::cmp::Ordering> {
+fn compare(actual: ValueRef<'_>, expected: &Value) -> Option<std::cmp::Ordering> {
     match (actual, expected) {
-        (Value::Number(a), Value::Number(e)) => a.as_f64()?.partial_cmp(&e.as_f64()?),
-        (Value::String(a), Value::String(e)) => Some(parse_datetime(a)?.cmp(&parse_datetime(e)?)),
+        (ValueRef::Number(_), Value::Number(e)) => actual.as_f64()?.partial_cmp(&e.as_f64()?),
+        (ValueRef::String(a), Value::String(e)) => {
+            Some(parse_datetime(a)?.cmp(&parse_datetime(e)?))
+        }
         _ => None,
     }
 }

@@ -34,6 +34,12 @@ impl IdSet {
         builder.finish()
     }
 
+    /// Reserves room for `ids` more ids of `bytes` bytes in total.
+    pub(crate) fn reserve(&mut self, ids: usize, bytes: usize) {
+        self.ends.reserve(ids);
+        self.bytes.reserve(bytes);
+    }
+
     fn push(&mut self, id: &str) {
         self.bytes.push_str(id);
         let end = u32::try_from(self.bytes.len()).expect("an id set is limited to 4 GiB of ids");

@@ -71,6 +71,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("migrations/sqlite/0012_mtu_deltas_packed.sql"),
     ),
     (
+        "0013_sync_rows_without_rowid",
+        include_str!("migrations/sqlite/0013_sync_rows_without_rowid.sql"),
+    ),
+    (
         "0014_identity_failure_lookup",
         include_str!("migrations/sqlite/0014_identity_failure_lookup.sql"),
     ),
@@ -2407,6 +2411,124 @@ pub(super) mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         assert!(std::fs::metadata(&path).unwrap().len() > 256 * 1024);
+    }
+
+    /// A `sync_run_operations` row: run, sequence, distinct id, external id, operation, reason.
+    type OperationRow = (
+        i64,
+        i64,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<String>,
+    );
+
+    #[test]
+    fn sync_rows_keep_through_clustering_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        drop(SqliteStore::open(&path).unwrap());
+        {
+            // Put the three tables back in their earlier rowid shape, with rows, as a file
+            // from before the migration has them. Foreign keys are off only so that the run
+            // needs no sync; the migration checks that each operation's run exists.
+            let conn = SqlConnection::open(&path).unwrap();
+            conn.execute_batch(
+                "PRAGMA foreign_keys = OFF;
+                 DROP TABLE sync_run_operations; DROP TABLE braze_members; DROP TABLE braze_pending;
+                 CREATE TABLE sync_run_operations (
+                     run_id INTEGER NOT NULL REFERENCES sync_runs(id), seq INTEGER NOT NULL,
+                     distinct_id TEXT, external_id TEXT,
+                     operation TEXT NOT NULL CHECK (operation IN ('add', 'remove', 'no-op', 'skipped')),
+                     reason TEXT, PRIMARY KEY (run_id, seq));
+                 CREATE TABLE braze_members (connection_id INTEGER NOT NULL,
+                     cohort_id INTEGER NOT NULL, external_id TEXT NOT NULL,
+                     PRIMARY KEY (connection_id, cohort_id, external_id));
+                 CREATE TABLE braze_pending (connection_id INTEGER NOT NULL,
+                     cohort_id INTEGER NOT NULL, external_id TEXT NOT NULL,
+                     PRIMARY KEY (connection_id, cohort_id, external_id));
+                 INSERT INTO sync_runs (id, sync_id, started_at_ms, status)
+                     VALUES (7, 1, 0, 'succeeded');
+                 INSERT INTO sync_run_operations VALUES
+                     (7, 0, 'u1', 'ext-ü', 'add', NULL), (7, 1, 'u2', NULL, 'skipped', 'no profile');
+                 INSERT INTO braze_members VALUES (1, 2, 'ext-ü'), (1, 2, 'b');
+                 INSERT INTO braze_pending VALUES (1, 2, 'c');
+                 DELETE FROM schema_migrations WHERE name = '0013_sync_rows_without_rowid';",
+            )
+            .unwrap();
+        }
+
+        let store = SqliteStore::open(&path).unwrap();
+        let conn = store.writer.lock().unwrap();
+        for table in ["sync_run_operations", "braze_members", "braze_pending"] {
+            let sql: String = conn
+                .query_row(
+                    "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            assert!(sql.ends_with("WITHOUT ROWID"), "{table}: {sql}");
+        }
+
+        let operations: Vec<OperationRow> = conn
+            .prepare("SELECT * FROM sync_run_operations ORDER BY run_id, seq")
+            .unwrap()
+            .query_map([], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            operations,
+            vec![
+                (
+                    7,
+                    0,
+                    Some("u1".into()),
+                    Some("ext-ü".into()),
+                    "add".into(),
+                    None
+                ),
+                (
+                    7,
+                    1,
+                    Some("u2".into()),
+                    None,
+                    "skipped".into(),
+                    Some("no profile".into())
+                ),
+            ]
+        );
+
+        let members: Vec<String> = conn
+            .prepare("SELECT external_id FROM braze_members WHERE connection_id = 1 AND cohort_id = 2 ORDER BY external_id")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(members, ["b", "ext-ü"]);
+        let pending: String = conn
+            .query_row("SELECT external_id FROM braze_pending", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(pending, "c");
+
+        let duplicate = conn.execute("INSERT INTO braze_members VALUES (1, 2, 'b')", []);
+        assert!(
+            duplicate.is_err(),
+            "the primary key still rejects duplicates"
+        );
     }
 
     #[test]

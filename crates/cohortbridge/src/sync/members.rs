@@ -5,8 +5,8 @@
 //! instead of one allocation per member. A skip reason is a small code that becomes text only
 //! when an operation is written.
 
-use serde_json::Value;
-
+use crate::cohorts::engine::MemberSink;
+use crate::cohorts::values::ValueRef;
 use crate::cohorts::{self, CohortMembers, EvalError};
 use crate::identity;
 use crate::store::{IdSet, Store};
@@ -65,18 +65,23 @@ impl Skip {
 /// Returns the Braze id of a member with canonical id `member`, from its profile's value of the
 /// user-id property (`None` when the member has no profile), or why it cannot be sent. Ids are
 /// taken byte-exact: no trimming, no case folding.
-pub fn braze_id_of<'v>(member: &str, profile: Option<Option<&'v Value>>) -> Result<&'v str, Skip> {
+pub fn braze_id_of<'v>(
+    member: &str,
+    profile: Option<Option<ValueRef<'v>>>,
+) -> Result<&'v str, Skip> {
     if identity::is_anonymous_device(member) {
         return Err(Skip::AnonymousDevice);
     }
     match profile.ok_or(Skip::NoProfile)? {
-        None | Some(Value::Null) => Err(Skip::MissingProperty),
-        Some(Value::String(id)) if id.is_empty() => Err(Skip::EmptyId),
-        Some(Value::String(id)) => Ok(id),
-        Some(Value::Bool(_)) => Err(Skip::NotString(JsonType::Boolean)),
-        Some(Value::Number(_)) => Err(Skip::NotString(JsonType::Number)),
-        Some(Value::Array(_)) => Err(Skip::NotString(JsonType::Array)),
-        Some(Value::Object(_)) => Err(Skip::NotString(JsonType::Object)),
+        None | Some(ValueRef::Null) => Err(Skip::MissingProperty),
+        Some(ValueRef::String("")) => Err(Skip::EmptyId),
+        Some(ValueRef::String(id)) => Ok(id),
+        Some(ValueRef::Bool(_)) => Err(Skip::NotString(JsonType::Boolean)),
+        Some(ValueRef::Number(_)) => Err(Skip::NotString(JsonType::Number)),
+        Some(ValueRef::Composite(serde_json::Value::Array(_))) => {
+            Err(Skip::NotString(JsonType::Array))
+        }
+        Some(ValueRef::Composite(_)) => Err(Skip::NotString(JsonType::Object)),
     }
 }
 
@@ -122,7 +127,7 @@ impl SyncMembers {
             definition,
             user_id_property,
             now_ms,
-            |member, profile| builder.push(member, braze_id_of(member, profile)),
+            &mut builder,
         )
         .await?;
         Ok(builder.finish())
@@ -135,7 +140,7 @@ impl SyncMembers {
             let profile = evaluated
                 .profiles
                 .get(member)
-                .map(|properties| properties.get(user_id_property));
+                .map(|properties| properties.get(user_id_property).map(ValueRef::from));
             builder.push(member, braze_id_of(member, profile));
         }
         builder.finish()
@@ -183,6 +188,20 @@ struct SyncMembersBuilder {
     slots: Vec<Slot>,
 }
 
+impl MemberSink for SyncMembersBuilder {
+    /// Reserves room for the members. A Braze id is often about as long as its member's
+    /// canonical id, so the Braze id buffer gets as much room as the canonical ids.
+    fn reserve(&mut self, members: usize, id_bytes: usize) {
+        self.members.reserve(members, id_bytes);
+        self.braze_ids.reserve(id_bytes);
+        self.slots.reserve(members);
+    }
+
+    fn push(&mut self, member: &str, profile: Option<Option<ValueRef<'_>>>) {
+        self.push(member, braze_id_of(member, profile));
+    }
+}
+
 impl SyncMembersBuilder {
     /// Adds the next member.
     ///
@@ -225,35 +244,33 @@ impl SyncMembersBuilder {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
+
+    /// Returns the Braze id of a member `u1` whose user-id property is `value`.
+    fn id_of(value: &Value) -> Result<&str, Skip> {
+        braze_id_of("u1", Some(Some(ValueRef::from(value))))
+    }
 
     #[test]
     fn braze_id_rules() {
         let id = json!("Ext-1 ");
-        assert_eq!(braze_id_of("u1", Some(Some(&id))), Ok("Ext-1 "));
+        assert_eq!(id_of(&id), Ok("Ext-1 "));
         assert_eq!(
-            braze_id_of("$device:d", Some(Some(&id))),
+            braze_id_of("$device:d", Some(Some(ValueRef::from(&id)))),
             Err(Skip::AnonymousDevice)
         );
         assert_eq!(braze_id_of("u1", None), Err(Skip::NoProfile));
         assert_eq!(braze_id_of("u1", Some(None)), Err(Skip::MissingProperty));
+        assert_eq!(id_of(&Value::Null), Err(Skip::MissingProperty));
+        assert_eq!(id_of(&json!("")), Err(Skip::EmptyId));
+        assert_eq!(id_of(&json!(7)), Err(Skip::NotString(JsonType::Number)));
+        assert_eq!(id_of(&json!(true)), Err(Skip::NotString(JsonType::Boolean)));
+        assert_eq!(id_of(&json!(["a"])), Err(Skip::NotString(JsonType::Array)));
         assert_eq!(
-            braze_id_of("u1", Some(Some(&Value::Null))),
-            Err(Skip::MissingProperty)
-        );
-        assert_eq!(
-            braze_id_of("u1", Some(Some(&json!("")))),
-            Err(Skip::EmptyId)
-        );
-        assert_eq!(
-            braze_id_of("u1", Some(Some(&json!(7)))),
-            Err(Skip::NotString(JsonType::Number))
-        );
-        assert_eq!(
-            braze_id_of("u1", Some(Some(&json!(["a"])))),
-            Err(Skip::NotString(JsonType::Array))
+            id_of(&json!({"a": 1})),
+            Err(Skip::NotString(JsonType::Object))
         );
     }
 
@@ -274,6 +291,107 @@ mod tests {
         assert_eq!(members.member(3), "d");
         assert_eq!(members.braze_id(3), Ok("Y z"));
         assert_eq!(members.exportable_count(), 3);
+    }
+
+    /// Generates distinct ids: short, exactly 8 or 9 bytes, longer than 22 bytes, non-ASCII,
+    /// or anonymous devices.
+    fn distinct_id() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            "u[0-9]{1,6}",
+            "[a-c]{8}",
+            "[a-c]{9}",
+            "user-[a-zé]{20,30}",
+            "ユーザー[0-9]{1,3}",
+            "\\$device:[0-9a-f]{4,40}",
+        ]
+    }
+
+    /// Generates values of the user-id property, or `None` to leave it out.
+    fn user_id_value() -> impl proptest::strategy::Strategy<Value = Option<Value>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(None),
+            Just(Some(Value::Null)),
+            Just(Some(json!(""))),
+            "[a-zü-]{1,40}".prop_map(|s| Some(json!(s))),
+            any::<i32>().prop_map(|n| Some(json!(n))),
+            any::<bool>().prop_map(|b| Some(json!(b))),
+            Just(Some(json!(["a"]))),
+            Just(Some(json!({"id": "a"}))),
+        ]
+    }
+
+    /// Collects what the engine passes to a `MemberSink` through `SyncMembersBuilder`.
+    fn sync_members_of(
+        profiles: &std::collections::BTreeMap<String, (bool, Option<Value>)>,
+        links: &std::collections::BTreeMap<String, String>,
+    ) -> SyncMembers {
+        use crate::cohorts::engine::Engine;
+        use crate::cohorts::rows::{IndexBuilder, Selection};
+
+        let definition =
+            crate::cohorts::parse(&json!({"profile": "plan", "op": "eq", "value": "pro"})).unwrap();
+        let output = ["$braze_external_id".to_owned()];
+        let selection = Selection::for_definitions([&definition], Some(&output));
+        let mut builder = IndexBuilder::new(selection);
+        builder.reserve_ids(profiles.len() / 2);
+        for (device, user) in links {
+            builder.add_link(device, user);
+        }
+        for (id, (pro, braze_id)) in profiles {
+            let mut properties = serde_json::Map::new();
+            properties.insert("other".into(), json!([1, {"x": "y"}]));
+            properties.insert("plan".into(), json!(if *pro { "pro" } else { "free" }));
+            if let Some(value) = braze_id {
+                properties.insert("$braze_external_id".into(), value.clone());
+            }
+            let text = serde_json::to_string(&properties).unwrap();
+            builder.add_profile_json(id, &text).unwrap();
+        }
+        let mut members = SyncMembersBuilder::default();
+        Engine::from_rows(builder)
+            .for_each_member_value(
+                &definition,
+                &std::collections::HashMap::new(),
+                chrono_tz::Tz::UTC,
+                0,
+                "$braze_external_id",
+                &mut members,
+            )
+            .unwrap();
+        members.finish()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn evaluated_members_match_profiles(
+            profiles in proptest::collection::btree_map(
+                distinct_id(),
+                (proptest::prelude::any::<bool>(), user_id_value()),
+                0..40,
+            ),
+            links in proptest::collection::btree_map(
+                "\\$device:[0-9a-f]{4,40}",
+                distinct_id(),
+                0..6,
+            ),
+        ) {
+            let members = sync_members_of(&profiles, &links);
+            // A member is a profile that is not under a linked device (such a profile is an
+            // orphan) and whose plan is "pro". Members come out in byte order of their ids.
+            let expected: Vec<(&String, &Option<Value>)> = profiles
+                .iter()
+                .filter(|(id, (pro, _))| *pro && !links.contains_key(*id))
+                .map(|(id, (_, braze_id))| (id, braze_id))
+                .collect();
+            proptest::prop_assert_eq!(members.len(), expected.len());
+            for (index, (id, braze_id)) in expected.into_iter().enumerate() {
+                proptest::prop_assert_eq!(members.member(index), id.as_str());
+                let value = braze_id.as_ref().map(ValueRef::from);
+                proptest::prop_assert_eq!(members.braze_id(index), braze_id_of(id, Some(value)));
+            }
+        }
     }
 
     #[test]

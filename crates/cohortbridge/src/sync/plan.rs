@@ -9,6 +9,7 @@
 //! Braze when they repeat what it already did.
 
 use super::members::{braze_id_of, SyncMembers};
+use crate::cohorts::values::ValueRef;
 use crate::cohorts::CohortMembers;
 use crate::store::{IdSet, RunCounts, RunOperation};
 
@@ -37,7 +38,7 @@ pub fn exportable_count(evaluated: &CohortMembers, user_id_property: &str) -> us
             let profile = evaluated
                 .profiles
                 .get(*member)
-                .map(|properties| properties.get(user_id_property));
+                .map(|properties| properties.get(user_id_property).map(ValueRef::from));
             braze_id_of(member, profile).is_ok()
         })
         .count()

@@ -40,6 +40,17 @@ pub(super) async fn read_cohort_rows(
     mut builder: IndexBuilder,
     until_ms: i64,
 ) -> StoreResult<IndexBuilder> {
+    // Every profile and every link names a distinct id, so their count sizes the builder's id
+    // table once.
+    let counted: i64 = tx
+        .query_one(
+            "SELECT (SELECT count(*) FROM profiles WHERE project_id = $1)
+                  + (SELECT count(*) FROM identity_links WHERE project_id = $1)",
+            &[&project_id],
+        )
+        .await?
+        .try_get(0)?;
+    builder.reserve_ids(usize::try_from(counted).unwrap_or(0));
     for_each_row(
         tx,
         "SELECT distinct_id, canonical_id FROM identity_links WHERE project_id = $1",

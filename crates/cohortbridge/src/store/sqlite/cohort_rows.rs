@@ -31,6 +31,16 @@ pub(super) fn read_cohort_rows(
 ) -> StoreResult<IndexBuilder> {
     let tx = conn.unchecked_transaction()?;
 
+    // Every profile and every link names a distinct id, so their count sizes the builder's id
+    // table once.
+    let counted: i64 = tx.query_row(
+        "SELECT (SELECT count(*) FROM profiles WHERE project_id = ?1)
+              + (SELECT count(*) FROM identity_links WHERE project_id = ?1)",
+        [project_id],
+        |row| row.get(0),
+    )?;
+    builder.reserve_ids(usize::try_from(counted).unwrap_or(0));
+
     let mut stmt =
         tx.prepare("SELECT distinct_id, canonical_id FROM identity_links WHERE project_id = ?1")?;
     let mut rows = stmt.query([project_id])?;
