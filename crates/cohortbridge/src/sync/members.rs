@@ -33,12 +33,13 @@ pub enum JsonType {
 }
 
 impl JsonType {
-    pub fn as_str(self) -> &'static str {
+    /// Returns the type's name after its indefinite article: `a number`, `an array`.
+    pub fn with_article(self) -> &'static str {
         match self {
-            JsonType::Boolean => "boolean",
-            JsonType::Number => "number",
-            JsonType::Array => "array",
-            JsonType::Object => "object",
+            JsonType::Boolean => "a boolean",
+            JsonType::Number => "a number",
+            JsonType::Array => "an array",
+            JsonType::Object => "an object",
         }
     }
 }
@@ -54,8 +55,8 @@ impl Skip {
             Skip::EmptyId => format!("{user_id_property} is empty"),
             Skip::NotString(json_type) => {
                 format!(
-                    "{user_id_property} is a {}, not a string",
-                    json_type.as_str()
+                    "{user_id_property} is {}, not a string",
+                    json_type.with_article()
                 )
             }
         }

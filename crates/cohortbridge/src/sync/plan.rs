@@ -225,6 +225,7 @@ mod tests {
         let evaluated = members(&[
             ("empty", json!({"$braze_external_id": ""})),
             ("number", json!({"$braze_external_id": 7})),
+            ("array", json!({"$braze_external_id": ["x"]})),
             ("missing", json!({"name": "n"})),
             ("$device:d", json!({"$braze_external_id": "D"})),
             ("no-profile", Value::Null),
@@ -232,7 +233,7 @@ mod tests {
         ]);
         let plan = plan_changes(&evaluated, &IdSet::default(), &IdSet::default());
         assert_eq!(plan.adds, [" Ok "]);
-        assert_eq!(plan.counts.skipped, 5);
+        assert_eq!(plan.counts.skipped, 6);
         let operations: Vec<_> = plan_operations(&evaluated, "$braze_external_id", &plan).collect();
         let reason = |member: &str| {
             operations
@@ -245,6 +246,10 @@ mod tests {
         assert_eq!(
             reason("number"),
             "$braze_external_id is a number, not a string"
+        );
+        assert_eq!(
+            reason("array"),
+            "$braze_external_id is an array, not a string"
         );
         assert_eq!(
             reason("missing"),
