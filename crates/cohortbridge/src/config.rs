@@ -146,6 +146,16 @@ pub struct ServeConfig {
     )]
     pub max_cohort_members: usize,
 
+    /// Runs of each sync whose per-user operations (`syncs operations`) are kept. A run lists
+    /// every member, so older runs keep only their counts.
+    #[arg(
+        long,
+        env = "COHORTBRIDGE_RUNS_WITH_OPERATIONS",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub runs_with_operations: u32,
+
     /// Mark web UI session cookies `Secure` on every reply. Without it they are marked
     /// `Secure` only when a reverse proxy sends `X-Forwarded-Proto: https`.
     #[arg(long, env = "COHORTBRIDGE_SECURE_COOKIES")]
@@ -225,6 +235,7 @@ impl ServeConfig {
             braze_timeout_secs: 30,
             max_dynamic_syncs_per_project: 60,
             max_cohort_members: 10_000_000,
+            runs_with_operations: 20,
             log_format: "text".into(),
             secure_cookies: false,
             owner_email: None,

@@ -111,6 +111,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
             .with_limits(sync::SyncLimits {
                 max_dynamic_syncs_per_project: config.max_dynamic_syncs_per_project,
                 max_cohort_members: config.max_cohort_members,
+                runs_with_operations: config.runs_with_operations as usize,
             })
             .with_lease(
                 node_id.clone(),

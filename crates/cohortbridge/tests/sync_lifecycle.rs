@@ -586,3 +586,40 @@ async fn shared_id_stays_while_either_qualifies() {
     assert_eq!(emulator.members(BRAZE_COHORT).await, vec![" shared-id "]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn older_runs_keep_only_their_counts() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start_with(|c| c.runs_with_operations = 2).await;
+    connect(&server, &emulator, "emu").await;
+    set_profile(&server, "ann", "pro", Some("ext-ann")).await;
+    let cohort = server.create_cohort("Pro", pro_definition()).await;
+    let body = export_dynamic(&server, cohort, "emu").await;
+    let sync_id = body["sync"]["id"].as_i64().unwrap();
+    let mut run_ids = vec![body["run"]["id"].as_i64().unwrap()];
+    for _ in 0..2 {
+        let (status, run) = run_sync(&server, sync_id).await;
+        assert_eq!(status, 200, "{run}");
+        run_ids.push(run["id"].as_i64().unwrap());
+    }
+
+    let operations = |run_id: i64| {
+        let server = &server;
+        async move {
+            server
+                .admin_get(&format!("/runs/{run_id}/operations"))
+                .await
+        }
+    };
+    let first = operations(run_ids[0]).await;
+    assert_eq!(first["operations"], json!([]), "{first}");
+    assert_eq!(first["operations_deleted"], true);
+    assert_eq!(first["run"]["added"], 1, "the counts stay: {first}");
+    for run_id in &run_ids[1..] {
+        let kept = operations(*run_id).await;
+        assert_eq!(kept["operations_deleted"], false, "{kept}");
+        assert_eq!(kept["operations"].as_array().unwrap().len(), 1, "{kept}");
+    }
+    assert_eq!(emulator.members("cohortbridge-test-1-1").await, ["ext-ann"]);
+    server.stop().await;
+}

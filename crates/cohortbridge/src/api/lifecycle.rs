@@ -350,7 +350,19 @@ pub(crate) async fn run_operations(
         .await
         .map_err(|_| ApiError::NotFound(format!("run {run_id} not found in project {id}")))?;
     let operations = state.store.run_operations(run_id).await?;
-    Ok(Json(json!({"run": run, "operations": operations})))
+    // A run older than the newest `runs_with_operations` runs of its sync kept only its counts.
+    let keep = state.engine.limits().runs_with_operations.max(1);
+    let newer = state
+        .store
+        .list_runs(run.sync_id)
+        .await?
+        .iter()
+        .filter(|other| other.id > run_id)
+        .count();
+    let deleted = newer >= keep;
+    Ok(Json(
+        json!({"run": run, "operations": operations, "operations_deleted": deleted}),
+    ))
 }
 
 /// Builds the reply of a dry run: who the next run would add and remove, and who it skips.

@@ -913,6 +913,11 @@ async fn syncs(
         }
         SyncsCommand::Operations { run_id, csv } => {
             let reply = client.get(&format!("/runs/{run_id}/operations")).await?;
+            if reply["operations_deleted"] == true {
+                eprintln!(
+                    "run {run_id} is older than the runs whose operations the server keeps (serve --runs-with-operations); only its counts remain, in `syncs show`"
+                );
+            }
             if json_output {
                 print_json(&reply);
             } else {

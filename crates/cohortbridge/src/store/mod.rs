@@ -851,6 +851,9 @@ pub trait Store: Send + std::marker::Sync + 'static {
         operations: Vec<RunOperation>,
     ) -> StoreResult<()>;
     async fn run_operations(&self, run_id: i64) -> StoreResult<Vec<RunOperation>>;
+    /// Deletes the per-user operations of every run of sync `sync_id` but the newest `keep`
+    /// runs, and returns how many operations were deleted. The runs keep their counts.
+    async fn prune_run_operations(&self, sync_id: i64, keep: usize) -> StoreResult<u64>;
     /// Finds the member who last held each of `ids`, by position. The source is the latest run
     /// before run `before_run_id` that stored operations, among the runs of the syncs of
     /// `cohort_id` through `connection_id`. An id that run did not list with a member gets

@@ -1882,6 +1882,20 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn prune_run_operations(&self, sync_id: i64, keep: usize) -> StoreResult<u64> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let deleted = client
+            .execute(
+                "DELETE FROM sync_run_operations WHERE run_id IN (
+                     SELECT id FROM sync_runs WHERE sync_id = $1
+                     ORDER BY id DESC OFFSET $2)",
+                &[&sync_id, &keep],
+            )
+            .await?;
+        Ok(deleted)
+    }
+
     // Accounts: people, browser sessions and per-user API keys.
 
     async fn create_user(&self, user: NewUser, now_ms: i64) -> StoreResult<User> {

@@ -2285,6 +2285,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn prune_run_operations(&self, sync_id: i64, keep: usize) -> StoreResult<u64> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        self.write(move |conn| {
+            let deleted = conn.execute(
+                "DELETE FROM sync_run_operations WHERE run_id IN (
+                     SELECT id FROM sync_runs WHERE sync_id = ?1
+                     ORDER BY id DESC LIMIT -1 OFFSET ?2)",
+                params![sync_id, keep],
+            )?;
+            Ok(deleted as u64)
+        })
+        .await
+    }
+
     // Accounts of the web UI and the admin API; the SQL is in `sqlite/accounts.rs`.
 
     async fn create_user(&self, user: NewUser, now_ms: i64) -> StoreResult<User> {

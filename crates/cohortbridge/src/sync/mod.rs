@@ -76,6 +76,9 @@ pub struct SyncLimits {
     pub max_dynamic_syncs_per_project: usize,
     /// Members a cohort may have for a run to send anything.
     pub max_cohort_members: usize,
+    /// Runs of each sync whose per-user operations are kept. Older runs keep their counts;
+    /// their operations are deleted after each run, because a run lists every member.
+    pub runs_with_operations: usize,
 }
 
 impl Default for SyncLimits {
@@ -83,6 +86,7 @@ impl Default for SyncLimits {
         Self {
             max_dynamic_syncs_per_project: 60,
             max_cohort_members: 10_000_000,
+            runs_with_operations: 20,
         }
     }
 }
@@ -587,6 +591,21 @@ impl SyncEngine {
                     .await?
             }
         };
+        let keep = self.limits.runs_with_operations.max(1);
+        match self.store.prune_run_operations(sync_id, keep).await {
+            Ok(0) => {}
+            Ok(deleted) => {
+                tracing::debug!(
+                    sync_id,
+                    deleted,
+                    keep,
+                    "deleted the operations of older runs"
+                )
+            }
+            Err(error) => {
+                tracing::warn!(sync_id, %error, "could not delete the operations of older runs; the next run retries")
+            }
+        }
         Ok(run)
     }
 
