@@ -623,3 +623,19 @@ async fn older_runs_keep_only_their_counts() {
     assert_eq!(emulator.members("cohortbridge-test-1-1").await, ["ext-ann"]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn nul_in_a_braze_id_is_skipped() {
+    let emulator = TestEmulator::start().await;
+    let server = TestServer::start().await;
+    connect(&server, &emulator, "emu").await;
+    set_profile(&server, "ann", "pro", Some("ext-ann")).await;
+    set_profile(&server, "nul", "pro", Some("ext\u{0}nul")).await;
+    let cohort = server.create_cohort("Pro", pro_definition()).await;
+    let body = export_dynamic(&server, cohort, "emu").await;
+    assert_eq!(body["run"]["status"], "succeeded", "{body}");
+    assert_eq!(body["run"]["added"], 1, "{body}");
+    assert_eq!(body["run"]["skipped"], 1, "{body}");
+    assert_eq!(emulator.members("cohortbridge-test-1-1").await, ["ext-ann"]);
+    server.stop().await;
+}

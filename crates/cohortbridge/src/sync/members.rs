@@ -19,6 +19,8 @@ pub enum Skip {
     /// The profile lacks the user-id property, or it is `null`.
     MissingProperty,
     EmptyId,
+    /// The id contains U+0000, which Braze ids never do and PostgreSQL cannot store.
+    NulCharacter,
     /// The property is a JSON value of another type than string.
     NotString(JsonType),
 }
@@ -53,6 +55,9 @@ impl Skip {
             Skip::NoProfile => "no profile".into(),
             Skip::MissingProperty => format!("profile has no {user_id_property} property"),
             Skip::EmptyId => format!("{user_id_property} is empty"),
+            Skip::NulCharacter => {
+                format!("{user_id_property} contains the NUL character U+0000")
+            }
             Skip::NotString(json_type) => {
                 format!(
                     "{user_id_property} is {}, not a string",
@@ -76,6 +81,7 @@ pub fn braze_id_of<'v>(
     match profile.ok_or(Skip::NoProfile)? {
         None | Some(ValueRef::Null) => Err(Skip::MissingProperty),
         Some(ValueRef::String("")) => Err(Skip::EmptyId),
+        Some(ValueRef::String(id)) if id.contains('\0') => Err(Skip::NulCharacter),
         Some(ValueRef::String(id)) => Ok(id),
         Some(ValueRef::Bool(_)) => Err(Skip::NotString(JsonType::Boolean)),
         Some(ValueRef::Number(_)) => Err(Skip::NotString(JsonType::Number)),

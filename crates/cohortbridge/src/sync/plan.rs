@@ -226,6 +226,7 @@ mod tests {
             ("empty", json!({"$braze_external_id": ""})),
             ("number", json!({"$braze_external_id": 7})),
             ("array", json!({"$braze_external_id": ["x"]})),
+            ("nul", json!({"$braze_external_id": "a\u{0}b"})),
             ("missing", json!({"name": "n"})),
             ("$device:d", json!({"$braze_external_id": "D"})),
             ("no-profile", Value::Null),
@@ -233,7 +234,7 @@ mod tests {
         ]);
         let plan = plan_changes(&evaluated, &IdSet::default(), &IdSet::default());
         assert_eq!(plan.adds, [" Ok "]);
-        assert_eq!(plan.counts.skipped, 6);
+        assert_eq!(plan.counts.skipped, 7);
         let operations: Vec<_> = plan_operations(&evaluated, "$braze_external_id", &plan).collect();
         let reason = |member: &str| {
             operations
@@ -250,6 +251,10 @@ mod tests {
         assert_eq!(
             reason("array"),
             "$braze_external_id is an array, not a string"
+        );
+        assert_eq!(
+            reason("nul"),
+            "$braze_external_id contains the NUL character U+0000"
         );
         assert_eq!(
             reason("missing"),
