@@ -222,12 +222,20 @@ async fn sigkill_during_runs_keeps_braze_exact() {
     let server = Server::spawn(data_dir.path(), &database, None);
     kill_during_run(server, &emulator, "/syncs/1/run".into(), json!({}), 0).await;
 
-    // Restart and let a run finish.
+    // Restart: the server runs the interrupted sync again on its own; let that run finish.
     let server = Server::spawn(data_dir.path(), &database, None);
-    let (status, run) = server.post("/syncs/1/run", &json!({})).await.unwrap();
-    assert_eq!(status, 200, "{run}");
-    assert_eq!(run["status"], "succeeded", "{run}");
-    let runs = server.get("/syncs/1").await["runs"].clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let runs = loop {
+        let runs = server.get("/syncs/1").await["runs"].clone();
+        if runs.as_array().unwrap().last().unwrap()["status"] == "succeeded" {
+            break runs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the interrupted sync did not run again: {runs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let interrupted = runs
         .as_array()
         .unwrap()
@@ -352,4 +360,39 @@ async fn keys_never_reach_the_log() {
         );
         assert!(!shown.contains(secret), "{secret} is in syncs show");
     }
+}
+
+#[tokio::test]
+async fn dynamic_first_export_resumes_after_sigkill() {
+    let emulator = TestEmulator::start().await;
+    emulator
+        .inject(json!({"delay_ms": 20, "times": 100_000}))
+        .await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create(data_dir.path()).await;
+
+    let server = Server::spawn(data_dir.path(), &database, None);
+    let token = server.get("").await["token"].as_str().unwrap().to_owned();
+    server.set_plans(&token, 0..6_000, "pro").await;
+    connect_pro_cohort(&server, &emulator).await;
+
+    // A dynamic sync's next run is an hour away; the restarted server must not leave Braze
+    // with a partial cohort until then.
+    let export =
+        json!({"cohort_id": 1, "connection": "emu", "mode": "dynamic", "every_secs": 3600});
+    kill_during_run(server, &emulator, "/exports".into(), export, 3).await;
+    assert!(emulator.members(BRAZE_COHORT).await.len() < 6_000);
+
+    let server = Server::spawn(data_dir.path(), &database, None);
+    let pro: BTreeSet<usize> = (0..6_000).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while emulator.members(BRAZE_COHORT).await != exportable(&pro) {
+        assert!(
+            Instant::now() < deadline,
+            "the interrupted dynamic sync did not run again: {}",
+            server.get("/syncs/1").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.kill();
 }

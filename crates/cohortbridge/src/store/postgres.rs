@@ -1368,6 +1368,16 @@ impl Store for PostgresStore {
     async fn fail_interrupted_runs(&self, node_id: &str, now_ms: i64) -> StoreResult<usize> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // A sync whose run is cut short here runs again at once, so that Braze does not keep a
+        // partial cohort until the next run of its cadence.
+        tx.execute(
+            "UPDATE syncs SET next_run_at_ms = $2
+             WHERE status = 'active'
+               AND id IN (SELECT sync_id FROM sync_runs WHERE status = 'running')
+               AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at_ms < $2)",
+            &[&node_id, &now_ms],
+        )
+        .await?;
         let interrupted = tx
             .execute(
                 "UPDATE sync_runs SET status = 'failed', finished_at_ms = $2, error = $3
@@ -1388,8 +1398,7 @@ impl Store for PostgresStore {
             &[&node_id],
         )
         .await?;
-        // A sync whose run was cut short may have no next run yet, and a once sync never has
-        // one: it runs now, and a once sync completes when that run succeeds.
+        // A once sync has no next run: it runs now, and completes when that run succeeds.
         tx.execute(
             "UPDATE syncs SET next_run_at_ms = $1
              WHERE status = 'active' AND next_run_at_ms IS NULL",

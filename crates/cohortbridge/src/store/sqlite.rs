@@ -1756,6 +1756,15 @@ impl Store for SqliteStore {
         let node_id = node_id.to_owned();
         self.write(move |conn| {
             let tx = conn.transaction()?;
+            // A sync whose run is cut short here runs again at once, so that Braze does not
+            // keep a partial cohort until the next run of its cadence.
+            tx.execute(
+                "UPDATE syncs SET next_run_at_ms = ?2
+                 WHERE status = 'active'
+                   AND id IN (SELECT sync_id FROM sync_runs WHERE status = 'running')
+                   AND (lease_owner IS NULL OR lease_owner = ?1 OR lease_expires_at_ms < ?2)",
+                params![node_id, now_ms],
+            )?;
             let interrupted = tx.execute(
                 "UPDATE sync_runs SET status = 'failed', finished_at_ms = ?2, error = ?3
                  WHERE status = 'running' AND sync_id IN (
@@ -1773,8 +1782,7 @@ impl Store for SqliteStore {
                  WHERE turn_owner = ?1",
                 [&node_id],
             )?;
-            // A sync whose run was cut short may have no next run yet, and a once sync never has
-            // one: it runs now, and a once sync completes when that run succeeds.
+            // A once sync has no next run: it runs now, and completes when that run succeeds.
             tx.execute(
                 "UPDATE syncs SET next_run_at_ms = ?1
                  WHERE status = 'active' AND next_run_at_ms IS NULL",
