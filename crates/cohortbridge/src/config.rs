@@ -119,7 +119,7 @@ pub struct ServeConfig {
     pub braze_timeout_secs: u64,
 
     /// Events that never count towards Monthly Tracked Users, comma-separated; names compare
-    /// without regard to case, and `prefix*` matches a prefix.
+    /// without regard to ASCII case, and `prefix*` matches a prefix.
     #[arg(long, env = "COHORTBRIDGE_MTU_NEVER_QUALIFYING", value_delimiter = ',',
         default_values_t = default_never_qualifying())]
     pub mtu_never_qualifying: Vec<String>,

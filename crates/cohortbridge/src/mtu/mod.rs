@@ -72,7 +72,7 @@ impl ExemptionRules {
     }
 }
 
-/// Compares a rule with an event name without regard to case; `prefix*` matches a prefix.
+/// Compares a rule with an event name without regard to ASCII case; `prefix*` matches a prefix.
 fn name_matches(rule: &str, event: &str) -> bool {
     match rule.strip_suffix('*') {
         // Compared as bytes, because the prefix's length may end inside a character of the name.
