@@ -113,7 +113,10 @@ async fn sync_commands_end_to_end() {
         &["export", &cohort, "--connection", "emu", "--dry-run"],
     )
     .await;
-    assert!(text.contains("add ext-ann\nadd ext-bob\n"), "{text}");
+    assert!(
+        text.contains("add \"ext-ann\"\nadd \"ext-bob\"\n"),
+        "{text}"
+    );
     assert!(text.contains("nothing sent"), "{text}");
     assert!(
         emulator

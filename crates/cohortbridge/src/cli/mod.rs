@@ -1040,12 +1040,13 @@ fn print_run(run: &Value) {
 
 /// Prints a dry run: one `add <braze id>` or `remove <braze id>` line per change, then the
 /// totals.
+/// Prints a dry run's plan, one id a line. Ids are JSON strings, quoted and escaped, so that
+/// spaces at their ends, backslashes and control characters stay visible and unambiguous.
 fn print_plan(plan: &Value) {
-    for id in plan["add"].as_array().into_iter().flatten() {
-        println!("add {}", text(id));
-    }
-    for id in plan["remove"].as_array().into_iter().flatten() {
-        println!("remove {}", text(id));
+    for operation in ["add", "remove"] {
+        for id in plan[operation].as_array().into_iter().flatten() {
+            println!("{operation} {}", table::printable(&id.to_string()));
+        }
     }
     println!(
         "dry run, nothing sent: {} to add, {} to remove, {} unchanged, {} members skipped",
