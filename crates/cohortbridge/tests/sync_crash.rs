@@ -384,15 +384,27 @@ async fn dynamic_first_export_resumes_after_sigkill() {
     assert!(emulator.members(BRAZE_COHORT).await.len() < 6_000);
 
     let server = Server::spawn(data_dir.path(), &database, None);
-    let pro: BTreeSet<usize> = (0..6_000).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while emulator.members(BRAZE_COHORT).await != exportable(&pro) {
+    let runs = loop {
+        let runs = server.get("/syncs/1").await["runs"].clone();
+        if runs.as_array().unwrap().last().unwrap()["status"] == "succeeded" {
+            break runs;
+        }
         assert!(
             Instant::now() < deadline,
-            "the interrupted dynamic sync did not run again: {}",
-            server.get("/syncs/1").await
+            "the interrupted dynamic sync did not run again: {runs}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     server.kill();
+    let pro: BTreeSet<usize> = (0..6_000).collect();
+    assert_eq!(emulator.members(BRAZE_COHORT).await, exportable(&pro));
+    // Each id that Braze acknowledged is counted by exactly one run, the killed one included.
+    let added: i64 = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run["added"].as_i64().unwrap())
+        .sum();
+    assert_eq!(added, 6_000, "{runs}");
 }

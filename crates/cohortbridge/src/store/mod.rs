@@ -344,6 +344,9 @@ pub struct BrazeProgress {
     pub acknowledged_adds: IdSet,
     pub acknowledged_removes: IdSet,
     pub pending: IdSet,
+    /// The run that sent the acknowledged request and its counts with that request included,
+    /// written in the same transaction, so that an interrupted run reports what Braze holds.
+    pub run_counts: Option<(i64, RunCounts)>,
 }
 
 /// Braze's acknowledged record of one cohort in one connection's workspace.

@@ -161,6 +161,30 @@ impl PostgresStore {
 const ID_ROWS_PER_READ: i32 = 50_000;
 
 /// Takes a transaction-level advisory lock on `key`, released at commit or rollback.
+async fn write_run_counts(
+    client: &impl GenericClient,
+    run_id: i64,
+    counts: &RunCounts,
+) -> StoreResult<()> {
+    client
+        .execute(
+            "UPDATE sync_runs SET members = $2, added = $3, removed = $4, skipped = $5,
+                 requests = $6, unchanged = $7, retries = $8 WHERE id = $1",
+            &[
+                &run_id,
+                &counts.members,
+                &counts.added,
+                &counts.removed,
+                &counts.skipped,
+                &counts.requests,
+                &counts.unchanged,
+                &counts.retries,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
 async fn advisory_lock(client: &impl GenericClient, key: &str) -> StoreResult<()> {
     client
         .execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])
@@ -1312,23 +1336,7 @@ impl Store for PostgresStore {
 
     async fn update_run_counts(&self, run_id: i64, counts: &RunCounts) -> StoreResult<()> {
         let client = self.client().await?;
-        client
-            .execute(
-                "UPDATE sync_runs SET members = $2, added = $3, removed = $4, skipped = $5,
-                     requests = $6, unchanged = $7, retries = $8 WHERE id = $1",
-                &[
-                    &run_id,
-                    &counts.members,
-                    &counts.added,
-                    &counts.removed,
-                    &counts.skipped,
-                    &counts.requests,
-                    &counts.unchanged,
-                    &counts.retries,
-                ],
-            )
-            .await?;
-        Ok(())
+        write_run_counts(&client, run_id, counts).await
     }
 
     async fn finish_run(
@@ -1639,6 +1647,9 @@ impl Store for PostgresStore {
                 &[&connection_id, &cohort_id, &pending],
             )
             .await?;
+        }
+        if let Some((run_id, counts)) = &progress.run_counts {
+            write_run_counts(&tx, *run_id, counts).await?;
         }
         tx.commit().await?;
         Ok(())

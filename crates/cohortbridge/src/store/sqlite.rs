@@ -653,6 +653,24 @@ fn insert_events(
     mtu_rollup::apply(conn, project_id, &rollup)
 }
 
+fn write_run_counts(conn: &SqlConnection, run_id: i64, counts: &RunCounts) -> StoreResult<()> {
+    conn.execute(
+        "UPDATE sync_runs SET members = ?2, added = ?3, removed = ?4, skipped = ?5,
+             requests = ?6, unchanged = ?7, retries = ?8 WHERE id = ?1",
+        params![
+            run_id,
+            counts.members,
+            counts.added,
+            counts.removed,
+            counts.skipped,
+            counts.requests,
+            counts.unchanged,
+            counts.retries
+        ],
+    )?;
+    Ok(())
+}
+
 /// Number of distinct ids in the cluster whose canonical id is `canonical_id`.
 fn cluster_size(conn: &SqlConnection, project_id: i64, canonical_id: &str) -> StoreResult<i64> {
     let linked: i64 = conn.query_row(
@@ -1699,24 +1717,8 @@ impl Store for SqliteStore {
 
     async fn update_run_counts(&self, run_id: i64, counts: &RunCounts) -> StoreResult<()> {
         let counts = counts.clone();
-        self.write(move |conn| {
-            conn.execute(
-                "UPDATE sync_runs SET members = ?2, added = ?3, removed = ?4, skipped = ?5,
-                     requests = ?6, unchanged = ?7, retries = ?8 WHERE id = ?1",
-                params![
-                    run_id,
-                    counts.members,
-                    counts.added,
-                    counts.removed,
-                    counts.skipped,
-                    counts.requests,
-                    counts.unchanged,
-                    counts.retries
-                ],
-            )?;
-            Ok(())
-        })
-        .await
+        self.write(move |conn| write_run_counts(conn, run_id, &counts))
+            .await
     }
 
     async fn finish_run(
@@ -2014,6 +2016,9 @@ impl Store for SqliteStore {
                     placeholders("(?1, ?2, ?)", n)
                 )
             })?;
+            if let Some((run_id, counts)) = &progress.run_counts {
+                write_run_counts(&tx, *run_id, counts)?;
+            }
             tx.commit()?;
             Ok(())
         })

@@ -139,13 +139,16 @@ impl SyncEngine {
                     .map(|(_, id)| *id)
                     .collect()
             };
+            let acknowledged_adds = accepted(&added, 0);
+            let acknowledged_removes = accepted(&removed, added.len());
+            counts.added += acknowledged_adds.len() as i64;
+            counts.removed += acknowledged_removes.len() as i64;
             acknowledged = BrazeProgress {
-                acknowledged_adds: accepted(&added, 0),
-                acknowledged_removes: accepted(&removed, added.len()),
+                acknowledged_adds,
+                acknowledged_removes,
                 pending: IdSet::default(),
+                run_counts: Some((run_id, counts.clone())),
             };
-            counts.added += acknowledged.acknowledged_adds.len() as i64;
-            counts.removed += acknowledged.acknowledged_removes.len() as i64;
             self.metrics
                 .ids_sent
                 .with_label_values(&["add"])

@@ -844,13 +844,14 @@ impl SyncEngine {
                 .map_err(|e| braze_failure_counted(e, counts))?;
             counts.requests += 1;
             counts.retries += i64::from(retries);
+            counts.added += added.len() as i64;
+            counts.removed += removed.len() as i64;
             acknowledged = BrazeProgress {
                 acknowledged_adds: IdSet::from_ids(&added),
                 acknowledged_removes: IdSet::from_ids(&removed),
                 pending: IdSet::default(),
+                run_counts: Some((run_id, counts.clone())),
             };
-            counts.added += added.len() as i64;
-            counts.removed += removed.len() as i64;
             self.metrics
                 .ids_sent
                 .with_label_values(&["add"])

@@ -222,11 +222,12 @@ impl SyncEngine {
             };
             counts.requests += 1;
             counts.retries += i64::from(retries);
+            counts.removed += removed.len() as i64;
             acknowledged = BrazeProgress {
                 acknowledged_removes: IdSet::from_ids(&removed),
+                run_counts: Some((run_id, counts.clone())),
                 ..BrazeProgress::default()
             };
-            counts.removed += removed.len() as i64;
             self.metrics
                 .ids_sent
                 .with_label_values(&["remove"])
