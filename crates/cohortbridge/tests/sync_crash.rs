@@ -155,6 +155,23 @@ async fn kill_during_run(
     let _ = request.await;
 }
 
+/// Waits until the restarted server has run sync 1 again on its own and that run succeeded,
+/// and returns the sync's runs.
+async fn wait_for_resumed_run(server: &Server) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let runs = server.get("/syncs/1").await["runs"].clone();
+        if runs.as_array().unwrap().last().unwrap()["status"] == "succeeded" {
+            return runs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the interrupted sync did not run again: {runs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Connects the emulator as `emu` and creates cohort 1 of the users whose plan is `pro`.
 async fn connect_pro_cohort(server: &Server, emulator: &TestEmulator) {
     let (status, body) = server
@@ -224,18 +241,7 @@ async fn sigkill_during_runs_keeps_braze_exact() {
 
     // Restart: the server runs the interrupted sync again on its own; let that run finish.
     let server = Server::spawn(data_dir.path(), &database, None);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let runs = loop {
-        let runs = server.get("/syncs/1").await["runs"].clone();
-        if runs.as_array().unwrap().last().unwrap()["status"] == "succeeded" {
-            break runs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the interrupted sync did not run again: {runs}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let runs = wait_for_resumed_run(&server).await;
     let interrupted = runs
         .as_array()
         .unwrap()
@@ -384,18 +390,7 @@ async fn dynamic_first_export_resumes_after_sigkill() {
     assert!(emulator.members(BRAZE_COHORT).await.len() < 6_000);
 
     let server = Server::spawn(data_dir.path(), &database, None);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let runs = loop {
-        let runs = server.get("/syncs/1").await["runs"].clone();
-        if runs.as_array().unwrap().last().unwrap()["status"] == "succeeded" {
-            break runs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the interrupted dynamic sync did not run again: {runs}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let runs = wait_for_resumed_run(&server).await;
     server.kill();
     let pro: BTreeSet<usize> = (0..6_000).collect();
     assert_eq!(emulator.members(BRAZE_COHORT).await, exportable(&pro));
