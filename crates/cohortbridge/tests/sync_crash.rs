@@ -155,6 +155,23 @@ async fn kill_during_run(
     let _ = request.await;
 }
 
+/// Starts an emulator that delays every request, and a server with 6,000 users on the `pro`
+/// plan, the emulator connected and cohort 1 created.
+async fn six_thousand_pro_users() -> (TestEmulator, tempfile::TempDir, TestDatabase, Server) {
+    let emulator = TestEmulator::start().await;
+    emulator
+        .inject(json!({"delay_ms": 20, "times": 100_000}))
+        .await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create(data_dir.path()).await;
+
+    let server = Server::spawn(data_dir.path(), &database, None);
+    let token = server.get("").await["token"].as_str().unwrap().to_owned();
+    server.set_plans(&token, 0..6_000, "pro").await;
+    connect_pro_cohort(&server, &emulator).await;
+    (emulator, data_dir, database, server)
+}
+
 /// Waits until the restarted server has run sync 1 again on its own and that run succeeded,
 /// and returns the sync's runs.
 async fn wait_for_resumed_run(server: &Server) -> Value {
@@ -272,17 +289,7 @@ async fn sigkill_during_runs_keeps_braze_exact() {
 
 #[tokio::test]
 async fn once_export_resumes_after_sigkill() {
-    let emulator = TestEmulator::start().await;
-    emulator
-        .inject(json!({"delay_ms": 20, "times": 100_000}))
-        .await;
-    let data_dir = tempfile::tempdir().unwrap();
-    let database = TestDatabase::create(data_dir.path()).await;
-
-    let server = Server::spawn(data_dir.path(), &database, None);
-    let token = server.get("").await["token"].as_str().unwrap().to_owned();
-    server.set_plans(&token, 0..6_000, "pro").await;
-    connect_pro_cohort(&server, &emulator).await;
+    let (emulator, data_dir, database, server) = six_thousand_pro_users().await;
 
     // A one-time export killed after the name call and two member requests has no next run of
     // its own. The restarted server must finish it without being asked.
@@ -370,17 +377,7 @@ async fn keys_never_reach_the_log() {
 
 #[tokio::test]
 async fn dynamic_first_export_resumes_after_sigkill() {
-    let emulator = TestEmulator::start().await;
-    emulator
-        .inject(json!({"delay_ms": 20, "times": 100_000}))
-        .await;
-    let data_dir = tempfile::tempdir().unwrap();
-    let database = TestDatabase::create(data_dir.path()).await;
-
-    let server = Server::spawn(data_dir.path(), &database, None);
-    let token = server.get("").await["token"].as_str().unwrap().to_owned();
-    server.set_plans(&token, 0..6_000, "pro").await;
-    connect_pro_cohort(&server, &emulator).await;
+    let (emulator, data_dir, database, server) = six_thousand_pro_users().await;
 
     // A dynamic sync's next run is an hour away; the restarted server must not leave Braze
     // with a partial cohort until then.

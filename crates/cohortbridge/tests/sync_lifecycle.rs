@@ -616,9 +616,13 @@ async fn older_runs_keep_only_their_counts() {
     assert_eq!(first["operations_deleted"], true);
     assert_eq!(first["run"]["added"], 1, "the counts stay: {first}");
     for run_id in &run_ids[1..] {
-        let kept = operations(*run_id).await;
-        assert_eq!(kept["operations_deleted"], false, "{kept}");
-        assert_eq!(kept["operations"].as_array().unwrap().len(), 1, "{kept}");
+        let retained = operations(*run_id).await;
+        assert_eq!(retained["operations_deleted"], false, "{retained}");
+        assert_eq!(
+            retained["operations"].as_array().unwrap().len(),
+            1,
+            "{retained}"
+        );
     }
     assert_eq!(emulator.members("cohortbridge-test-1-1").await, ["ext-ann"]);
     server.stop().await;

@@ -105,8 +105,8 @@ impl SqliteStore {
         Self::open_with_checkpoint(path, WAL_CHECKPOINT_BYTES)
     }
 
-    /// Opens the database file like [`SqliteStore::open`], checkpointing the WAL once it holds
-    /// `checkpoint_bytes`.
+    /// Opens the database file like [`SqliteStore::open`], checkpointing the WAL once it
+    /// reaches `checkpoint_bytes`.
     fn open_with_checkpoint(path: &Path, checkpoint_bytes: i64) -> StoreResult<Self> {
         let mut writer = Writer::new(open_connection(path)?);
         configure(&writer)?;

@@ -3,8 +3,8 @@
 //! SQLite's automatic checkpoint runs inside the commit that crosses its threshold, so the
 //! writer copies up to the whole log into the database file while every queued write waits.
 //! Here SQLite's WAL hook only signals a second connection, which runs a PASSIVE checkpoint on
-//! its own thread. A PASSIVE checkpoint copies the frames that no reader still needs and never
-//! blocks the writer. When the log grows to four times the threshold anyway, for example
+//! its own thread. A PASSIVE checkpoint copies the frames that no reader still needs and does
+//! not wait for readers or the writer to finish (SQLite's `sqlite3_wal_checkpoint_v2` docs). When the log grows to four times the threshold anyway, for example
 //! because the checkpoint thread is starved, the writer checkpoints inline as SQLite would.
 
 use std::ffi::{c_char, c_int, c_void};
@@ -52,7 +52,7 @@ impl WalCheckpoints {
         let thread_signal = signal.clone();
         let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || checkpoint_when_asked(&conn, &thread_signal))
+            .spawn(move || run_requested_checkpoints(&conn, &thread_signal))
             .map_err(|e| {
                 StoreError::Task(format!("could not start the WAL checkpoint thread: {e}"))
             })?;
@@ -72,7 +72,7 @@ impl Drop for WalCheckpoints {
     }
 }
 
-fn checkpoint_when_asked(conn: &Connection, signal: &Signal) {
+fn run_requested_checkpoints(conn: &Connection, signal: &Signal) {
     loop {
         {
             let mut state = signal
